@@ -1,0 +1,174 @@
+"""What every check kind shares: config fields, statuses, results, and the run wrapper."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+from pydantic import Field, model_validator
+
+from sglguard.client import REDACTED, SGLangClient, TargetError
+from sglguard.config.base import KindModel, Name
+from sglguard.config.types import Duration, Threshold, ThresholdField
+
+if TYPE_CHECKING:
+    from sglguard.config.models import TargetConfig
+
+logger = logging.getLogger(__name__)
+
+
+class Status(IntEnum):
+    """Check states, ordered so that max() gives the worst (as Nagios exit codes)."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> Status:
+        return cls[label.upper()]
+
+
+class CheckConfig(KindModel):
+    """Fields every check has; a kind's model adds its own."""
+
+    family: ClassVar[str] = "check"
+    name: Name
+    target: Name
+    interval: Duration = timedelta(seconds=30)
+    timeout: Duration = timedelta(seconds=10)
+    jitter: Duration | None = Field(
+        default=None, description="random delay added to each run; default 10% of interval"
+    )
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
+    success_threshold: int = Field(default=1, ge=1, le=1000)
+    warning: ThresholdField | None = None
+    critical: ThresholdField | None = None
+    remediate: tuple[Name, ...] = ()
+
+    @model_validator(mode="after")
+    def _timeout_fits_interval(self) -> CheckConfig:
+        if self.timeout > self.interval * 10:
+            raise ValueError("timeout is more than ten intervals: runs would pile up")
+        return self
+
+    @property
+    def jitter_seconds(self) -> float:
+        jitter = self.jitter if self.jitter is not None else self.interval / 10
+        return min(jitter.total_seconds(), self.interval.total_seconds() / 2)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a kind's run() saw: a value and, where the kind can judge, a status."""
+
+    value: float | None
+    message: str = ""
+    status: Status | None = None
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One evaluated run of one check, as it is stored and printed."""
+
+    check: str
+    target: str
+    status: Status
+    value: float | None
+    unit: str
+    message: str
+    duration_ms: float
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a check may use: its target, that target's client, the clock, secrets to hide."""
+
+    target: TargetConfig
+    client: SGLangClient
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    secrets: Sequence[str] = ()
+
+
+ConfigT = TypeVar("ConfigT", bound=CheckConfig)
+
+
+def apply_thresholds(measurement: Measurement, warning: Threshold | None,
+                     critical: Threshold | None) -> tuple[Status, str]:
+    """Combine the kind's own judgement with the configured thresholds."""
+    status = measurement.status if measurement.status is not None else Status.OK
+    message = measurement.message
+    if status is Status.UNKNOWN or measurement.value is None:
+        return status, message
+    for level, threshold in ((Status.CRITICAL, critical), (Status.WARNING, warning)):
+        if threshold is not None and threshold.breached(measurement.value):
+            shown = f"{measurement.value:g}{(' ' + measurement.unit) if measurement.unit else ''}"
+            note = f"{shown} {threshold} ({level.label})"
+            return max(status, level), f"{message}; {note}" if message else note
+    return status, message
+
+
+class Check(Generic[ConfigT]):
+    """Base of check kinds: owns timing, timeouts, exception -> UNKNOWN and redaction."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[CheckConfig]]
+
+    def __init__(self, config: ConfigT, context: CheckContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def client(self) -> SGLangClient:
+        return self.context.client
+
+    @property
+    def timeout(self) -> float:
+        return self.config.timeout.total_seconds()
+
+    def run(self) -> Measurement:
+        raise NotImplementedError
+
+    def execute(self) -> CheckResult:
+        """Run once; never raises for a failing target or a bug in the kind."""
+        started_at = self.context.clock()
+        began = time.perf_counter()
+        try:
+            measurement = self.run()
+        except TargetError as exc:
+            measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
+        except Exception as exc:
+            logger.warning("check %s raised", self.config.name, exc_info=True)
+            measurement = Measurement(
+                None, f"check failed: {type(exc).__name__}: {exc}", Status.UNKNOWN
+            )
+        duration_ms = (time.perf_counter() - began) * 1000.0
+        status, message = apply_thresholds(measurement, self.config.warning, self.config.critical)
+        return CheckResult(
+            check=self.config.name,
+            target=self.config.target,
+            status=status,
+            value=measurement.value,
+            unit=measurement.unit,
+            message=self._redact(message),
+            duration_ms=round(duration_ms, 3),
+            started_at=started_at,
+        )
+
+    def _redact(self, text: str) -> str:
+        for secret in self.context.secrets:
+            if secret:
+                text = text.replace(secret, REDACTED)
+        return text

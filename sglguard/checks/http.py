@@ -1,0 +1,58 @@
+"""`http`: one request to the server; the value is the latency in seconds."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.client import ConnectionRefused, TargetTimeout
+
+
+class HttpCheckConfig(CheckConfig):
+    """An HTTP probe such as `GET /health`."""
+
+    kind: Literal["http"]
+    path: str = Field(default="/health", pattern=r"^/")
+    method: Literal["GET", "POST", "HEAD"] = "GET"
+    expect_status: tuple[int, ...] = (200,)
+    on_timeout: Literal["critical", "warning", "unknown"] = Field(
+        default="critical",
+        description="a timeout may be saturation rather than death; choose how it counts",
+    )
+
+
+class HttpCheck(Check[HttpCheckConfig]):
+    """Asks the server one HTTP question and times the answer."""
+
+    kind = "http"
+    config_model = HttpCheckConfig
+
+    def run(self) -> Measurement:
+        config = self.config
+        began = time.perf_counter()
+        try:
+            response = self.client.request(config.method, config.path, timeout=self.timeout)
+        except ConnectionRefused as exc:
+            return Measurement(None, str(exc), Status.CRITICAL, "s")
+        except TargetTimeout as exc:
+            return Measurement(None, str(exc), Status.from_label(config.on_timeout), "s")
+        latency = time.perf_counter() - began
+        response.close()
+        expected = ", ".join(str(code) for code in config.expect_status)
+        if response.status_code not in config.expect_status:
+            return Measurement(
+                latency,
+                f"{config.method} {config.path} answered {response.status_code} "
+                f"(expected {expected}) in {latency:.3f} s",
+                Status.CRITICAL,
+                "s",
+            )
+        return Measurement(
+            latency,
+            f"{config.method} {config.path} answered {response.status_code} in {latency:.3f} s",
+            Status.OK,
+            "s",
+        )

@@ -1,0 +1,151 @@
+"""The one place sglguard talks HTTP to an SGLang server: timeouts, auth, version fallbacks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "***"
+_SECRET_KEYS = frozenset({"api_key", "admin_api_key"})
+
+
+class TargetError(Exception):
+    """The server could not be asked: refused, timed out, or answered garbage."""
+
+    reason = "error"
+
+
+class ConnectionRefused(TargetError):
+    """Nothing listens at the address: the server process is gone."""
+
+    reason = "refused"
+
+
+class TargetTimeout(TargetError):
+    """The server accepted the connection or the request but did not answer in time."""
+
+    reason = "timeout"
+
+
+def redact_secrets(value: Any) -> Any:
+    """Copy of a JSON value with every `api_key`-like field replaced, at any depth."""
+    if isinstance(value, Mapping):
+        return {
+            key: (REDACTED if key in _SECRET_KEYS and item else redact_secrets(item))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_secrets(item) for item in value]
+    return value
+
+
+def _is_refused(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return True
+        stack.extend([current.__cause__, current.__context__])
+        stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            stack.append(reason)
+    return "Connection refused" in str(exc)
+
+
+class SGLangClient:
+    """HTTP client for one SGLang server (or gateway)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        admin_api_key: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._api_key = api_key
+        self._admin_api_key = admin_api_key
+        self._session = requests.Session()
+
+    def __repr__(self) -> str:  # never shows the keys
+        return f"SGLangClient({self.base_url!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        admin: bool = False,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send one request; network failures become TargetError subclasses."""
+        url = f"{self.base_url}{path}"
+        limit = self.timeout if timeout is None else timeout
+        key = self._admin_api_key if admin and self._admin_api_key else self._api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            return self._session.request(
+                method, url, headers=headers, json=json, params=params,
+                timeout=limit, stream=stream,
+            )
+        except requests.ConnectTimeout:
+            raise TargetTimeout(f"{method} {path}: connect timed out after {limit:g} s") from None
+        except requests.ReadTimeout:
+            raise TargetTimeout(f"{method} {path}: no answer within {limit:g} s") from None
+        except requests.ConnectionError as exc:
+            if _is_refused(exc):
+                raise ConnectionRefused(
+                    f"{method} {path}: connection refused at {self.base_url} "
+                    "(nothing is listening: the server process is gone)"
+                ) from None
+            raise TargetError(f"{method} {path}: connection failed: {_short(exc)}") from None
+        except requests.RequestException as exc:
+            raise TargetError(f"{method} {path}: request failed: {_short(exc)}") from None
+
+    def metrics_text(self, timeout: float | None = None) -> str:
+        """The Prometheus text of `/metrics`."""
+        response = self.request("GET", "/metrics", timeout=timeout)
+        if response.status_code == 404:
+            raise TargetError("GET /metrics: 404 (launch the server with --enable-metrics)")
+        if response.status_code != 200:
+            raise TargetError(f"GET /metrics: HTTP {response.status_code}")
+        return response.text
+
+    def server_info(self, timeout: float | None = None) -> dict[str, Any]:
+        """`/server_info`, falling back to `/get_server_info` on older releases; keys redacted."""
+        response = self.request("GET", "/server_info", timeout=timeout)
+        if response.status_code == 404:
+            response = self.request("GET", "/get_server_info", timeout=timeout)
+        if response.status_code != 200:
+            raise TargetError(f"GET /server_info: HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise TargetError("GET /server_info: answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise TargetError("GET /server_info: answer is not a JSON object")
+        redacted: dict[str, Any] = redact_secrets(body)
+        return redacted
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,211 @@
+"""Load a catalog file: YAML with line numbers, ${VAR} substitution, complete validation."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sglguard.config.models import Catalog
+from sglguard.config.references import reference_problems
+
+Loc = tuple[str | int, ...]
+DEFAULT_PATHS = (Path("sglguard.yaml"), Path("/etc/sglguard/sglguard.yaml"))
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A catalog that cannot be used, with every problem found in it."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        count = len(self.problems)
+        heading = f"invalid catalog {source}: {count} problem{'s' if count != 1 else ''}"
+        super().__init__("\n".join([heading, *(f"  - {item}" for item in self.problems)]))
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def find_catalog(explicit: str | os.PathLike[str] | None) -> Path:
+    """The catalog to use: the one given, else ./sglguard.yaml, else /etc/sglguard/sglguard.yaml."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(str(path), ["file not found"])
+        return path
+    for candidate in DEFAULT_PATHS:
+        if candidate.is_file():
+            return candidate
+    tried = " or ".join(str(path) for path in DEFAULT_PATHS)
+    raise ConfigError(tried, ["no catalog found: pass --config PATH (or run `sglguard demo`)"])
+
+
+class _Document:
+    """Parsed YAML plus the line each path starts on."""
+
+    def __init__(self, text: str) -> None:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            self.data: Any = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+        self.lines: dict[Loc, int] = {}
+        self.duplicates: list[tuple[Loc, int]] = []
+        if node is not None:
+            self._index(node, ())
+
+    def _index(self, node: yaml.Node, loc: Loc) -> None:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    self.duplicates.append(((*loc, key), key_node.start_mark.line + 1))
+                seen.add(key)
+                self.lines[(*loc, key)] = key_node.start_mark.line + 1
+                self._index(value_node, (*loc, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._index(item, (*loc, index))
+
+    def where(self, loc: Loc) -> tuple[str, int | None]:
+        """The path as written in the file (tags of pydantic unions dropped) and its line."""
+        node: Any = self.data
+        kept: list[str | int] = []
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                continue
+            kept.append(part)
+        line = None
+        for size in range(len(kept), -1, -1):
+            line = self.lines.get(tuple(kept[:size]))
+            if line is not None:
+                break
+        return format_loc(kept), line
+
+
+def _substitute(value: Any, loc: Loc, problems: list[tuple[Loc, str]]) -> Any:
+    if isinstance(value, dict):
+        return {key: _substitute(item, (*loc, key), problems) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, (*loc, index), problems) for index, item in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found is not None:
+            return found
+        if default is not None:
+            return default
+        problems.append((loc, f"environment variable {name} is not set "
+                               f"(write ${{{name}:-default}} to give a default)"))
+        return ""
+
+    return _VARIABLE.sub(replace, value)
+
+
+def _resolve_store_url(url: str, base_dir: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rest = url[len(prefix):]
+        if rest and not rest.startswith(":memory:") and not rest.startswith("file:"):
+            return prefix + str((base_dir / rest).resolve())
+    return url
+
+
+def load_catalog(path: str | os.PathLike[str]) -> Catalog:
+    """Read and validate a catalog file; raises ConfigError listing every problem."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(source), [f"cannot read: {exc.strerror or exc}"]) from None
+    return parse_catalog(text, source)
+
+
+def parse_catalog(text: str, source: Path) -> Catalog:
+    """Validate catalog text; relative paths are taken from `source`'s folder."""
+    name = str(source)
+    try:
+        document = _Document(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(name, [f"{where}not valid YAML: {problem}"]) from None
+    if not isinstance(document.data, dict):
+        raise ConfigError(name, ["the catalog must be a mapping with `version: 1` at the top"])
+
+    found: list[tuple[Loc, str]] = [
+        (loc, f"duplicate key (line {line}); each key may appear once")
+        for loc, line in document.duplicates
+    ]
+    data = _substitute(document.data, (), found)
+    base_dir = source.resolve().parent
+    if isinstance(data.get("store"), dict) and isinstance(data["store"].get("url"), str):
+        data["store"]["url"] = _resolve_store_url(data["store"]["url"], base_dir)
+    elif "store" not in data:
+        data["store"] = {"url": _resolve_store_url("sqlite:///sglguard.db", base_dir)}
+
+    catalog: Catalog | None = None
+    try:
+        catalog = Catalog.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        errors = exc.errors()
+        found += [
+            (tuple(error["loc"]), _message(error)) for error in errors
+            if not _is_consequence(error, errors)
+        ]
+    found += reference_problems(data)
+    if found or catalog is None:
+        raise ConfigError(name, _render(document, found))
+    return catalog
+
+
+def _is_consequence(error: Any, errors: list[Any]) -> bool:
+    """A `too_short` list whose items failed is reported through those items."""
+    loc = tuple(error["loc"])
+    return error["type"] == "too_short" and any(
+        len(other["loc"]) > len(loc) and tuple(other["loc"][: len(loc)]) == loc
+        for other in errors
+    )
+
+
+def _message(error: Any) -> str:
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _render(document: _Document, found: list[tuple[Loc, str]]) -> list[str]:
+    rendered: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for loc, message in found:
+        path, line = document.where(loc)
+        text = f"{path} (line {line}): {message}" if line else f"{path}: {message}"
+        if text not in seen:
+            seen.add(text)
+            rendered.append((line or 0, text))
+    return [text for _, text in sorted(rendered, key=lambda item: item[0])]

@@ -1,0 +1,81 @@
+"""Cross-references in a catalog: names that must exist, names that must be unique."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sglguard.remediations.registry import REMEDIATIONS
+
+Loc = tuple[str | int, ...]
+
+
+def _items(data: dict[str, Any], section: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    items = data.get(section)
+    if isinstance(items, list):
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                yield index, item
+
+
+def _names(data: dict[str, Any], section: str) -> dict[str, int]:
+    names: dict[str, int] = {}
+    for index, item in _items(data, section):
+        name = item.get("name")
+        if isinstance(name, str):
+            names.setdefault(name, index)
+    return names
+
+
+def _unique(data: dict[str, Any], section: str) -> Iterator[tuple[Loc, str]]:
+    first: dict[str, int] = {}
+    for index, item in _items(data, section):
+        name = item.get("name")
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            yield (section, index, "name"), (
+                f"duplicate name '{name}' (also {section}[{first[name]}])"
+            )
+        first.setdefault(name, index)
+
+
+def _known(kind: str, names: dict[str, int]) -> str:
+    return ", ".join(sorted(names)) or f"none: the catalog has no {kind}"
+
+
+def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Every dangling or duplicated name, with where it is."""
+    problems: list[tuple[Loc, str]] = []
+    for section in ("targets", "checks", "remediations", "notifiers"):
+        problems += _unique(data, section)
+    targets = _names(data, "targets")
+    remediations = _names(data, "remediations")
+    controlled = {
+        item["name"] for _, item in _items(data, "targets") if item.get("control") is not None
+    }
+    remediation_kinds = {
+        item.get("name"): item.get("kind") for _, item in _items(data, "remediations")
+    }
+    for index, check in _items(data, "checks"):
+        target = check.get("target")
+        if isinstance(target, str) and target not in targets:
+            problems.append(((("checks", index, "target")), (
+                f"unknown target '{target}' (known: {_known('targets', targets)})")))
+        remediate = check.get("remediate")
+        for position, name in enumerate(remediate if isinstance(remediate, list) else []):
+            loc: Loc = ("checks", index, "remediate", position)
+            if name not in remediations:
+                problems.append((loc, (
+                    f"unknown remediation '{name}' (known: {_known('remediations', remediations)})"
+                )))
+                continue
+            kind = remediation_kinds.get(name)
+            needs_control = kind in REMEDIATIONS and REMEDIATIONS[kind].requires_control
+            if needs_control and isinstance(target, str) and target in targets and (
+                target not in controlled
+            ):
+                problems.append((loc, (
+                    f"remediation '{name}' ({kind}) needs a `control:` on target '{target}'"
+                )))
+    return problems

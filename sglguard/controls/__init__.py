@@ -1,0 +1,1 @@
+"""Control kinds: how a target's server is stopped and started."""

@@ -1,0 +1,61 @@
+"""What every control kind shares: how sglguard stops and starts a target's server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+from pydantic import Field
+
+from sglguard.config.base import KindModel
+from sglguard.config.types import Duration
+
+if TYPE_CHECKING:
+    from sglguard.config.models import TargetConfig
+
+
+class ControlConfig(KindModel):
+    """Fields every control has; a kind's model adds its own."""
+
+    family: ClassVar[str] = "control"
+    startup_timeout: Duration = Field(
+        default=timedelta(minutes=10),
+        description="how long a (re)started server may take to answer /health with 200",
+    )
+    stop_timeout: Duration = Field(
+        default=timedelta(seconds=30), description="grace between SIGTERM and SIGKILL"
+    )
+
+
+class ControlError(Exception):
+    """Stopping or starting failed; `permanent` when trying again cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+ControlT = TypeVar("ControlT", bound=ControlConfig)
+
+
+class Control(Generic[ControlT]):
+    """Base of control kinds: plan, stop and start one target's server."""
+
+    kind: ClassVar[str]
+    config_model: ClassVar[type[ControlConfig]]
+
+    def __init__(self, config: ControlT, target: TargetConfig) -> None:
+        self.config = config
+        self.target = target
+
+    def plan_restart(self) -> list[str]:
+        """The steps a restart takes, exactly as they would be run."""
+        raise NotImplementedError
+
+    def restart(self) -> str:
+        """Stop, then start; returns what was done. Raises ControlError."""
+        raise NotImplementedError
+
+    def start_failure(self) -> str | None:
+        """Why the server just started has already gone, or None while it may still come up."""
+        return None

@@ -1,0 +1,157 @@
+"""`process`: sglguard itself starts the server as a detached process and tracks its pidfile."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+from typing import Literal
+
+import psutil
+from pydantic import Field
+
+from sglguard.config.base import RelativePath
+from sglguard.controls.base import Control, ControlConfig, ControlError
+
+logger = logging.getLogger(__name__)
+
+
+class ProcessControlConfig(ControlConfig):
+    """Start/stop the server as a child process, like Monit's `start program`."""
+
+    kind: Literal["process"]
+    start: tuple[str, ...] = Field(min_length=1, description="argument list, never a shell line")
+    pidfile: RelativePath
+    log: RelativePath | None = Field(default=None, description="default: beside the pidfile")
+    cwd: RelativePath | None = Field(default=None, description="default: the pidfile's folder")
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.log if self.log is not None else self.pidfile.with_suffix(".log")
+
+    @property
+    def workdir(self) -> Path:
+        return self.cwd if self.cwd is not None else self.pidfile.parent
+
+
+def read_pidfile(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _write_pidfile(path: Path, pid: int) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(f"{pid}\n")
+    temporary.replace(path)
+
+
+class ProcessControl(Control[ProcessControlConfig]):
+    """Stops the process group named by the pidfile, starts `start` detached, writes the pidfile."""
+
+    kind = "process"
+    config_model = ProcessControlConfig
+
+    _child: subprocess.Popen[bytes] | None = None
+
+    def plan_restart(self) -> list[str]:
+        config = self.config
+        pid = read_pidfile(config.pidfile)
+        grace = config.stop_timeout.total_seconds()
+        stop = (
+            f"send SIGTERM to the process group of pid {pid} (from {config.pidfile}), "
+            f"SIGKILL after {grace:g} s"
+            if pid is not None and self._running(pid)
+            else f"nothing to stop (no live process in {config.pidfile})"
+        )
+        return [
+            stop,
+            f"run {shlex.join(config.start)} in {config.workdir}, in a new session, "
+            f"output appended to {config.log_path}",
+            f"write the new pid to {config.pidfile}",
+        ]
+
+    def restart(self) -> str:
+        stopped = self.stop()
+        pid = self.start()
+        return f"{stopped}; started pid {pid}"
+
+    def stop(self) -> str:
+        config = self.config
+        pid = read_pidfile(config.pidfile)
+        if pid is None or not self._running(pid):
+            self._reap()
+            return "nothing was running"
+        process = psutil.Process(pid)
+        self._signal(pid, signal.SIGTERM)
+        grace = config.stop_timeout.total_seconds()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            try:
+                process.wait(timeout=grace)
+                self._reap()
+                return f"stopped pid {pid} with SIGTERM"
+            except psutil.TimeoutExpired:
+                self._signal(pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        self._reap()
+        return f"stopped pid {pid} (SIGKILL after {grace:g} s)"
+
+    def start(self) -> int:
+        config = self.config
+        config.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **config.env}
+        with config.log_path.open("ab") as log:
+            try:
+                child = subprocess.Popen(
+                    list(config.start), cwd=config.workdir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                )
+            except FileNotFoundError:
+                raise ControlError(
+                    f"start command not found: {config.start[0]}", permanent=True
+                ) from None
+            except OSError as exc:
+                raise ControlError(f"could not run {config.start[0]}: {exc}") from None
+        self._child = child
+        _write_pidfile(config.pidfile, child.pid)
+        logger.info("target %s: started pid %s", self.target.name, child.pid)
+        return child.pid
+
+    def start_failure(self) -> str | None:
+        child = self._child
+        if child is None or child.poll() is None:
+            return None
+        return (f"the started process (pid {child.pid}) exited with status {child.returncode}; "
+                f"see {self.config.log_path}")
+
+    def _running(self, pid: int) -> bool:
+        """Alive, not a zombie, and not a newer process that reused the pidfile's pid."""
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            written = self.config.pidfile.stat().st_mtime
+            return process.create_time() <= written + 1.0
+        except (psutil.NoSuchProcess, FileNotFoundError):
+            return False
+
+    def _signal(self, pid: int, signum: signal.Signals) -> None:
+        try:
+            group = os.getpgid(pid)
+            if group == os.getpgid(0):  # never signal our own group
+                os.kill(pid, signum)
+            else:
+                os.killpg(group, signum)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> None:
+        if self._child is not None:
+            self._child.poll()

@@ -1,0 +1,1 @@
+"""Remediation kinds and their registry."""
