@@ -6,13 +6,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from pydantic import Field, model_validator
 
 from sglguard.client import REDACTED, SGLangClient, TargetError
+from sglguard.clock import utcnow
 from sglguard.config.base import KindModel, Name
 from sglguard.config.types import Duration, Threshold, ThresholdField
 
@@ -98,7 +99,7 @@ class CheckContext:
 
     target: TargetConfig
     client: SGLangClient
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    clock: Callable[[], datetime] = field(default=utcnow)
     secrets: Sequence[str] = ()
 
 

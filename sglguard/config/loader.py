@@ -86,9 +86,7 @@ class _Document:
         node: Any = self.data
         kept: list[str | int] = []
         for part in loc:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
                 node = node[part]
             else:
                 continue

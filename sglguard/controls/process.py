@@ -7,7 +7,9 @@ import logging
 import os
 import shlex
 import signal
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +47,14 @@ def read_pidfile(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def resolve_program(program: str) -> str:
+    """A bare name from PATH, else beside this Python (a virtualenv that is not activated)."""
+    if os.sep in program:
+        return program
+    found = shutil.which(program) or shutil.which(program, path=str(Path(sys.executable).parent))
+    return found or program
 
 
 def _write_pidfile(path: Path, pid: int) -> None:
@@ -110,7 +120,7 @@ class ProcessControl(Control[ProcessControlConfig]):
         with config.log_path.open("ab") as log:
             try:
                 child = subprocess.Popen(
-                    list(config.start), cwd=config.workdir, env=env, stdin=subprocess.DEVNULL,
+                    [resolve_program(config.start[0]), *config.start[1:]], cwd=config.workdir, env=env, stdin=subprocess.DEVNULL,
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                 )
             except FileNotFoundError:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field
 
+from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
 from sglguard.config.types import Duration
 
@@ -50,7 +51,7 @@ class RemediationContext:
     client: SGLangClient
     control: Control[Any] | None
     stop: threading.Event = field(default_factory=threading.Event)
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    clock: Callable[[], datetime] = field(default=utcnow)
 
 
 ConfigT = TypeVar("ConfigT", bound=RemediationConfig)
