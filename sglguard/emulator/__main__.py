@@ -1,0 +1,63 @@
+"""``python -m sglguard.emulator``: run an emulated SGLang server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .faults import VALID_MODES, parse_optional_fault
+from .options import EmulatorOptions
+from .runner import run_emulator
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = EmulatorOptions()
+    parser = argparse.ArgumentParser(
+        prog="python -m sglguard.emulator",
+        description="Emulated SGLang server (HTTP API and /metrics) for demos and tests.",
+    )
+    parser.add_argument("--host", default=defaults.host)
+    parser.add_argument("--port", type=int, default=defaults.port, help="0 picks a free port")
+    parser.add_argument("--model-path", default=defaults.model_path)
+    parser.add_argument("--max-running-requests", type=int, default=defaults.max_running_requests)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument(
+        "--startup-delay",
+        type=float,
+        default=defaults.startup_delay,
+        help="seconds during which /health answers 503",
+    )
+    parser.add_argument("--fault", default=None, help=f"fault at start: {VALID_MODES}")
+    parser.add_argument(
+        "--health-latency",
+        type=float,
+        default=defaults.health_latency,
+        help="seconds /health takes to answer 200",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        parse_optional_fault(args.fault)
+        options = EmulatorOptions(
+            host=args.host,
+            port=args.port,
+            model_path=args.model_path,
+            max_running_requests=args.max_running_requests,
+            api_key=args.api_key,
+            startup_delay=args.startup_delay,
+            fault=args.fault,
+            health_latency=args.health_latency,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    return run_emulator(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Runs one emulated generation: admission, queueing, output and what it adds to the metrics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .context import EmulatorContext
+from .state import GenerationRecord
+from .structured import Constraint, constrained_text
+from .textgen import output_pieces, prompt_tokens, synth_words, word_pieces
+from .wire import BadRequest
+
+DEFAULT_MAX_NEW_TOKENS = 16
+LLAMA_EOS_TOKEN = 128009
+
+# Latency model of an 8B model on one H100, added to the real time a request took so that the
+# histograms read like a GPU server's without the emulator sleeping for every token.
+PREFILL_BASE_S = 0.018
+PREFILL_PER_TOKEN_S = 0.00009
+DECODE_ITL_S = 0.011
+QUEUE_BASE_S = 0.0004
+QUEUE_PER_WAITING_S = 0.02  # what a backlog (the `queue` fault) costs each new request
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request as the engine needs it."""
+
+    rid: str
+    prompt: str
+    max_new_tokens: int
+    constraint: Constraint | None
+    streaming: bool
+    started: float  # time.monotonic() when the request arrived
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished (or aborted) generation."""
+
+    rid: str
+    pieces: tuple[str, ...]
+    prompt_tokens: int
+    cached_tokens: int
+    finish_reason: dict[str, Any]
+    e2e_latency: float
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces)
+
+
+def new_rid() -> str:
+    return uuid.uuid4().hex
+
+
+def read_max_new_tokens(params: Mapping[str, Any], key: str = "max_new_tokens") -> int:
+    value = params.get(key)
+    if value is None:
+        return DEFAULT_MAX_NEW_TOKENS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest({"error": {"message": f"{key} must be a non-negative integer"}})
+    return value
+
+
+def run_job(ctx: EmulatorContext, job: Job) -> Outcome:
+    """Queue, 'generate' and record one request; the slow fault holds it while it runs."""
+    state = ctx.state
+    prompt = prompt_tokens(job.prompt)
+    cached = state.admit(job.rid, prompt)
+    try:
+        backlog = state.queued_by_fault
+        if not state.wait_to_run(job.rid):
+            return _aborted(job, len(prompt), cached)
+        running_since = time.monotonic()
+        queue_time = running_since - job.started + QUEUE_BASE_S + QUEUE_PER_WAITING_S * backlog
+        ctx.faults.delay_if_slow()
+        if state.was_aborted(job.rid):
+            return _aborted(job, len(prompt), cached)
+        pieces, finish = _output(job)
+        prefill = PREFILL_BASE_S + PREFILL_PER_TOKEN_S * (len(prompt) - cached)
+        ttft = queue_time + (time.monotonic() - running_since) + prefill
+        e2e = ttft + DECODE_ITL_S * max(len(pieces) - 1, 0)
+        state.record(
+            GenerationRecord(
+                prompt_tokens=len(prompt),
+                completion_tokens=len(pieces),
+                cached_tokens=cached,
+                queue_time=queue_time,
+                ttft=ttft,
+                itl=DECODE_ITL_S,
+                e2e=e2e,
+                streaming=job.streaming,
+            )
+        )
+        return Outcome(job.rid, pieces, len(prompt), cached, finish, round(e2e, 6))
+    finally:
+        state.release(job.rid)
+
+
+def _output(job: Job) -> tuple[tuple[str, ...], dict[str, Any]]:
+    words = synth_words(job.prompt, max(job.max_new_tokens, 1))
+    if job.constraint is None:
+        pieces = word_pieces(words[: job.max_new_tokens])
+        return tuple(pieces), {"type": "length", "length": len(pieces)}
+    # Constrained output ends at end-of-text unless max_new_tokens cuts it short.
+    pieces = output_pieces(constrained_text(job.constraint, words))
+    if len(pieces) > job.max_new_tokens:
+        pieces = pieces[: job.max_new_tokens]
+        return tuple(pieces), {"type": "length", "length": len(pieces)}
+    return tuple(pieces), {"type": "stop", "matched": LLAMA_EOS_TOKEN}
+
+
+def _aborted(job: Job, prompt: int, cached: int) -> Outcome:
+    finish = {"type": "abort", "message": "Abort before prefill"}
+    return Outcome(job.rid, (), prompt, cached, finish, round(time.monotonic() - job.started, 6))

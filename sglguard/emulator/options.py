@@ -1,0 +1,32 @@
+"""Launch settings of an emulated SGLang server."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    """Launch settings of one emulated SGLang server (the flags a real one would get)."""
+
+    host: str = "127.0.0.1"
+    port: int = 30000  # 0 = pick a free port
+    model_path: str = "emulated/Llama-3.1-8B-Instruct"
+    max_running_requests: int = 256
+    api_key: str | None = None
+    startup_delay: float = 0.0  # /health, /health_generate, /ready, /ping answer 503 meanwhile
+    fault: str | None = None  # fault at start, same syntax as run-time faults
+    health_latency: float = 1.0  # real SGLang runs a 1-token generation: >= ~1 s
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, not {self.port}")
+        if self.max_running_requests < 1:
+            raise ValueError(
+                f"max_running_requests must be at least 1, not {self.max_running_requests}"
+            )
+        for name in ("startup_delay", "health_latency"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, not {value}")

@@ -1,0 +1,162 @@
+"""The socket side: a threading HTTP/1.1 server that sends each response in one write."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
+
+from .app import handle
+from .context import EmulatorContext
+from .wire import Reply, Request, StreamReply, json_reply, status_phrase
+
+logger = logging.getLogger(__name__)
+
+# How long an idle keep-alive connection stays open (uvicorn: 5 s; generous for slow clients).
+KEEP_ALIVE_S = 15.0
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its connections, so stopping can cut them."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], ctx: EmulatorContext) -> None:
+        self.ctx = ctx
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN, which can stall for seconds.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-answer (timeouts, a hang fault) are routine here.
+        logger.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+    def track(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+
+    def cut_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):  # already closed by its handler
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = KEEP_ALIVE_S
+
+    @property
+    def _server(self) -> EmulatorHTTPServer:
+        return cast(EmulatorHTTPServer, self.server)
+
+    def setup(self) -> None:
+        super().setup()
+        # Streams write several times; without NODELAY delayed ACKs stall each write ~40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server.track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self._server.untrack(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug(format, *args)
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+    def _answer(self) -> None:
+        req = self._read_request()
+        if req is None:
+            return
+        reply = handle(self._server.ctx, req)
+        if reply is None:
+            self.close_connection = True
+            return
+        logger.debug("%s %s -> %d", req.method, req.path, reply.status)
+        if isinstance(reply, StreamReply):
+            self._send_stream(reply)
+        else:
+            self._send(reply)
+
+    def _read_request(self) -> Request | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._refuse(411, "chunked request bodies are not supported; send Content-Length")
+            return None
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self._refuse(400, "bad Content-Length")
+            return None
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        return Request(
+            method=self.command,
+            path=parts.path or "/",
+            query=dict(parse_qsl(parts.query)),
+            headers={key.lower(): value for key, value in self.headers.items()},
+            body=body,
+        )
+
+    def _refuse(self, status: int, message: str) -> None:
+        self.close_connection = True
+        self._send(json_reply(status, {"error": {"message": message}}))
+
+    def _head(self, status: int, headers: list[tuple[str, str]]) -> bytes:
+        lines = [
+            f"HTTP/1.1 {status} {status_phrase(status)}",
+            f"date: {formatdate(usegmt=True)}",
+            "server: uvicorn",
+        ]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if self.close_connection:
+            lines.append("connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _send(self, reply: Reply) -> None:
+        headers = [("content-length", str(len(reply.body)))]
+        if reply.content_type:
+            headers.append(("content-type", reply.content_type))
+        # Head and body in one write: split writes meet delayed ACKs and cost ~40 ms each.
+        self.wfile.write(self._head(reply.status, headers) + reply.body)
+
+    def _send_stream(self, reply: StreamReply) -> None:
+        headers = [
+            ("content-type", reply.content_type),
+            ("transfer-encoding", "chunked"),
+            ("cache-control", "no-cache"),
+        ]
+        self.wfile.write(self._head(reply.status, headers))
+        for chunk in reply.chunks:
+            if chunk:
+                self.wfile.write(b"%X\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")

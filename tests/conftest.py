@@ -1,0 +1,150 @@
+"""Shared fixtures: real loopback servers, real SQLite files, a controllable clock."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sglguard.config.loader import parse_catalog
+from sglguard.config.models import Catalog
+from sglguard.emulator import Emulator, EmulatorOptions
+from sglguard.store import Store
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, every: float = 0.05) -> Any:
+    """Poll until `predicate` returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(every)
+
+
+class FakeClock:
+    """The one faked boundary for time: a clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    server = Emulator(EmulatorOptions(port=0, health_latency=0.01))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(f"sqlite:///{tmp_path / 'sglguard.db'}")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def make_catalog(tmp_path: Path) -> Callable[[str], Catalog]:
+    """Write catalog text to a file in tmp_path and load it (dedented)."""
+
+    def make(text: str) -> Catalog:
+        path = tmp_path / "sglguard.yaml"
+        path.write_text(textwrap.dedent(text))
+        return parse_catalog(path.read_text(), path)
+
+    return make
+
+
+class FixtureServer:
+    """Serves a recorded file on every GET, each answer in one write."""
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        self.body, self.status = body, status
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                head = (f"HTTP/1.1 {owner.status} X\r\nContent-Type: text/plain\r\n"
+                        f"Content-Length: {len(owner.body)}\r\n\r\n").encode()
+                self.wfile.write(head + owner.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fixture_server() -> Iterator[Callable[[str], FixtureServer]]:
+    servers: list[FixtureServer] = []
+
+    def serve(name: str) -> FixtureServer:
+        server = FixtureServer((FIXTURES / name).read_bytes())
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        server.close()
+
+
+def emulator_command(port: int, *extra: str) -> list[str]:
+    return [PYTHON, "-m", "sglguard", "emulator", "--port", str(port),
+            "--health-latency", "0.02", *extra]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

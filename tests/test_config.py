@@ -1,0 +1,196 @@
+"""Catalog loading: table-driven valid snippets and errors with their paths and lines."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sglguard.config.loader import ConfigError, load_catalog, parse_catalog
+from sglguard.config.types import Threshold, parse_duration, parse_threshold
+from sglguard.controls.process import ProcessControlConfig
+from sglguard.demo import example_catalog
+
+BASE = """\
+version: 1
+targets:
+  - name: local
+    url: http://127.0.0.1:30000
+    control: {kind: process, start: [sglang], pidfile: run/local.pid, startup_timeout: 60s}
+remediations:
+  - {name: restart, kind: restart}
+"""
+
+
+def load(text: str, tmp_path: Path) -> object:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(textwrap.dedent(text))
+    return parse_catalog(path.read_text(), path)
+
+
+def problems(text: str, tmp_path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(text, tmp_path)
+    return caught.value.problems
+
+
+def test_reference_catalog_validates_exactly_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(example_catalog())
+    catalog = load_catalog(path)
+    assert [check.name for check in catalog.checks] == ["liveness", "queue"]
+    liveness = catalog.check("liveness")
+    assert liveness.interval == timedelta(seconds=2)
+    assert liveness.failure_threshold == 2
+    assert liveness.remediate == ("restart",)
+    control = catalog.target("local").control
+    assert isinstance(control, ProcessControlConfig)
+    assert control.pidfile == tmp_path / "sglguard-local.pid"
+    assert control.startup_timeout == timedelta(seconds=60)
+    assert catalog.store.url == f"sqlite:///{tmp_path.resolve() / 'sglguard-demo.db'}"
+    assert catalog.remediation("restart").budget.max == 3
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), ("1.5s", 1.5), (2, 2.0),
+])
+def test_durations_parse(text: object, expected: float) -> None:
+    assert parse_duration(text).total_seconds() == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("> 50", Threshold(">", 50)), (">= 0.9", Threshold(">=", 0.9)),
+    ("< 10", Threshold("<", 10)), ("<=-1", Threshold("<=", -1)), ("!= 0", Threshold("!=", 0)),
+])
+def test_thresholds_parse(text: str, expected: Threshold) -> None:
+    assert parse_threshold(text) == expected
+
+
+@pytest.mark.parametrize(("value", "breached"), [(51, True), (50, False), (49, False)])
+def test_threshold_breaches_only_past_its_bound(value: float, breached: bool) -> None:
+    assert parse_threshold("> 50").breached(value) is breached
+
+
+ERROR_TABLE = [
+    pytest.param(
+        "checks:\n  - {name: a, kind: htp, target: local}\n",
+        "checks[0] (line 9): unknown check kind 'htp': valid kinds are http, metric",
+        id="unknown-check-kind"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: http, target: local, intervl: 2s}\n",
+        "checks[0].intervl (line 9): unknown key 'intervl' (did you mean 'interval'?)",
+        id="unknown-key-suggests"),
+    pytest.param(
+        "checks:\n  - name: a\n    kind: http\n    target: local\n    interval: soon\n",
+        "checks[0].interval (line 12): invalid duration 'soon'", id="bad-duration"),
+    pytest.param(
+        "checks:\n  - name: a\n    kind: metric\n    target: local\n    metric: m\n"
+        "    warning: about 50\n",
+        "checks[0].warning (line 13): invalid threshold 'about 50'", id="bad-threshold"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: http, target: elsewhere}\n",
+        "checks[0].target (line 9): unknown target 'elsewhere' (known: local)",
+        id="unknown-target"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: http, target: local, remediate: [reboot]}\n",
+        "checks[0].remediate[0] (line 9): unknown remediation 'reboot' (known: restart)",
+        id="unknown-remediation"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: http, target: local}\n  - {name: a, kind: http, "
+        "target: local}\n",
+        "checks[1].name (line 10): duplicate name 'a' (also checks[0])", id="duplicate-name"),
+    pytest.param(
+        "notifiers:\n  - {name: ops, urls: ['${SGLGUARD_TEST_UNSET_VAR}']}\n",
+        "notifiers[0].urls[0] (line 9): environment variable SGLGUARD_TEST_UNSET_VAR is not set",
+        id="unset-variable"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: metric, target: local, metric: m, aggregate: median}\n",
+        "checks[0].aggregate (line 9): Input should be 'sum', 'max', 'min' or 'avg'",
+        id="bad-aggregate"),
+    pytest.param(
+        "mode: sometimes\n", "mode (line 8): Input should be 'active' or 'passive'",
+        id="bad-mode"),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), ERROR_TABLE)
+def test_catalog_errors_name_path_line_and_choices(extra: str, expected: str,
+                                                   tmp_path: Path) -> None:
+    found = problems(BASE + extra, tmp_path)
+    assert any(problem.startswith(expected) for problem in found), found
+
+
+def test_unknown_remediation_kind_names_the_valid_ones(tmp_path: Path) -> None:
+    found = problems(BASE.replace("kind: restart}", "kind: reboot}"), tmp_path)
+    assert found == ["remediations[0] (line 7): unknown remediation kind 'reboot': "
+                     "valid kinds are restart"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    found = problems("""\
+        version: 1
+        targets:
+          - name: local
+            url: http://127.0.0.1:30000
+            colour: blue
+        checks:
+          - {name: a, kind: http, target: nowhere, interval: never}
+          - {name: b, kind: metric, target: local}
+        """, tmp_path)
+    assert len(found) == 4, found
+    assert found[0].startswith("targets[0].colour (line 5): unknown key 'colour'")
+    assert any("checks[0].interval (line 7)" in item for item in found)
+    assert any("checks[0].target (line 7): unknown target 'nowhere'" in item for item in found)
+    assert any(item.startswith("checks[1].metric (line 8): Field required") for item in found)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    found = problems("version: 1\ntargets:\n  - name: [unclosed\n", tmp_path)
+    assert found[0].startswith("line 4: not valid YAML") or "line 3" in found[0], found
+
+
+def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
+    found = problems(BASE + "mode: active\nmode: passive\n", tmp_path)
+    assert any("mode (line 9): duplicate key" in item for item in found), found
+
+
+def test_restart_needs_a_control_on_its_target(tmp_path: Path) -> None:
+    found = problems("""\
+        version: 1
+        targets: [{name: bare, url: http://127.0.0.1:1}]
+        checks: [{name: a, kind: http, target: bare, remediate: [restart]}]
+        remediations: [{name: restart, kind: restart}]
+        """, tmp_path)
+    assert found == ["checks[0].remediate[0] (line 3): remediation 'restart' (restart) "
+                     "needs a `control:` on target 'bare'"]
+
+
+def test_environment_variables_and_defaults_are_substituted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SGLGUARD_TEST_KEY", "s3cret")
+    catalog = load("""\
+        version: 1
+        targets:
+          - name: local
+            url: http://${SGLGUARD_TEST_HOST:-127.0.0.1}:30000
+            api_key: ${SGLGUARD_TEST_KEY}
+        """, tmp_path)
+    target = catalog.targets[0]  # type: ignore[attr-defined]
+    assert target.url == "http://127.0.0.1:30000"
+    assert target.api_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(catalog)
+    assert catalog.secrets() == ("s3cret",)  # type: ignore[attr-defined]
+
+
+def test_relative_paths_are_taken_from_the_catalog_folder(tmp_path: Path) -> None:
+    catalog = load(BASE, tmp_path)
+    control = catalog.targets[0].control  # type: ignore[attr-defined]
+    assert control.pidfile == tmp_path / "run" / "local.pid"
+    assert control.log_path == tmp_path / "run" / "local.log"
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_catalog(tmp_path / "absent.yaml")

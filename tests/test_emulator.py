@@ -1,0 +1,629 @@
+"""The SGLang emulator, exercised over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from sglguard.emulator import Emulator, EmulatorOptions, Fault, parse_fault
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 5.0
+MODEL = "emulated/Llama-3.1-8B-Instruct"
+SCHEDULER_LABELS = {
+    "model_name": MODEL,
+    "engine_type": "unified",
+    "tp_rank": "0",
+    "pp_rank": "0",
+    "moe_ep_rank": "0",
+}
+
+StartEmulator = Callable[..., Emulator]
+
+
+@pytest.fixture
+def start_emulator() -> Iterator[StartEmulator]:
+    """Start emulators on free loopback ports; stop them all after the test."""
+    started: list[Emulator] = []
+
+    def start(exit_fn: Callable[[int], object] | None = None, **options: Any) -> Emulator:
+        settings: dict[str, Any] = {"port": 0, "health_latency": 0.02, **options}
+        extra: dict[str, Any] = {"health_check_timeout": 0.2}
+        if exit_fn is not None:
+            extra["exit_fn"] = exit_fn
+        emulator = Emulator(EmulatorOptions(**settings), **extra)
+        emulator.start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def emulator(start_emulator: StartEmulator) -> Emulator:
+    return start_emulator()
+
+
+def get(emulator: Emulator, path: str, **kwargs: Any) -> requests.Response:
+    kwargs.setdefault("timeout", TIMEOUT)
+    return requests.get(emulator.url + path, **kwargs)
+
+
+def post(emulator: Emulator, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+    kwargs.setdefault("timeout", TIMEOUT)
+    return requests.post(emulator.url + path, json=body, **kwargs)
+
+
+def generate(emulator: Emulator, **body: Any) -> requests.Response:
+    return post(emulator, "/generate", {"text": "Say something kind.", **body})
+
+
+def set_fault(emulator: Emulator, mode: str | None) -> requests.Response:
+    return post(emulator, "/_emulator/fault", {"mode": mode})
+
+
+def scrape(emulator: Emulator) -> list[Sample]:
+    response = get(emulator, "/metrics")
+    assert response.status_code == 200
+    families = text_string_to_metric_families(response.text)
+    return [sample for family in families for sample in family.samples]
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    """Sum of the samples called `name` whose labels include `labels`."""
+    hits = [s.value for s in samples if s.name == name and labels.items() <= s.labels.items()]
+    assert hits, f"no sample {name} {labels}"
+    return sum(hits)
+
+
+def poll(check: Callable[[], bool], deadline_s: float = 3.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.01)
+
+
+# -- health and start-up ---------------------------------------------------------------------
+
+
+def test_health_answers_503_during_startup_delay_then_200(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(startup_delay=0.3)
+    began = time.monotonic()
+    first = get(emulator, "/health")
+    assert first.status_code == 503
+    assert first.content == b""
+    assert get(emulator, "/ready").status_code == 503
+    assert get(emulator, "/ping").status_code == 503
+    poll(lambda: get(emulator, "/health").status_code == 200)
+    assert time.monotonic() - began >= 0.25
+    assert get(emulator, "/health_generate").status_code == 200
+    assert get(emulator, "/ready").status_code == 200
+
+
+def test_health_takes_health_latency_before_answering(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(health_latency=0.2)
+    began = time.monotonic()
+    assert get(emulator, "/health").status_code == 200
+    assert time.monotonic() - began >= 0.2
+
+
+def test_health_answers_503_while_draining_after_sigterm(emulator: Emulator) -> None:
+    assert emulator.drain(timeout=1.0)  # what run_emulator does on SIGTERM
+    assert get(emulator, "/health").status_code == 503
+    assert get(emulator, "/ready").status_code == 503
+    assert get(emulator, "/model_info").status_code == 200
+
+
+def test_responses_on_a_keep_alive_connection_take_about_a_millisecond(emulator: Emulator) -> None:
+    with requests.Session() as session:
+        session.get(emulator.url + "/model_info", timeout=TIMEOUT)
+        began = time.monotonic()
+        for _ in range(20):
+            assert session.get(emulator.url + "/model_info", timeout=TIMEOUT).status_code == 200
+        # Split header/body writes would hit delayed ACKs: ~40 ms each, 800 ms in all.
+        assert time.monotonic() - began < 0.4
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+SCHEDULER_GAUGES = [
+    "num_running_reqs",
+    "num_queue_reqs",
+    "num_grammar_queue_reqs",
+    "token_usage",
+    "cache_hit_rate",
+    "gen_throughput",
+    "max_total_num_tokens",
+    "num_used_tokens",
+    "utilization",
+    "num_retracted_reqs",
+]
+SCHEDULER_COUNTERS = [
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "num_requests_total",
+    "num_aborted_requests_total",
+    "num_retracted_requests_total",
+    "num_grammar_aborted_total",
+    "num_grammar_timeout_total",
+]
+REQUEST_HISTOGRAMS = [
+    "time_to_first_token_seconds",
+    "inter_token_latency_seconds",
+    "request_time_per_output_token_seconds",
+    "e2e_request_latency_seconds",
+]
+
+
+def test_metrics_parse_and_use_sglang_0_5_23_names_and_labels(emulator: Emulator) -> None:
+    assert generate(emulator).status_code == 200
+    raw = get(emulator, "/metrics", headers={"Authorization": "Bearer wrong"}).text
+    assert "# HELP sglang:num_running_reqs " in raw
+    assert "# TYPE sglang:time_to_first_token_seconds histogram" in raw
+    samples = scrape(emulator)
+    for name in SCHEDULER_GAUGES + SCHEDULER_COUNTERS:
+        assert next(s for s in samples if s.name == f"sglang:{name}").labels == SCHEDULER_LABELS
+    for name in REQUEST_HISTOGRAMS:
+        labels = {**SCHEDULER_LABELS, "is_streaming": "false"}
+        assert value(samples, f"sglang:{name}_count", **labels) >= 1
+        assert any(s.name == f"sglang:{name}_sum" for s in samples)
+    assert value(samples, "sglang:queue_time_seconds_count") == 1
+    ttft_bounds = [s.labels["le"] for s in samples if s.name.endswith("first_token_seconds_bucket")]
+    assert ttft_bounds[:3] == ["0.1", "0.2", "0.4"]
+    assert ttft_bounds[-2:] == ["400.0", "+Inf"]
+    assert value(samples, "sglang:max_total_num_tokens") > 100_000
+    assert value(samples, "sglang:http_requests_total", endpoint="/generate", method="POST") == 1
+    ok = {"endpoint": "/generate", "status_code": "200", "method": "POST"}
+    assert value(samples, "sglang:http_responses_total", **ok) == 1
+
+
+def test_generate_moves_token_counters_and_latency_histograms(emulator: Emulator) -> None:
+    before = scrape(emulator)
+    answer = generate(emulator, sampling_params={"max_new_tokens": 12}).json()
+    after = scrape(emulator)
+
+    def delta(name: str, **labels: str) -> float:
+        old = [s for s in before if s.name == name and labels.items() <= s.labels.items()]
+        return value(after, name, **labels) - sum(s.value for s in old)
+
+    meta = answer["meta_info"]
+    assert delta("sglang:generation_tokens_total") == meta["completion_tokens"] == 12
+    assert delta("sglang:prompt_tokens_total") == meta["prompt_tokens"] > 0
+    assert delta("sglang:num_requests_total") == 1
+    assert delta("sglang:e2e_request_latency_seconds_count") == 1
+    assert delta("sglang:inter_token_latency_seconds_count") == 11
+    assert 0 < value(after, "sglang:e2e_request_latency_seconds_sum") < 5
+    assert value(after, "sglang:gen_throughput") > 0
+
+
+def test_repeated_prompt_is_partly_served_from_prefix_cache(emulator: Emulator) -> None:
+    generate(emulator)
+    meta = generate(emulator).json()["meta_info"]
+    assert 0 < meta["cached_tokens"] < meta["prompt_tokens"]
+    assert value(scrape(emulator), "sglang:cache_hit_rate") > 0
+
+
+# -- /generate -------------------------------------------------------------------------------
+
+
+def test_generate_is_deterministic_and_honours_max_new_tokens(emulator: Emulator) -> None:
+    first = generate(emulator, sampling_params={"max_new_tokens": 5}).json()
+    second = generate(emulator, sampling_params={"max_new_tokens": 5}).json()
+    assert first["text"] == second["text"]
+    assert len(first["text"].split()) == 5
+    assert first["meta_info"]["finish_reason"] == {"type": "length", "length": 5}
+    assert set(first["meta_info"]) >= {"id", "prompt_tokens", "cached_tokens", "e2e_latency"}
+    default = generate(emulator).json()
+    assert default["meta_info"]["completion_tokens"] == 16
+
+
+def test_stream_sends_cumulative_text_events_and_ends_with_done(emulator: Emulator) -> None:
+    response = generate(emulator, stream=True, sampling_params={"max_new_tokens": 6})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in response.text.split("\n\n") if line]
+    assert all(event.startswith("data: ") for event in events)
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
+    texts = [chunk["text"] for chunk in chunks]
+    assert len(texts) == 6
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
+    assert chunks[-1]["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
+    assert chunks[0]["meta_info"]["finish_reason"] is None
+    samples = scrape(emulator)
+    assert value(samples, "sglang:e2e_request_latency_seconds_count", is_streaming="true") == 1
+
+
+def test_json_schema_sent_as_object_is_refused_with_400(emulator: Emulator) -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    response = generate(emulator, sampling_params={"json_schema": schema})
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid type: map, expected a string"}
+
+
+def test_json_schema_string_yields_json_that_fits_the_schema(emulator: Emulator) -> None:
+    properties = {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "score": {"type": "number"},
+        "ok": {"type": "boolean"},
+    }
+    schema = json.dumps({"type": "object", "properties": properties})
+    answer = generate(emulator, sampling_params={"json_schema": schema}).json()
+    value_ = json.loads(answer["text"])
+    assert isinstance(value_["name"], str)
+    assert isinstance(value_["age"], int)
+    assert isinstance(value_["score"], float)
+    assert value_["ok"] is True
+    assert answer["meta_info"]["finish_reason"]["type"] == "stop"
+
+
+def test_simple_regex_yields_a_matching_string(emulator: Emulator) -> None:
+    answer = generate(emulator, sampling_params={"regex": "(yes|no)"}).json()
+    assert answer["text"] == "yes"
+
+
+def test_bad_regex_is_refused_with_failed_to_compile(emulator: Emulator) -> None:
+    response = generate(emulator, sampling_params={"regex": "(unclosed"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith("Failed to compile regex grammar: ")
+    streamed = generate(emulator, stream=True, sampling_params={"regex": "(unclosed"})
+    assert streamed.status_code == 200
+    first = json.loads(streamed.text.split("\n\n")[0].removeprefix("data: "))
+    finish = first["meta_info"]["finish_reason"]
+    assert finish["type"] == "abort"
+    assert finish["status_code"] == 400
+    assert finish["message"].startswith("Failed to compile")
+    assert streamed.text.endswith("data: [DONE]\n\n")
+    assert value(scrape(emulator), "sglang:num_grammar_aborted_total") == 2
+
+
+def test_two_constraints_at_once_are_refused_with_400(emulator: Emulator) -> None:
+    params = {"regex": "a+", "json_schema": json.dumps({"type": "object"})}
+    assert generate(emulator, sampling_params=params).status_code == 400
+
+
+def test_invalid_json_body_is_refused_with_400(emulator: Emulator) -> None:
+    response = requests.post(emulator.url + "/generate", data=b"{not json", timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert "error" in response.json()
+
+
+# -- OpenAI-compatible endpoints -----------------------------------------------------------------
+
+
+def test_chat_completions_answers_in_openai_shape_and_needs_json(emulator: Emulator) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    answer = post(emulator, "/v1/chat/completions", body).json()
+    assert answer["object"] == "chat.completion"
+    assert len(answer["choices"][0]["message"]["content"].split()) == 4
+    assert answer["usage"]["completion_tokens"] == 4
+    not_json = requests.post(
+        emulator.url + "/v1/chat/completions",
+        data=json.dumps(body),
+        headers={"Content-Type": "text/plain"},
+        timeout=TIMEOUT,
+    )
+    assert not_json.status_code == 422
+    completion = post(emulator, "/v1/completions", {"prompt": "Once", "max_tokens": 3}).json()
+    assert completion["object"] == "text_completion"
+    assert completion["usage"]["completion_tokens"] == 3
+
+
+# -- authentication and information endpoints ------------------------------------------------
+
+
+def test_api_key_guards_everything_but_health_ready_and_metrics(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = start_emulator(api_key="s3cret")
+    good = {"Authorization": "Bearer s3cret"}
+    denied = get(emulator, "/model_info")
+    assert denied.status_code == 401
+    assert denied.json() == {"error": "Unauthorized"}
+    assert get(emulator, "/model_info", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert get(emulator, "/model_info", headers=good).status_code == 200
+    assert generate(emulator).status_code == 401
+    assert post(emulator, "/generate", {"text": "x"}, headers=good).status_code == 200
+    assert get(emulator, "/ping").status_code == 401
+    assert get(emulator, "/ping", headers=good).status_code == 200
+    for path in ("/health", "/health_generate", "/ready", "/metrics", "/_emulator/fault"):
+        assert get(emulator, path).status_code == 200, path
+
+
+def test_server_info_alias_has_the_same_body_and_echoes_the_api_key(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = start_emulator(api_key="s3cret", max_running_requests=64)
+    auth = {"Authorization": "Bearer s3cret"}
+    info = get(emulator, "/server_info", headers=auth).json()
+    old = get(emulator, "/get_server_info", headers=auth).json()
+    assert info == old
+    assert info["api_key"] == "s3cret"
+    assert info["version"] == "0.5.23"
+    assert info["port"] == int(emulator.url.rsplit(":", 1)[1])
+    assert info["max_running_requests"] == 64
+    assert info["max_queued_requests"] is None
+    assert isinstance(info["launch_command"], str)
+    state = info["internal_states"][0]
+    assert state["effective_max_running_requests_per_dp"] == 64
+    assert set(state["memory_usage"]) == {"weight", "kvcache", "token_capacity", "graph"}
+    assert set(state["memory_usage"]["graph"]) == {"decode", "prefill"}
+
+
+def test_model_info_models_and_loads_describe_the_server(emulator: Emulator) -> None:
+    info = get(emulator, "/model_info").json()
+    assert info == get(emulator, "/get_model_info").json()
+    assert info["model_path"] == MODEL
+    assert info["is_generation"] is True
+    assert get(emulator, "/v1/models").json()["data"][0]["id"] == MODEL
+    load = get(emulator, "/v1/loads").json()["loads"][0]
+    assert load["num_running_reqs"] == 0
+    assert load["max_running_requests"] == 256
+    assert {"num_waiting_reqs", "token_usage", "gen_throughput", "cache_hit_rate"} <= set(load)
+
+
+def test_unknown_path_answers_404_json(emulator: Emulator) -> None:
+    response = get(emulator, "/no_such_thing")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+def test_flush_cache_succeeds_when_idle_and_fails_while_requests_wait(emulator: Emulator) -> None:
+    idle = post(emulator, "/flush_cache")
+    assert idle.status_code == 200
+    assert idle.text.startswith("Cache flushed.\n")
+    assert get(emulator, "/flush_cache").status_code == 200
+    set_fault(emulator, "queue:3")
+    busy = post(emulator, "/flush_cache")
+    assert (busy.status_code, busy.text) == (400, "Flush cache failed.")
+    timed = post(emulator, "/flush_cache?timeout=0.05")
+    assert (timed.status_code, timed.text) == (400, "Timed out waiting for idle state.")
+
+
+def test_set_internal_state_refuses_max_running_requests_with_false(emulator: Emulator) -> None:
+    refused = post(emulator, "/set_internal_state", {"server_args": {"max_running_requests": 8}})
+    assert (refused.status_code, refused.json()) == (200, [False])
+    taken = post(emulator, "/set_internal_state", {"server_args": {"pp_max_micro_batch_size": 2}})
+    assert taken.json() == [True]
+    assert post(emulator, "/configure_logging", {"log_requests": True}).status_code == 200
+
+
+def test_abort_all_clears_the_queue_and_counts_the_aborts(emulator: Emulator) -> None:
+    set_fault(emulator, "queue:4")
+    response = post(emulator, "/abort_request", {"abort_all": True})
+    assert (response.status_code, response.content) == (200, b"")
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_queue_reqs") == 0
+    assert value(samples, "sglang:num_aborted_requests_total") == 4
+    assert post(emulator, "/flush_cache").status_code == 200
+
+
+def test_pause_queues_requests_fails_ready_keeps_ping_until_continued(emulator: Emulator) -> None:
+    paused = post(emulator, "/pause_generation", {"mode": "in_place"})
+    assert paused.status_code == 200
+    answers: list[requests.Response] = []
+    waiter = threading.Thread(target=lambda: answers.append(generate(emulator)))
+    waiter.start()
+    poll(lambda: get(emulator, "/v1/loads").json()["loads"][0]["num_waiting_reqs"] == 1)
+    assert get(emulator, "/ready").status_code == 503
+    assert get(emulator, "/ping").status_code == 200
+    assert get(emulator, "/health").status_code == 503  # no output arrives while paused
+    assert post(emulator, "/flush_cache").status_code == 400
+    assert post(emulator, "/continue_generation", {}).status_code == 200
+    waiter.join(TIMEOUT)
+    assert answers[0].status_code == 200
+    assert get(emulator, "/ready").status_code == 200
+
+
+def test_abort_all_ends_requests_waiting_in_a_pause(emulator: Emulator) -> None:
+    post(emulator, "/pause_generation", {"mode": "in_place"})
+    answers: list[requests.Response] = []
+    waiter = threading.Thread(target=lambda: answers.append(generate(emulator)))
+    waiter.start()
+    poll(lambda: value(scrape(emulator), "sglang:num_queue_reqs") == 1)
+    assert post(emulator, "/abort_request", {"abort_all": True}).status_code == 200
+    waiter.join(TIMEOUT)
+    assert answers[0].json()["meta_info"]["finish_reason"]["type"] == "abort"
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_aborted_requests_total") == 1
+    assert value(samples, "sglang:num_requests_total") == 0
+
+
+# -- faults ----------------------------------------------------------------------------------
+
+
+def test_error_fault_fails_inference_and_counts_the_status(emulator: Emulator) -> None:
+    assert set_fault(emulator, "error:503").json() == {"mode": "error:503"}
+    assert generate(emulator).status_code == 503
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert post(emulator, "/v1/chat/completions", chat).status_code == 503
+    assert get(emulator, "/model_info").status_code == 200
+    failed = {"endpoint": "/generate", "status_code": "503", "method": "POST"}
+    assert value(scrape(emulator), "sglang:http_responses_total", **failed) == 1
+    set_fault(emulator, None)
+    assert generate(emulator).status_code == 200
+
+
+def test_queue_fault_shows_waiting_requests(emulator: Emulator) -> None:
+    set_fault(emulator, "queue:7")
+    assert value(scrape(emulator), "sglang:num_queue_reqs") == 7
+    assert get(emulator, "/v1/loads").json()["loads"][0]["num_waiting_reqs"] == 7
+    assert get(emulator, "/_emulator/fault").json() == {"mode": "queue:7"}
+    set_fault(emulator, "none")
+    assert value(scrape(emulator), "sglang:num_queue_reqs") == 0
+
+
+def test_slow_fault_delays_every_endpoint_but_the_control_api(emulator: Emulator) -> None:
+    emulator.set_fault("slow:0.3")
+    calls: list[Callable[[], requests.Response]] = [
+        lambda: get(emulator, "/metrics"),
+        lambda: generate(emulator),
+    ]
+    for call in calls:
+        began = time.monotonic()
+        assert call().status_code == 200
+        assert time.monotonic() - began >= 0.3
+    began = time.monotonic()
+    assert get(emulator, "/_emulator/fault").json() == {"mode": "slow:0.3"}
+    assert time.monotonic() - began < 0.2
+
+
+def test_hang_fault_answers_nothing_until_cleared(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(fault="hang")
+    with pytest.raises(requests.ReadTimeout):
+        get(emulator, "/health", timeout=0.3)
+    assert get(emulator, "/_emulator/fault").json() == {"mode": "hang"}
+    set_fault(emulator, None)
+    assert get(emulator, "/health").status_code == 200
+
+
+def test_stop_returns_promptly_while_requests_hang(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(fault="hang")
+    errors: list[Exception] = []
+
+    def hung_request() -> None:
+        try:
+            get(emulator, "/model_info")
+        except requests.RequestException as exc:
+            errors.append(exc)
+
+    client = threading.Thread(target=hung_request)
+    client.start()
+    poll(lambda: emulator.active_requests == 1)
+    began = time.monotonic()
+    emulator.stop()
+    assert time.monotonic() - began < 1.0
+    client.join(TIMEOUT)
+    assert not client.is_alive()
+
+
+def test_crash_fault_calls_the_exit_function_and_stops_serving(
+    start_emulator: StartEmulator,
+) -> None:
+    exits: list[int] = []
+    exited = threading.Event()
+
+    def fake_exit(code: int) -> None:  # stands in for os._exit, which would end pytest
+        exits.append(code)
+        exited.set()
+
+    emulator = start_emulator(exit_fn=fake_exit)
+    assert set_fault(emulator, "crash:0.05").status_code == 200
+    assert exited.wait(TIMEOUT)
+    assert exits == [1]
+    poll(lambda: _refused(emulator))
+
+
+def _refused(emulator: Emulator) -> bool:
+    try:
+        get(emulator, "/health", timeout=0.5)
+    except requests.ConnectionError:
+        return True
+    return False
+
+
+def test_crash_at_start_exits_at_once(start_emulator: StartEmulator) -> None:
+    exited = threading.Event()
+    start_emulator(exit_fn=lambda code: exited.set(), fault="crash")
+    assert exited.wait(TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hang", Fault("hang")),
+        ("slow:2.5", Fault("slow", seconds=2.5)),
+        ("crash", Fault("crash")),
+        ("crash:3", Fault("crash", seconds=3.0)),
+        ("error:503", Fault("error", status=503)),
+        ("queue:50", Fault("queue", count=50)),
+        (" SLOW : 1 ", Fault("slow", seconds=1.0)),
+    ],
+)
+def test_parse_fault_reads_each_mode(text: str, expected: Fault) -> None:
+    assert parse_fault(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("explode", "unknown fault 'explode': valid modes are hang, slow:SECONDS"),
+        ("slow", "slow needs SECONDS"),
+        ("slow:soon", "SECONDS must be a number"),
+        ("slow:-1", "SECONDS must be a finite number >= 0"),
+        ("error:200", "STATUS must be between 400 and 599"),
+        ("queue:many", "N must be an integer"),
+        ("hang:5", "hang takes no argument"),
+    ],
+)
+def test_parse_fault_names_the_valid_modes_on_bad_text(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match="valid modes are hang, slow:SECONDS, crash") as caught:
+        parse_fault(text)
+    assert message in str(caught.value)
+
+
+def test_fault_endpoint_refuses_bad_modes_with_400(emulator: Emulator) -> None:
+    response = set_fault(emulator, "explode")
+    assert response.status_code == 400
+    assert "valid modes" in response.json()["error"]
+    assert get(emulator, "/_emulator/fault").json() == {"mode": None}
+    with pytest.raises(ValueError, match="unknown fault"):
+        Emulator(EmulatorOptions(port=0, fault="explode"))
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_module_serves_quickly_and_exits_0_on_sigterm() -> None:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "sglguard.emulator", "--port", str(port)]
+    began = time.monotonic()
+    child = subprocess.Popen(
+        [*command, "--health-latency", "0.02"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return requests.get(url + "/health", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        poll(healthy, deadline_s=5.0)
+        assert time.monotonic() - began < 1.5  # interpreter start included
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0
+    assert f"sglguard emulator listening on {url}" in stderr.decode()
