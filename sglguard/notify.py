@@ -163,7 +163,9 @@ class Notifications:
             if not sender.add(url.get_secret_value()):
                 return "Apprise could not load one of the notifier's URLs"
         notify_type = _TYPES.get(message.severity, apprise.NotifyType.INFO)
-        with apprise.LogCapture(level=logging.WARNING, fmt="%(message)s") as captured:
+        capture = apprise.LogCapture(  # type: ignore[no-untyped-call]
+            level=logging.WARNING, fmt="%(message)s")
+        with capture as captured:
             ok = sender.notify(body=message.body, title=message.title, notify_type=notify_type)
             logs = str(captured.getvalue()).strip()
         if ok:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 import threading
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -64,7 +64,8 @@ class AlertReceiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 status = receiver._accept(self.rfile.read(length))
                 payload = b'{"ok": true}'
-                head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+                head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+                        "Content-Type: application/json\r\n"
                         f"Content-Length: {len(payload)}\r\n\r\n").encode()
                 self.wfile.write(head + payload)  # one write: no delayed-ACK stall
 

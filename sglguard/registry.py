@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
-
-class Kinded(Protocol):
-    kind: str
-    config_model: type[BaseModel]
-
-
-T = TypeVar("T", bound=Kinded)
+T = TypeVar("T")
 
 
 class UnknownKindError(KeyError):
@@ -31,9 +25,13 @@ class Registry(Mapping[str, type[T]], Generic[T]):
         self._items: dict[str, type[T]] = {}
 
     def register(self, cls: type[T]) -> type[T]:
-        if cls.kind in self._items:
-            raise ValueError(f"{self.family} kind '{cls.kind}' is registered twice")
-        self._items[cls.kind] = cls
+        """Add an implementation under its `kind` class attribute; a kind only once."""
+        kind = getattr(cls, "kind", None)
+        if not isinstance(kind, str) or not isinstance(getattr(cls, "config_model", None), type):
+            raise TypeError(f"{cls.__name__} needs `kind` and `config_model` class attributes")
+        if kind in self._items:
+            raise ValueError(f"{self.family} kind '{kind}' is registered twice")
+        self._items[kind] = cls
         return cls
 
     def __getitem__(self, kind: str) -> type[T]:
@@ -61,7 +59,8 @@ class _ConfigModels(Mapping[str, type[BaseModel]]):
         self._registry = registry
 
     def __getitem__(self, kind: str) -> type[BaseModel]:
-        return self._registry[kind].config_model
+        model: type[BaseModel] = getattr(self._registry[kind], "config_model")  # noqa: B009
+        return model
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._registry)

@@ -82,15 +82,16 @@ class _Document:
                 self._index(item, (*loc, index))
 
     def where(self, loc: Loc) -> tuple[str, int | None]:
-        """The path as written in the file (tags of pydantic unions dropped) and its line."""
+        """The path and the line it starts on (a missing key: the line of its parent)."""
         node: Any = self.data
         kept: list[str | int] = []
         for part in loc:
-            if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
-                node = node[part]
-            else:
-                continue
             kept.append(part)
+            found = (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and part < len(node))
+            if not found:
+                break
+            node = node[part]
         line = None
         for size in range(len(kept), -1, -1):
             line = self.lines.get(tuple(kept[:size]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -16,14 +16,6 @@ from sglguard.config.types import Duration
 from sglguard.controls.base import ControlConfig
 from sglguard.remediations.base import RemediationConfig
 
-EVENTS = (
-    "incident_opened",
-    "incident_resolved",
-    "remediation_succeeded",
-    "remediation_failed",
-    "budget_spent",
-    "test",
-)
 Event = Literal[
     "incident_opened",
     "incident_resolved",
@@ -32,6 +24,7 @@ Event = Literal[
     "budget_spent",
     "test",
 ]
+EVENTS: tuple[Event, ...] = get_args(Event)
 
 
 class TargetConfig(ConfigModel):

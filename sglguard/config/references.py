@@ -71,7 +71,8 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
                 )))
                 continue
             kind = remediation_kinds.get(name)
-            needs_control = kind in REMEDIATIONS and REMEDIATIONS[kind].requires_control
+            needs_control = (isinstance(kind, str) and kind in REMEDIATIONS
+                             and REMEDIATIONS[kind].requires_control)
             if needs_control and isinstance(target, str) and target in targets and (
                 target not in controlled
             ):

@@ -26,7 +26,8 @@ def parse_duration(value: Any) -> timedelta:
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
-        raise ValueError(f"invalid duration {value!r}: expected a number with a unit, e.g. 2s, 5m, 1h")
+        raise ValueError(
+            f"invalid duration {value!r}: expected a number with a unit, e.g. 2s, 5m, 1h")
     if seconds <= 0:
         raise ValueError(f"invalid duration {value!r}: must be greater than zero")
     return timedelta(seconds=seconds)

@@ -56,6 +56,10 @@ class Control(Generic[ControlT]):
         """Stop, then start; returns what was done. Raises ControlError."""
         raise NotImplementedError
 
+    def stop(self) -> str:
+        """Stop the server if it runs; returns what was done. Raises ControlError."""
+        raise NotImplementedError
+
     def start_failure(self) -> str | None:
         """Why the server just started has already gone, or None while it may still come up."""
         return None

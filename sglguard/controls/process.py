@@ -6,8 +6,8 @@ import contextlib
 import logging
 import os
 import shlex
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -120,8 +120,9 @@ class ProcessControl(Control[ProcessControlConfig]):
         with config.log_path.open("ab") as log:
             try:
                 child = subprocess.Popen(
-                    [resolve_program(config.start[0]), *config.start[1:]], cwd=config.workdir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                    [resolve_program(config.start[0]), *config.start[1:]], cwd=config.workdir,
+                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True,
                 )
             except FileNotFoundError:
                 raise ControlError(

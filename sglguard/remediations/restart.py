@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from tenacity import (
@@ -28,6 +30,15 @@ class _NotReady(Exception):
     pass
 
 
+def _interruptible(stop: threading.Event) -> Callable[[float], None]:
+    """A sleep for tenacity that wakes at once when sglguard shuts down."""
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)
+
+    return sleep
+
+
 class Restart(Remediation[RestartConfig]):
     """Restarts through the target's control and waits out its start-up."""
 
@@ -48,7 +59,8 @@ class Restart(Remediation[RestartConfig]):
     def plan(self) -> list[str]:
         budget = self.control.config.startup_timeout.total_seconds()
         url = f"{self.context.client.base_url}{self.config.health_path}"
-        return [*self.control.plan_restart(), f"wait up to {budget:g} s for GET {url} to answer 200"]
+        wait = f"wait up to {budget:g} s for GET {url} to answer 200"
+        return [*self.control.plan_restart(), wait]
 
     def execute(self) -> str:
         control = self.control
@@ -87,7 +99,7 @@ class Restart(Remediation[RestartConfig]):
             stop=stop_after_delay(budget),
             wait=wait_exponential(multiplier=0.1, max=2.0),
             retry=retry_if_exception_type(_NotReady),
-            sleep=stop.wait,
+            sleep=_interruptible(stop),
             reraise=True,
         )
         try:

@@ -26,10 +26,9 @@ class StoreError(Exception):
     """The store cannot be opened or written."""
 
 
-def _alembic_config(engine: Engine) -> Config:
+def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
     return config
 
 
@@ -63,7 +62,7 @@ def _connect_args(url: str) -> dict[str, Any]:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (creates it on first use)."""
-    config = _alembic_config(engine)
+    config = _alembic_config()
     head = ScriptDirectory.from_config(config).get_current_head()
     with engine.begin() as connection:
         current = MigrationContext.configure(connection).get_current_revision()

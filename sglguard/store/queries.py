@@ -122,7 +122,8 @@ def runs_of(session: Session, incident_id: int) -> Sequence[RemediationRunRow]:
 
 def attempts_of(session: Session, incident_id: int) -> Sequence[NotificationAttemptRow]:
     return session.scalars(select(NotificationAttemptRow).where(
-        NotificationAttemptRow.incident_id == incident_id).order_by(NotificationAttemptRow.id)).all()
+        NotificationAttemptRow.incident_id == incident_id
+    ).order_by(NotificationAttemptRow.id)).all()
 
 
 def events_of(session: Session, incident_id: int) -> Sequence[IncidentEventRow]:

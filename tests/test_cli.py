@@ -1,0 +1,204 @@
+"""The command line as a user drives it: exit statuses, JSON, dry runs, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
+
+from sglguard.cli import main
+from sglguard.controls.process import read_pidfile
+from sglguard.emulator import Emulator
+
+
+def catalog_for(directory: Path, url: str, port: int | None = None, extra: str = "") -> Path:
+    control = ""
+    if port is not None:
+        control = f"""
+    control:
+      kind: process
+      start: {json.dumps(emulator_command(port))}
+      pidfile: local.pid
+      startup_timeout: 10s"""
+    path = directory / "sglguard.yaml"
+    path.write_text(f"""\
+version: 1
+targets:
+  - name: local
+    url: {url}{control}
+checks:
+  - {{name: liveness, kind: http, target: local, interval: 2s, timeout: 1s}}
+  - name: queue
+    kind: metric
+    target: local
+    metric: sglang:num_queue_reqs
+    warning: "> 50"
+    critical: "> 200"
+remediations:
+  - {{name: restart, kind: restart}}
+notifiers:
+  - {{name: ops, urls: ["json://user:hunter2@127.0.0.1:9/alerts"]}}
+{extra}""")
+    return path
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_validate_summarises_a_good_catalog_without_secrets(tmp_path: Path) -> None:
+    result = invoke("validate", "--config", str(catalog_for(tmp_path, "http://127.0.0.1:1")))
+    assert result.exit_code == 0
+    assert "check liveness: http on local every 2s" in result.output
+    assert "notifier ops: json://" in result.output
+    assert "hunter2" not in result.output
+
+
+def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("version: 1\ntargets: [{name: a, url: 'ftp://x'}]\nchecks: [{kind: nope}]\n")
+    result = invoke("validate", "--config", str(path))
+    assert result.exit_code == 2
+    assert "2 problems" in result.output
+    assert "targets[0].url (line 2)" in result.output
+    assert "checks[0] (line 3): unknown check kind 'nope': valid kinds are http, metric" in (
+        result.output)
+    assert "Traceback" not in result.output
+
+
+def test_missing_catalog_is_exit_2(tmp_path: Path) -> None:
+    result = invoke("validate", "--config", str(tmp_path / "nope.yaml"))
+    assert result.exit_code == 2 and "file not found" in result.output
+
+
+def test_check_json_and_exit_status_is_the_worst(tmp_path: Path, emulator: Emulator) -> None:
+    path = catalog_for(tmp_path, emulator.url)
+    ok = invoke("check", "--config", str(path), "--json")
+    assert ok.exit_code == 0, ok.output
+    items = json.loads(ok.output)
+    assert {item["check"]: item["status"] for item in items} == {"liveness": "ok", "queue": "ok"}
+    assert set(items[0]) >= {"check", "target", "status", "value", "message", "duration_ms",
+                             "unit"}
+    emulator.set_fault("queue:60")
+    assert invoke("check", "--config", str(path), "--only", "queue").exit_code == 1
+    emulator.set_fault("queue:300")
+    critical = invoke("check", "--config", str(path), "--only", "queue", "--json")
+    assert critical.exit_code == 2 and json.loads(critical.output)[0]["value"] == 300
+
+
+def test_check_of_a_dead_server_is_critical_and_unknown(tmp_path: Path) -> None:
+    path = catalog_for(tmp_path, f"http://127.0.0.1:{free_port()}")
+    result = invoke("check", "--config", str(path), "--json")
+    statuses = {item["check"]: item["status"] for item in json.loads(result.output)}
+    assert statuses == {"liveness": "critical", "queue": "unknown"}
+    assert result.exit_code == 3  # the worst of 2 and 3, as Nagios plugins report
+
+
+def test_check_results_are_stored_and_shown_by_history(tmp_path: Path,
+                                                       emulator: Emulator) -> None:
+    path = catalog_for(tmp_path, emulator.url)
+    invoke("check", "--config", str(path))
+    invoke("check", "--config", str(path), "--only", "liveness")
+    history = json.loads(invoke("history", "--config", str(path), "--json").output)
+    assert [item["check"] for item in history] == ["liveness", "queue", "liveness"]
+    only = json.loads(invoke("history", "--config", str(path), "--check", "queue", "--limit",
+                             "5", "--json").output)
+    assert [item["check"] for item in only] == ["queue"]
+    table = invoke("history", "--config", str(path))
+    assert table.exit_code == 0 and "liveness" in table.output
+
+
+def test_unknown_check_or_remediation_is_exit_2(tmp_path: Path) -> None:
+    path = catalog_for(tmp_path, "http://127.0.0.1:1")
+    result = invoke("check", "--config", str(path), "--only", "nope")
+    assert result.exit_code == 2 and "known: liveness, queue" in result.output
+    result = invoke("remediate", "reboot", "--config", str(path))
+    assert result.exit_code == 2 and "unknown remediation 'reboot'" in result.output
+    result = invoke("remediate", "restart", "--target", "x", "--config", str(path))
+    assert result.exit_code == 2 and "unknown target 'x'" in result.output
+
+
+@pytest.fixture
+def managed(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A catalog whose emulator was started by `sglguard remediate restart`."""
+    port = free_port()
+    path = catalog_for(tmp_path, f"http://127.0.0.1:{port}", port)
+    started = invoke("remediate", "restart", "--config", str(path))
+    assert started.exit_code == 0, started.output
+    pid = read_pidfile(tmp_path / "local.pid")
+    assert pid is not None
+    yield path, pid
+    invoke("remediate", "restart", "--config", str(path), "--dry-run")
+    current = read_pidfile(tmp_path / "local.pid")
+    if current is not None and pid_alive(current):
+        import os
+
+        os.kill(current, signal.SIGTERM)
+
+
+def test_remediate_dry_run_prints_the_plan_and_changes_nothing(
+        managed: tuple[Path, int], tmp_path: Path) -> None:
+    path, pid = managed
+    result = invoke("remediate", "restart", "--target", "local", "--dry-run",
+                    "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert f"send SIGTERM to the process group of pid {pid}" in result.output
+    assert "-m sglguard emulator --port" in result.output
+    assert "nothing was changed" in result.output
+    assert read_pidfile(tmp_path / "local.pid") == pid and pid_alive(pid)
+    incidents = json.loads(invoke("incidents", "--config", str(path), "--json").output)
+    assert incidents == []
+    from sglguard.config.loader import load_catalog
+    from sglguard.store import Store, queries
+
+    store = Store.open(load_catalog(path).store.url)
+    with store.session() as session:
+        runs = [(run.dry_run, run.outcome, run.trigger) for run in queries.manual_runs(session, 5)]
+    store.close()
+    assert runs == [(True, "planned", "manual"), (False, "succeeded", "manual")]
+
+
+def test_remediate_restarts_the_server_with_a_new_pid(managed: tuple[Path, int],
+                                                      tmp_path: Path) -> None:
+    path, pid = managed
+    result = invoke("remediate", "restart", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "succeeded" in result.output
+    new_pid = read_pidfile(tmp_path / "local.pid")
+    assert new_pid not in (None, pid) and not pid_alive(pid)
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path: Path, emulator: Emulator) -> None:
+    path = catalog_for(tmp_path, emulator.url)
+    process = subprocess.Popen([PYTHON, "-m", "sglguard", "run", "--config", str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store_file = tmp_path / "sglguard.db"
+    wait_for(lambda: store_file.exists() and _results(store_file) >= 2, 15)
+    began = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr.decode()
+    assert time.monotonic() - began < 5
+    assert b"sglguard stopped" in stderr
+
+
+def test_bad_arguments_are_exit_2() -> None:
+    assert invoke("history", "--limit", "zero").exit_code == 2
+    assert invoke("emulator", "--port", "1", "--fault", "melt").exit_code == 2
+
+
+def _results(store_file: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(store_file) as connection:
+            return int(connection.execute("select count(*) from check_results").fetchone()[0])
+    except sqlite3.Error:
+        return 0

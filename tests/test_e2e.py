@@ -1,0 +1,164 @@
+"""End to end with real processes: `sglguard run` restarts a killed emulator, or escalates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
+from sqlalchemy import create_engine, text
+
+from sglguard.controls.process import read_pidfile
+from sglguard.receiver import AlertReceiver
+
+
+def write_catalog(directory: Path, port: int, alerts: int, start: list[str]) -> Path:
+    """The reference catalog, on free ports and with short intervals."""
+    path = directory / "sglguard.yaml"
+    path.write_text(f"""\
+version: 1
+store:
+  url: sqlite:///sglguard-e2e.db
+targets:
+  - name: local
+    url: http://127.0.0.1:{port}
+    control:
+      kind: process
+      start: {json.dumps(start)}
+      pidfile: sglguard-local.pid
+      startup_timeout: 15s
+checks:
+  - name: liveness
+    kind: http
+    target: local
+    path: /health
+    interval: 0.3s
+    timeout: 1s
+    failure_threshold: 2
+    remediate: [restart]
+  - name: queue
+    kind: metric
+    target: local
+    metric: sglang:num_queue_reqs
+    aggregate: sum
+    warning: "> 50"
+    critical: "> 200"
+    interval: 5s
+remediations:
+  - name: restart
+    kind: restart
+    budget: {{max: 3, within: 30m}}
+notifiers:
+  - name: ops
+    urls: ["json://127.0.0.1:{alerts}/alerts"]
+""")
+    return path
+
+
+class Service:
+    """`sglguard run` as a child process."""
+
+    def __init__(self, catalog: Path) -> None:
+        self.catalog = catalog
+        self.log = (catalog.parent / "service.log").open("wb")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "sglguard", "--log-level", "debug", "run", "--config", str(catalog)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.database = create_engine(f"sqlite:///{catalog.parent / 'sglguard-e2e.db'}")
+
+    def query(self, sql: str) -> list[Any]:
+        try:
+            with self.database.connect() as connection:
+                return list(connection.execute(text(sql)))
+        except Exception:
+            return []  # not migrated yet
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=10)
+        self.log.close()
+        self.database.dispose()
+        return code
+
+
+@pytest.fixture
+def receiver() -> Iterator[AlertReceiver]:
+    server = AlertReceiver().start()
+    yield server
+    server.stop()
+
+
+def titles(receiver: AlertReceiver) -> list[str]:
+    return [alert["title"] for alert in receiver.received()]
+
+
+def test_killed_server_is_detected_restarted_resolved_and_notified(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    catalog = write_catalog(tmp_path, port, receiver.port, emulator_command(port))
+    pidfile = tmp_path / "sglguard-local.pid"
+    first = subprocess.Popen(emulator_command(port), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pidfile.write_text(f"{first.pid}\n")
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok
+             if _listening(port) else False)
+    service = Service(catalog)
+    try:
+        wait_for(lambda: service.query("select 1 from check_results where status = 'ok'"), 15)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        wait_for(lambda: service.query("select 1 from incidents where status = 'resolved'"), 30)
+        new_pid = read_pidfile(pidfile)
+        assert new_pid is not None and new_pid != first.pid and pid_alive(new_pid)
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        wait_for(lambda: any("incident resolved" in title for title in titles(receiver)), 15)
+    finally:
+        code = service.stop()
+    assert code == 0, (tmp_path / "service.log").read_text()
+    incidents = service.query("select id, status from incidents")
+    assert [status for _, status in incidents] == ["resolved"]
+    got = titles(receiver)
+    assert any("liveness: incident opened" in title for title in got), got
+    assert any("liveness: restart succeeded" in title for title in got), got
+    assert any("liveness: incident resolved" in title for title in got), got
+    runs = service.query("select outcome, dry_run from remediation_runs")
+    assert [tuple(run) for run in runs] == [("succeeded", 0)]
+    os.kill(new_pid, signal.SIGTERM)
+
+
+def test_failing_restarts_stop_at_the_budget_and_escalate_once(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    catalog = write_catalog(tmp_path, port, receiver.port, [PYTHON, "-c", "raise SystemExit(1)"])
+    service = Service(catalog)
+    try:
+        escalated = wait_for(lambda: service.query(
+            "select escalated_at from incidents where escalated_at is not null"), 30)
+        since = escalated[0][0]
+        # Several more failing runs after the escalation: no further action on the incident.
+        wait_for(lambda: len(service.query(
+            f"select 1 from check_results where started_at > '{since}'")) >= 5, 15)
+        wait_for(lambda: any("ESCALATION" in title for title in titles(receiver)), 15)
+    finally:
+        code = service.stop()
+    assert code == 0
+    runs = [run[0] for run in service.query("select outcome from remediation_runs order by id")]
+    assert runs == ["failed", "failed", "failed", "skipped"], runs
+    assert sum("ESCALATION" in title for title in titles(receiver)) == 1, titles(receiver)
+    assert len(service.query("select 1 from incidents")) == 1
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+

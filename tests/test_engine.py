@@ -1,0 +1,127 @@
+"""The incident engine: soft/hard state, one incident per breach, grace, escalation once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+
+from sglguard.checks.base import CheckResult, Status
+from sglguard.config.models import Catalog
+from sglguard.engine import IncidentEngine
+from sglguard.store import Store, queries
+
+CATALOG = """\
+version: 1
+targets: [{name: local, url: "http://127.0.0.1:1"}]
+checks:
+  - {name: liveness, kind: http, target: local, failure_threshold: 2}
+  - {name: sticky, kind: http, target: local, failure_threshold: 1, success_threshold: 2}
+notifiers: [{name: ops, urls: ["json://127.0.0.1:1/alerts"]}]
+"""
+
+
+@pytest.fixture
+def engine(make_catalog: Callable[[str], Catalog], store: Store,
+           clock: FakeClock) -> IncidentEngine:
+    return IncidentEngine(make_catalog(CATALOG), store, clock)
+
+
+def feed(engine: IncidentEngine, clock: FakeClock, status: Status,
+         check: str = "liveness") -> Any:
+    clock.advance(2)
+    return engine.record(CheckResult(check, "local", status, 1.0, "s", status.label, 1.0,
+                                     clock()))
+
+
+def open_incidents(store: Store) -> list[int]:
+    with store.session() as session:
+        return [item.id for item in queries.incidents(session, open_only=True, limit=10)]
+
+
+def test_incident_opens_once_at_the_failure_threshold(engine: IncidentEngine, store: Store,
+                                                      clock: FakeClock) -> None:
+    first = feed(engine, clock, Status.CRITICAL)
+    assert first.opened is None and open_incidents(store) == []
+    second = feed(engine, clock, Status.CRITICAL)
+    assert second.opened is not None and second.remediate == second.opened
+    assert [message.event for message in second.messages] == ["incident_opened"]
+    third = feed(engine, clock, Status.CRITICAL)
+    assert third.opened is None and third.messages == []
+    assert open_incidents(store) == [second.opened]
+
+
+def test_incident_resolves_on_the_first_ok_by_default(engine: IncidentEngine, store: Store,
+                                                      clock: FakeClock) -> None:
+    feed(engine, clock, Status.CRITICAL)
+    opened = feed(engine, clock, Status.CRITICAL).opened
+    resolved = feed(engine, clock, Status.OK)
+    assert resolved.resolved == opened
+    assert [message.event for message in resolved.messages] == ["incident_resolved"]
+    assert open_incidents(store) == []
+    with store.session() as session:
+        events = [event.kind for event in queries.events_of(session, opened or 0)]
+    assert events == ["opened", "resolved"]
+
+
+def test_success_threshold_asks_for_more_passing_runs(engine: IncidentEngine, store: Store,
+                                                      clock: FakeClock) -> None:
+    opened = feed(engine, clock, Status.WARNING, "sticky").opened
+    assert feed(engine, clock, Status.OK, "sticky").resolved is None
+    assert feed(engine, clock, Status.OK, "sticky").resolved == opened
+
+
+def test_a_pass_between_failures_resets_the_count(engine: IncidentEngine, store: Store,
+                                                  clock: FakeClock) -> None:
+    for status in (Status.CRITICAL, Status.OK, Status.CRITICAL, Status.OK):
+        assert feed(engine, clock, status).opened is None
+    assert open_incidents(store) == []
+
+
+def test_unknown_counts_as_not_ok(engine: IncidentEngine, clock: FakeClock) -> None:
+    feed(engine, clock, Status.UNKNOWN)
+    assert feed(engine, clock, Status.UNKNOWN).opened is not None
+
+
+def test_failures_in_grace_are_recorded_but_not_counted(engine: IncidentEngine, store: Store,
+                                                        clock: FakeClock) -> None:
+    feed(engine, clock, Status.OK)
+    engine.begin_grace("local", clock.now + timedelta(seconds=60))
+    for _ in range(5):
+        decision = feed(engine, clock, Status.CRITICAL)
+        assert not decision.evaluated and decision.opened is None
+    with store.session() as session:
+        rows = queries.recent_results(session, "liveness", 10)
+    assert [row.evaluated for row in rows[:5]] == [False] * 5
+    clock.advance(60)
+    feed(engine, clock, Status.CRITICAL)
+    assert feed(engine, clock, Status.CRITICAL).opened is not None
+
+
+def test_a_pass_ends_the_grace_of_that_check(engine: IncidentEngine, clock: FakeClock) -> None:
+    feed(engine, clock, Status.OK)
+    engine.begin_grace("local", clock.now + timedelta(minutes=10))
+    assert feed(engine, clock, Status.CRITICAL).evaluated is False
+    feed(engine, clock, Status.OK)
+    assert feed(engine, clock, Status.CRITICAL).evaluated is True
+
+
+def test_still_failing_open_incident_asks_for_remediation_until_escalated(
+        engine: IncidentEngine, clock: FakeClock) -> None:
+    feed(engine, clock, Status.CRITICAL)
+    opened = feed(engine, clock, Status.CRITICAL).opened
+    assert opened is not None
+    assert feed(engine, clock, Status.CRITICAL).remediate == opened
+    assert engine.escalate(opened, "budget spent") is not None
+    assert engine.escalate(opened, "budget spent") is None
+    assert feed(engine, clock, Status.CRITICAL).remediate is None
+
+
+def test_severity_rises_with_the_worst_result(engine: IncidentEngine, clock: FakeClock) -> None:
+    feed(engine, clock, Status.WARNING)
+    opened = feed(engine, clock, Status.WARNING).opened
+    feed(engine, clock, Status.CRITICAL)
+    assert engine.incident(opened or 0).severity == "critical"

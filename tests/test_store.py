@@ -1,0 +1,109 @@
+"""The store: schema by migration on first use, UTC times, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import OperationalError, StatementError
+
+from sglguard.checks.base import CheckResult, Status
+from sglguard.store import Store, StoreError, queries
+from sglguard.store.models import CheckResultRow
+
+POSTGRES = os.environ.get("SGLGUARD_TEST_POSTGRES",
+                          "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TABLES = {"check_results", "check_states", "incidents", "incident_events", "remediation_runs",
+          "notification_attempts", "alembic_version"}
+
+
+def result(at: datetime, status: Status = Status.OK) -> CheckResult:
+    return CheckResult("liveness", "local", status, 0.5, "s", "fine", 1.0, at)
+
+
+def test_first_use_creates_the_schema_by_migration(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    Store.open(url).close()
+    engine = create_engine(url)
+    assert set(inspect(engine).get_table_names()) >= TABLES
+    with engine.connect() as connection:
+        assert connection.scalar(text("select version_num from alembic_version")) == "0001"
+    engine.dispose()
+
+
+def test_opening_again_keeps_what_was_stored(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'again.db'}"
+    first = Store.open(url)
+    with first.session() as session:
+        queries.add_result(session, result(datetime.now(UTC)))
+    first.close()
+    second = Store.open(url)
+    with second.session() as session:
+        assert len(queries.recent_results(session, "liveness", 10)) == 1
+    second.close()
+
+
+def test_times_come_back_in_utc_whatever_zone_went_in(store: Store) -> None:
+    local = datetime(2026, 3, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
+    with store.session() as session:
+        queries.add_result(session, result(local))
+    with store.session() as session:
+        row = queries.recent_results(session, None, 1)[0]
+    assert row.started_at == datetime(2026, 3, 1, 14, 30, tzinfo=UTC)
+    assert row.started_at.tzinfo == UTC
+
+
+def test_naive_times_are_refused(store: Store) -> None:
+    with pytest.raises(StatementError, match="naive datetime"), store.session() as session:
+        queries.add_result(session, result(datetime(2026, 1, 1)))
+        session.flush()
+
+
+def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store.open(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+
+
+def test_unknown_driver_is_a_clear_error() -> None:
+    with pytest.raises(StoreError, match="invalid store url"):
+        Store.open("nosuchdb://somewhere/x")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh schema in the local PostgreSQL server, dropped afterwards."""
+    admin = create_engine(POSTGRES)
+    schema = f"sglguard_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"create schema {schema}"))
+    except OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("SGLGUARD_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}: {exc.orig}")
+    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(text(f"drop schema {schema} cascade"))
+    admin.dispose()
+
+
+def test_postgresql_store_migrates_and_round_trips(postgres_url: str) -> None:
+    store = Store.open(postgres_url)
+    at = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    with store.session() as session:
+        queries.add_result(session, result(at, Status.CRITICAL))
+        state = queries.check_state(session, "liveness", "local")
+        state.consecutive_failures = 2
+    with store.session() as session:
+        row = session.query(CheckResultRow).one()
+        assert (row.status, row.started_at, row.value) == ("critical", at, 0.5)
+        assert queries.check_state(session, "liveness", "local").consecutive_failures == 2
+    assert set(inspect(store.engine).get_table_names()) >= TABLES
+    store.close()
+    Store.open(postgres_url).close()  # a second start finds the schema current
