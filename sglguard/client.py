@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
+from urllib3.exceptions import ReadTimeoutError
 
 logger = logging.getLogger(__name__)
 
 REDACTED = "***"
 _SECRET_KEYS = frozenset({"api_key", "admin_api_key"})
+# A launch command echoes keys sglguard may not know, e.g. `--admin-api-key X`.
+_KEY_FLAG = re.compile(r"(--(?:admin-)?api-key(?:=|\s+))(\S+)")
 
 
 class TargetError(Exception):
@@ -32,19 +36,26 @@ class TargetTimeout(TargetError):
     reason = "timeout"
 
 
-def redact_secrets(value: Any) -> Any:
-    """Copy of a JSON value with every `api_key`-like field replaced, at any depth."""
+def redact_secrets(value: Any, secrets: Sequence[str] = ()) -> Any:
+    """Copy of a JSON value with every `api_key`-like field replaced, at any depth, and each of
+    `secrets` scrubbed from every string (`launch_command` echoes `--api-key <key>`)."""
     if isinstance(value, Mapping):
         return {
-            key: (REDACTED if key in _SECRET_KEYS and item else redact_secrets(item))
+            key: (REDACTED if key in _SECRET_KEYS and item else redact_secrets(item, secrets))
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [redact_secrets(item) for item in value]
+        return [redact_secrets(item, secrets) for item in value]
+    if isinstance(value, str):
+        value = _KEY_FLAG.sub(rf"\1{REDACTED}", value)
+        for secret in secrets:
+            if secret:
+                value = value.replace(secret, REDACTED)
     return value
 
 
-def _is_refused(exc: BaseException) -> bool:
+def _in_chain(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is anywhere among the causes urllib3 and requests wrap around `exc`."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -52,14 +63,18 @@ def _is_refused(exc: BaseException) -> bool:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError):
+        if isinstance(current, kind):
             return True
         stack.extend([current.__cause__, current.__context__])
         stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
         reason = getattr(current, "reason", None)
         if isinstance(reason, BaseException):
             stack.append(reason)
-    return "Connection refused" in str(exc)
+    return False
+
+
+def _is_refused(exc: BaseException) -> bool:
+    return _in_chain(exc, ConnectionRefusedError) or "Connection refused" in str(exc)
 
 
 class SGLangClient:
@@ -109,8 +124,12 @@ class SGLangClient:
         except requests.ConnectTimeout:
             raise TargetTimeout(f"{method} {path}: connect timed out after {limit:g} s") from None
         except requests.ReadTimeout:
-            raise TargetTimeout(f"{method} {path}: no answer within {limit:g} s") from None
+            raise TargetTimeout(f"{method} {path}: timed out, no answer within {limit:g} s"
+                                ) from None
         except requests.ConnectionError as exc:
+            if _in_chain(exc, ReadTimeoutError):  # the body, not the headers, was late
+                raise TargetTimeout(
+                    f"{method} {path}: timed out reading the answer after {limit:g} s") from None
             if _is_refused(exc):
                 raise ConnectionRefused(
                     f"{method} {path}: connection refused at {self.base_url} "
@@ -142,7 +161,8 @@ class SGLangClient:
             raise TargetError("GET /server_info: answer is not JSON") from None
         if not isinstance(body, dict):
             raise TargetError("GET /server_info: answer is not a JSON object")
-        redacted: dict[str, Any] = redact_secrets(body)
+        own_keys = [key for key in (self._api_key, self._admin_api_key) if key]
+        redacted: dict[str, Any] = redact_secrets(body, own_keys)
         return redacted
 
 

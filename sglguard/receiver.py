@@ -30,6 +30,7 @@ class AlertReceiver:
 
     def start(self) -> AlertReceiver:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True,
+                                        kwargs={"poll_interval": 0.05},
                                         name="alert-receiver")
         self._thread.start()
         return self

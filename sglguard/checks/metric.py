@@ -33,14 +33,16 @@ class MetricCheckConfig(CheckConfig):
             try:
                 re.compile(pattern)
             except re.error as exc:
-                raise ValueError(f"label {name}: invalid regular expression {pattern!r}: {exc}")
+                raise ValueError(
+                    f"label {name}: invalid regular expression {pattern!r}: {exc}"
+                ) from None
         return labels
 
 
 def select_samples(
     text: str, metric: str, matchers: dict[str, re.Pattern[str]]
 ) -> tuple[list[float], int]:
-    """Values of the samples named `metric` whose labels match; also how many series had the name."""
+    """Values of the samples named `metric` whose labels match, and how many had the name."""
     values: list[float] = []
     named = 0
     for family in text_string_to_metric_families(text):
