@@ -141,23 +141,52 @@ def output_clock() -> Callable[[], Any]:
 @config_option
 @click.option("--dry-run", is_flag=True, help="plan remediations, record them, change nothing")
 def run(config_path: str | None, dry_run: bool) -> None:
-    """Run the service until SIGTERM or SIGINT."""
+    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the catalog."""
     from sglguard.service import Service
 
-    _, catalog = load(config_path)
+    path, catalog = load(config_path)
     service = Service(catalog, open_store(catalog), dry_run=dry_run)
-    stop = threading.Event()
+    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s: stopping", signal.Signals(signum).name)
         stop.set()
+        wake.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_reload(_signum: int, _frame: FrameType | None) -> None:
+        reload.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_reload)
     service.start()
-    while not stop.wait(1.0):
-        pass
+    while not stop.is_set():
+        wake.wait(1.0)
+        wake.clear()
+        if reload.is_set() and not stop.is_set():
+            reload.clear()
+            service = reloaded(path, service)
     service.stop()
+
+
+def reloaded(path: Path, service: Any) -> Any:
+    """The service on the catalog as it now is; the running one if the new catalog is bad."""
+    from sglguard.service import Service
+
+    try:
+        catalog = load_catalog(path)
+        store = (service.store if catalog.store.url == service.catalog.store.url
+                 else Store.open(catalog.store.url))
+    except (ConfigError, StoreError) as exc:
+        logger.error("reload refused, still running the previous catalog: %s", exc)
+        return service
+    service.stop()
+    fresh = Service(catalog, store, dry_run=service.dry_run)
+    fresh.runner.adopt(service.runner)
+    fresh.start()
+    logger.info("reloaded %s", path)
+    return fresh
 
 
 @main.command()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock, FixtureServer, free_port
 from pydantic import ValidationError
 
 from sglguard.checks.base import (
@@ -25,6 +24,8 @@ from sglguard.client import SGLangClient
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.emulator import Emulator, EmulatorOptions
 from sglguard.store import Store, queries
+
+from conftest import FakeClock, FixtureServer, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTURE = "sglang-metrics-v0.5.10-capture.txt"

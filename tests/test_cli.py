@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
 
 from sglguard.cli import main
 from sglguard.controls.process import read_pidfile
 from sglguard.emulator import Emulator
+
+from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
 
 
 def catalog_for(directory: Path, url: str, port: int | None = None, extra: str = "") -> Path:
@@ -194,11 +195,41 @@ def test_bad_arguments_are_exit_2() -> None:
     assert invoke("emulator", "--port", "1", "--fault", "melt").exit_code == 2
 
 
-def _results(store_file: Path) -> int:
+def _results(store_file: Path, check: str | None = None) -> int:
     import sqlite3
 
+    query = "select count(*) from check_results"
+    if check is not None:
+        query += f" where check_name = '{check}'"
     try:
         with sqlite3.connect(store_file) as connection:
-            return int(connection.execute("select count(*) from check_results").fetchone()[0])
+            return int(connection.execute(query).fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+def test_sighup_reloads_a_good_catalog_and_keeps_running_on_a_bad_one(
+        tmp_path: Path, emulator: Emulator) -> None:
+    path = catalog_for(tmp_path, emulator.url)
+    good = path.read_text()
+    process = subprocess.Popen([PYTHON, "-m", "sglguard", "run", "--config", str(path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    store_file = tmp_path / "sglguard.db"
+    try:
+        wait_for(lambda: store_file.exists() and _results(store_file) >= 2, 15)
+        path.write_text(good.replace("kind: http, target: local", "kind: htp, target: local"))
+        process.send_signal(signal.SIGHUP)
+        before = _results(store_file)
+        wait_for(lambda: _results(store_file) > before + 1, 15)  # still checking
+        assert process.poll() is None
+        path.write_text(good.replace("interval: 2s", "interval: 0.2s").replace(
+            "name: liveness", "name: alive"))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: _results(store_file, "alive") >= 3, 15)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert b"reload refused, still running the previous catalog" in stderr
+    assert b"unknown check kind 'htp'" in stderr
+    assert b"reloaded" in stderr

@@ -9,7 +9,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import free_port
 
 from sglguard.client import (
     REDACTED,
@@ -20,6 +19,8 @@ from sglguard.client import (
     redact_secrets,
 )
 from sglguard.emulator import Emulator, EmulatorOptions
+
+from conftest import free_port
 
 KEY = "sk-test-0123456789abcdef"
 ADMIN_KEY = "sk-admin-fedcba9876543210"

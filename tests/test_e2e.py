@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
 from sqlalchemy import create_engine, text
 
 from sglguard.controls.process import read_pidfile
 from sglguard.receiver import AlertReceiver
+
+from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
 
 
 def write_catalog(directory: Path, port: int, alerts: int, start: list[str]) -> Path:

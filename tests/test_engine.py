@@ -7,12 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import FakeClock
 
 from sglguard.checks.base import CheckResult, Status
 from sglguard.config.models import Catalog
 from sglguard.engine import IncidentEngine
 from sglguard.store import Store, queries
+
+from conftest import FakeClock
 
 CATALOG = """\
 version: 1

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import free_port, wait_for
 
 from sglguard.clock import utcnow
 from sglguard.config.models import NotifierConfig
@@ -17,6 +16,8 @@ from sglguard.notify import Message, Notifications
 from sglguard.receiver import AlertReceiver
 from sglguard.store import Store
 from sglguard.store.models import NotificationAttemptRow
+
+from conftest import free_port, wait_for
 
 
 def notifier(name: str, *urls: str, events: tuple[str, ...] | None = None) -> NotifierConfig:

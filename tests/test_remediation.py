@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import PYTHON, FakeClock, emulator_command, free_port, pid_alive, wait_for
 
 from sglguard.config.models import Catalog
 from sglguard.controls.process import read_pidfile
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.service import build_clients
 from sglguard.store import Store, queries
+
+from conftest import PYTHON, FakeClock, emulator_command, free_port, pid_alive, wait_for
 
 
 def catalog_text(port: int, start: list[str], *, startup: str = "10s",

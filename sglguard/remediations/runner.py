@@ -61,6 +61,13 @@ class RemediationRunner:
             )
         return self._controls[target.name]
 
+    def adopt(self, previous: RemediationRunner) -> None:
+        """Keep the previous runner's controls whose config is unchanged (they know their child)."""
+        for target in self.catalog.targets:
+            control = previous._controls.get(target.name)
+            if control is not None and control.config == target.control:
+                self._controls[target.name] = control
+
     def build(self, name: str, target_name: str) -> Remediation[Any]:
         config = self.catalog.remediation(name)
         target = self.catalog.target(target_name)

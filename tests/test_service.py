@@ -1,0 +1,76 @@
+"""The scheduler service in-process: its jobs, pauses during remediation, and resilience."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from sqlalchemy import text
+
+from sglguard.config.models import Catalog
+from sglguard.emulator import Emulator
+from sglguard.service import Service
+from sglguard.store import Store, queries
+
+from conftest import wait_for
+
+
+@pytest.fixture
+def service(make_catalog: Callable[[str], Catalog], store: Store,
+            emulator: Emulator) -> Iterator[Service]:
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "{emulator.url}"}}]
+        checks:
+          - {{name: liveness, kind: http, target: local, interval: 0.2s, timeout: 1s}}
+          - {{name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs",
+              interval: 30s}}
+        """)
+    running = Service(catalog, store)
+    yield running
+    running.stop()
+
+
+def results(store: Store, check: str) -> int:
+    with store.session() as session:
+        return len(queries.recent_results(session, check, 1000))
+
+
+def test_one_job_per_check_with_jitter_and_no_overlap(service: Service) -> None:
+    service.start()
+    jobs = {job.id: job for job in service.scheduler.get_jobs()}
+    assert set(jobs) == {"liveness", "queue"}
+    assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
+    assert jobs["liveness"].trigger.interval.total_seconds() == pytest.approx(0.2)
+    assert jobs["liveness"].trigger.jitter == pytest.approx(0.02)
+    assert jobs["queue"].trigger.jitter == pytest.approx(3.0)
+
+
+def test_checks_run_on_schedule_and_are_stored(service: Service, store: Store) -> None:
+    service.start()
+    wait_for(lambda: results(store, "liveness") >= 3)
+    with store.session() as session:
+        state = queries.check_state(session, "liveness", "local")
+        assert state.status == "ok" and state.consecutive_successes >= 3
+
+
+def test_runs_are_paused_while_the_target_is_remediated(service: Service, store: Store) -> None:
+    service._busy.add("local")
+    assert service.run_check("liveness") is None
+    assert results(store, "liveness") == 0
+    service._busy.discard("local")
+    assert service.run_check("liveness") is not None
+    assert results(store, "liveness") == 1
+
+
+def test_a_run_that_raises_does_not_stop_the_service(service: Service, store: Store) -> None:
+    service.start()
+    wait_for(lambda: results(store, "liveness") >= 1)
+    with store.engine.begin() as connection:  # the store breaks under the service
+        connection.execute(text("alter table check_results rename to check_results_gone"))
+    assert service.run_check("liveness") is None  # logged, not raised
+    with store.engine.begin() as connection:
+        connection.execute(text("alter table check_results_gone rename to check_results"))
+    before = results(store, "liveness")
+    wait_for(lambda: results(store, "liveness") > before + 2)
+    assert service.scheduler.running
