@@ -116,7 +116,7 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
         fail(f"unknown check {', '.join(unknown)} (known: {', '.join(names) or 'none'})")
     selected = [name for name in names if not only or name in only]
     store = open_store(catalog)
-    checks = build_checks(catalog, build_clients(catalog), output_clock())
+    checks = build_checks(catalog, build_clients(catalog), store, output_clock())
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(selected)))) as pool:
         results: list[CheckResult] = list(pool.map(lambda n: checks[n].execute(), selected))
     for retry in store.retrying():

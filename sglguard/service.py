@@ -22,6 +22,7 @@ from sglguard.engine import Decision, IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.remediations.runner import RemediationRunner, RunOutcome
 from sglguard.store import Store, queries
+from sglguard.store.samples import StoreSamples
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +40,14 @@ def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
     }
 
 
-def build_checks(catalog: Catalog, clients: dict[str, SGLangClient],
+def build_checks(catalog: Catalog, clients: dict[str, SGLangClient], store: Store,
                  clock: Callable[[], datetime]) -> dict[str, Check[Any]]:
     secrets = catalog.secrets()
+    samples = StoreSamples(store)
     return {
         config.name: CHECKS[config.kind](config, CheckContext(
             target=catalog.target(config.target), client=clients[config.target],
-            clock=clock, secrets=secrets))
+            clock=clock, secrets=secrets, samples=samples))
         for config in catalog.checks
     }
 
@@ -61,7 +63,7 @@ class Service:
         self.clock = clock
         self.stopping = threading.Event()
         self.clients = build_clients(catalog)
-        self.checks = build_checks(catalog, self.clients, clock)
+        self.checks = build_checks(catalog, self.clients, store, clock)
         self.engine = IncidentEngine(catalog, store, clock)
         self.notifications = Notifications(catalog.notifiers, store, secrets=catalog.secrets(),
                                            clock=clock)

@@ -8,14 +8,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import Field, model_validator
 
 from sglguard.client import REDACTED, SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import KindModel, Name
-from sglguard.config.types import Duration, Threshold, ThresholdField
+from sglguard.config.types import Duration, Threshold, ThresholdField, format_duration
 
 if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
@@ -93,14 +93,31 @@ class CheckResult:
     started_at: datetime
 
 
+class SampleBook(Protocol):
+    """Where checks keep what they saw, for values over a window."""
+
+    def save(self, check: str, at: datetime, data: dict[str, Any], keep: timedelta) -> None: ...
+
+    def earliest_since(self, check: str, since: datetime,
+                       before: datetime) -> tuple[datetime, dict[str, Any]] | None: ...
+
+    def latest(self, check: str) -> tuple[datetime, dict[str, Any]] | None: ...
+
+
+class NoWindowYet(Exception):
+    """A windowed value needs an earlier sample than the store has (UNKNOWN, not a breach)."""
+
+
 @dataclass(frozen=True)
 class CheckContext:
-    """What a check may use: its target, that target's client, the clock, secrets to hide."""
+    """What a check may use: its target, that target's client, the clock, secrets to hide,
+    and the sample book for windowed values."""
 
     target: TargetConfig
     client: SGLangClient
     clock: Callable[[], datetime] = field(default=utcnow)
     secrets: Sequence[str] = ()
+    samples: SampleBook | None = None
 
 
 ConfigT = TypeVar("ConfigT", bound=CheckConfig)
@@ -142,6 +159,27 @@ class Check(Generic[ConfigT]):
     def run(self) -> Measurement:
         raise NotImplementedError
 
+    def windowed(self, build: Callable[[dict[str, Any] | None], dict[str, Any]],
+                 window: timedelta) -> tuple[float, dict[str, Any], dict[str, Any]]:
+        """Save this run's sample, built from the previous one (or None); return the seconds
+        since the oldest sample in `window`, that sample, and this one.
+
+        Raises NoWindowYet until the window holds an earlier sample."""
+        book = self.context.samples
+        if book is None:
+            raise NoWindowYet(f"a {format_duration(window)} window needs the store")
+        now = self.context.clock()
+        latest = book.latest(self.config.name)
+        data = build(latest[1] if latest is not None and latest[0] < now else None)
+        baseline = book.earliest_since(self.config.name, now - window, now)
+        book.save(self.config.name, now, data, keep=window * 2)
+        if baseline is None:
+            raise NoWindowYet(
+                f"collecting samples for the {format_duration(window)} window: "
+                "this run is the first in it, a value needs two")
+        taken_at, before = baseline
+        return (now - taken_at).total_seconds(), before, data
+
     def execute(self) -> CheckResult:
         """Run once; never raises for a failing target or a bug in the kind."""
         started_at = self.context.clock()
@@ -150,6 +188,8 @@ class Check(Generic[ConfigT]):
             measurement = self.run()
         except TargetError as exc:
             measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
+        except NoWindowYet as exc:
+            measurement = Measurement(None, str(exc), Status.UNKNOWN)
         except Exception as exc:
             logger.warning("check %s raised", self.config.name, exc_info=True)
             measurement = Measurement(

@@ -79,6 +79,7 @@ class CheckStateRow(Base):
     last_result_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_change_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     grace_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     incident_id: Mapped[int | None] = mapped_column(Id, ForeignKey("incidents.id"))
 
 
@@ -150,3 +151,15 @@ class NotificationAttemptRow(Base):
     title: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CheckSampleRow(Base):
+    """What a check saw at one run, kept for windowed values (rates, quantiles, trends)."""
+
+    __tablename__ = "check_samples"
+    __table_args__ = (Index("ix_check_samples_check_taken", "check_name", "taken_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    check_name: Mapped[str] = mapped_column(String(128))
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    data: Mapped[str] = mapped_column(Text)  # JSON

@@ -1,0 +1,124 @@
+"""Prometheus arithmetic over two scrapes: increases across resets, histogram quantiles."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# Metrics renamed between SGLang releases: either name answers for the other.
+ALIASES = {
+    "sglang:request_time_per_output_token_seconds": "sglang:time_per_output_token_seconds",
+    "sglang:time_per_output_token_seconds": "sglang:request_time_per_output_token_seconds",
+}
+
+
+def series_key(labels: Mapping[str, str]) -> str:
+    """A stable name for one series: its labels, sorted."""
+    return ",".join(f"{name}={labels[name]}" for name in sorted(labels))
+
+
+@dataclass
+class Scrape:
+    """One parsed `/metrics` page: sample name -> list of (labels, value)."""
+
+    samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Scrape:
+        scrape = cls()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                scrape.samples.setdefault(sample.name, []).append(
+                    (dict(sample.labels), float(sample.value)))
+        return scrape
+
+    def resolve(self, name: str) -> str | None:
+        """The name as served: `name` itself, else its alias from another release."""
+        if name in self.samples:
+            return name
+        alias = ALIASES.get(name)
+        return alias if alias is not None and alias in self.samples else None
+
+    def select(self, name: str, matchers: Mapping[str, re.Pattern[str]],
+               ignore: Iterable[str] = ()) -> dict[str, float]:
+        """Series of `name` whose labels match, keyed by series_key (labels in `ignore` kept)."""
+        skipped = set(ignore)
+        chosen: dict[str, float] = {}
+        for labels, value in self.samples.get(name, ()):
+            if all(pattern.fullmatch(labels.get(label, "")) for label, pattern in matchers.items()
+                   if label not in skipped):
+                chosen[series_key(labels)] = value
+        return chosen
+
+
+def increases(before: Mapping[str, float], now: Mapping[str, float]) -> dict[str, float]:
+    """Per-series counter increase; a counter that went down was reset and counts from zero."""
+    result: dict[str, float] = {}
+    for key, value in now.items():
+        previous = before.get(key, 0.0)  # a series born inside the window counted from zero
+        result[key] = value if value < previous else value - previous
+    return result
+
+
+def carry(previous: Mapping[str, Any] | None, raw: Mapping[str, float]) -> dict[str, Any]:
+    """A counter sample: the raw values and running totals corrected for resets, so that an
+    increase over a window counts every reset inside it, not only its two ends."""
+    if previous is None:
+        return {"raw": dict(raw), "adj": dict(raw)}
+    grown = increases(previous.get("raw", {}), raw)
+    adjusted = previous.get("adj", {})
+    return {"raw": dict(raw),
+            "adj": {key: adjusted.get(key, 0.0) + value for key, value in grown.items()}}
+
+
+def window_increases(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, float]:
+    """Per-series increase between two carried samples, never negative."""
+    start = before.get("adj", {})
+    return {key: max(0.0, value - start.get(key, 0.0)) for key, value in now["adj"].items()}
+
+
+def bucket_bound(key: str) -> float:
+    """The `le` of a bucket series key."""
+    for part in key.split(","):
+        name, _, value = part.partition("=")
+        if name == "le":
+            return math.inf if value in ("+Inf", "Inf", "inf") else float(value)
+    raise ValueError(f"bucket series without le: {key}")
+
+
+def merge_buckets(per_series: Mapping[str, float]) -> dict[float, float]:
+    """Sum bucket counts of all series by their upper bound (`sum by (le)`)."""
+    merged: dict[float, float] = {}
+    for key, value in per_series.items():
+        bound = bucket_bound(key)
+        merged[bound] = merged.get(bound, 0.0) + value
+    return merged
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative buckets; None when nothing was observed."""
+    if not buckets or math.inf not in buckets:
+        return None
+    bounds = sorted(buckets)
+    counts = [buckets[bound] for bound in bounds]
+    for index in range(1, len(counts)):  # cumulative counts cannot fall; smooth scrape skew
+        counts[index] = max(counts[index], counts[index - 1])
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    index = next(i for i, count in enumerate(counts) if count >= rank)
+    if bounds[index] == math.inf:
+        return bounds[-2] if len(bounds) > 1 else None
+    upper = bounds[index]
+    lower = bounds[index - 1] if index > 0 else (0.0 if upper > 0 else upper)
+    below = counts[index - 1] if index > 0 else 0.0
+    in_bucket = counts[index] - below
+    if in_bucket <= 0:
+        return upper
+    return lower + (upper - lower) * (rank - below) / in_bucket
