@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, FakeClock, FixtureServer
 from sglguard.checks.base import CheckContext, CheckResult, Status
 from sglguard.checks.metric import MetricCheck, MetricCheckConfig
 from sglguard.checks.promql import carry, histogram_quantile, increases, window_increases
@@ -17,6 +16,8 @@ from sglguard.config.models import Catalog
 from sglguard.service import build_clients
 from sglguard.store import Store
 from sglguard.store.samples import StoreSamples
+
+from conftest import FIXTURES, FakeClock, FixtureServer
 
 
 def test_histogram_quantile_interpolates_inside_the_bucket() -> None:
