@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeVar
@@ -17,7 +16,6 @@ import click
 from rich.console import Console
 
 from sglguard import __version__, output
-from sglguard.checks.base import CheckResult
 from sglguard.config.loader import ConfigError, find_catalog, load_catalog
 from sglguard.config.models import Catalog
 from sglguard.config.types import format_duration
@@ -107,7 +105,7 @@ def validate(config_path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None:
     """Run each check once now, store the results; exit status is the worst status."""
-    from sglguard.service import build_checks, build_clients
+    from sglguard.service import run_once
 
     _, catalog = load(config_path)
     names = [item.name for item in catalog.checks]
@@ -116,9 +114,7 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
         fail(f"unknown check {', '.join(unknown)} (known: {', '.join(names) or 'none'})")
     selected = [name for name in names if not only or name in only]
     store = open_store(catalog)
-    checks = build_checks(catalog, build_clients(catalog), store, output_clock())
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(selected)))) as pool:
-        results: list[CheckResult] = list(pool.map(lambda n: checks[n].execute(), selected))
+    results = run_once(catalog, store, selected)
     for retry in store.retrying():
         with retry, store.session() as session:
             for result in results:
@@ -129,12 +125,6 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
     else:
         output.results_table(Console(), items, "checks")
     sys.exit(int(output.worst(results)))
-
-
-def output_clock() -> Callable[[], Any]:
-    from sglguard.clock import utcnow
-
-    return utcnow
 
 
 @main.command()
@@ -276,10 +266,17 @@ def incidents(config_path: str | None, open_only: bool, limit: int, as_json: boo
 @click.option("--health-latency", type=click.FloatRange(0), default=None,
               help="seconds /health takes to answer (SGLang waits about 1 s)")
 @click.option("--fault", default=None,
-              help="hang | slow:SECONDS | crash[:SECONDS] | error:STATUS | queue:N")
+              help="hang | slow:SECONDS | crash[:SECONDS] | error:STATUS | queue:N | "
+                   "slow_ttft:SECONDS | bad_output | stall | errors:FRACTION | "
+                   "memory_growth:MIB_PER_MIN")
+@click.option("--load", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
+              help="synthetic requests per second served internally, so metrics move")
+@click.option("--metrics-version", type=click.Choice(["0.5.23", "legacy"]), default="0.5.23",
+              show_default=True,
+              help="SGLang release to pose as; legacy = the older release of SGLang's docs sample")
 def emulator(port: int, host: str, model_path: str | None, max_running_requests: int | None,
              api_key: str | None, startup_delay: float, health_latency: float | None,
-             fault: str | None) -> None:
+             fault: str | None, load: float, metrics_version: str) -> None:
     """A stand-in SGLang server for demos and tests."""
     from sglguard.emulator import EmulatorOptions, parse_fault, run_emulator
 
@@ -289,7 +286,8 @@ def emulator(port: int, host: str, model_path: str | None, max_running_requests:
         except ValueError as exc:
             fail(f"--fault: {exc}")
     options: dict[str, Any] = {"host": host, "port": port, "startup_delay": startup_delay,
-                               "fault": fault, "api_key": api_key}
+                               "fault": fault, "api_key": api_key, "load": load,
+                               "metrics_version": metrics_version}
     if model_path is not None:
         options["model_path"] = model_path
     if max_running_requests is not None:

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from sglguard import messages
-from sglguard.checks.base import CheckResult, Status
+from sglguard.checks.base import CheckConfig, CheckResult, Status
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.notify import Message
@@ -52,6 +52,10 @@ class IncidentEngine:
         now = self.clock()
         decision = Decision()
         with self.store.session() as session:
+            if result.skipped:  # a dependency is down: recorded, never counted
+                queries.add_result(session, result, evaluated=False)
+                decision.evaluated = False
+                return decision
             state = queries.check_state(session, check.name, check.target)
             in_grace = state.grace_until is not None and now < state.grace_until
             failing = result.status is not Status.OK
@@ -59,9 +63,7 @@ class IncidentEngine:
             self._count(state, result, decision.evaluated, now)
             queries.add_result(session, result, evaluated=decision.evaluated)
             if state.incident_id is None:
-                if failing and decision.evaluated and (
-                    state.consecutive_failures >= check.failure_threshold
-                ):
+                if failing and decision.evaluated and self._held(check, state, now):
                     incident = self._open(session, state, result, now)
                     decision.opened = decision.remediate = incident.id
                     decision.messages.append(messages.incident_opened(
@@ -80,6 +82,13 @@ class IncidentEngine:
         return decision
 
     @staticmethod
+    def _held(check: CheckConfig, state: CheckStateRow, now: datetime) -> bool:
+        """The breach has lasted long enough: `for:` if given, else failure_threshold runs."""
+        if check.hold is not None:
+            return state.failing_since is not None and now - state.failing_since >= check.hold
+        return state.consecutive_failures >= check.failure_threshold
+
+    @staticmethod
     def _count(state: CheckStateRow, result: CheckResult, evaluated: bool,
                now: datetime) -> None:
         if result.status.label != state.status:
@@ -89,10 +98,13 @@ class IncidentEngine:
         if result.status is Status.OK:
             state.consecutive_successes += 1
             state.consecutive_failures = 0
+            state.failing_since = None
             state.grace_until = None  # the check passed: start-up is over
         elif evaluated:
             state.consecutive_failures += 1
             state.consecutive_successes = 0
+            if state.failing_since is None:
+                state.failing_since = now
 
     @staticmethod
     def _open(session: Session, state: CheckStateRow, result: CheckResult,

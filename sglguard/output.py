@@ -43,7 +43,7 @@ def _value(value: float | None, unit: str) -> str:
 
 def result_dict(result: CheckResult) -> dict[str, Any]:
     return {
-        "check": result.check, "target": result.target, "status": result.status.label,
+        "check": result.check, "target": result.target, "status": result.shown_status,
         "value": result.value, "unit": result.unit, "message": result.message,
         "duration_ms": result.duration_ms, "started_at": _time(result.started_at),
     }
@@ -72,7 +72,8 @@ def results_table(console: Console, results: Sequence[dict[str, Any]], title: st
 
 
 def worst(results: Sequence[CheckResult]) -> Status:
-    return max((result.status for result in results), default=Status.OK)
+    """The Nagios exit status; skipped runs say nothing about the server."""
+    return max((result.status for result in results if not result.skipped), default=Status.OK)
 
 
 def run_dict(run: RemediationRunRow) -> dict[str, Any]:

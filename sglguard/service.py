@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor as Pool
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sglguard import messages
-from sglguard.checks.base import Check, CheckConfig, CheckContext, CheckResult
+from sglguard.checks.base import Check, CheckConfig, CheckContext, CheckResult, Status
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
@@ -50,6 +51,47 @@ def build_checks(catalog: Catalog, clients: dict[str, SGLangClient], store: Stor
             clock=clock, secrets=secrets, samples=samples))
         for config in catalog.checks
     }
+
+
+def skipped_result(config: CheckConfig, why: str, at: datetime) -> CheckResult:
+    """The record of a run not made because a check it depends on is failing."""
+    return CheckResult(check=config.name, target=config.target, status=Status.UNKNOWN,
+                       value=None, unit="", message=f"skipped: {why}", duration_ms=0.0,
+                       started_at=at, skipped=True)
+
+
+def run_once(catalog: Catalog, store: Store, names: list[str],
+             clock: Callable[[], datetime] = utcnow) -> list[CheckResult]:
+    """Run the named checks once, concurrently, dependencies first (`sglguard check`)."""
+    checks = build_checks(catalog, build_clients(catalog), store, clock)
+    done: dict[str, CheckResult] = {}
+
+    def blocker(config: CheckConfig) -> str | None:
+        for name in config.depends_on:
+            if name in done:
+                if done[name].status is not Status.OK or done[name].skipped:
+                    return f"{name} is {done[name].shown_status}"
+                continue
+            with store.session() as session:
+                status = queries.latest_status(session, name)
+            if status not in (None, "ok"):
+                return f"{name} is {status}"
+        return None
+
+    def one(name: str) -> CheckResult:
+        config = catalog.check(name)
+        why = blocker(config)
+        return skipped_result(config, why, clock()) if why else checks[name].execute()
+
+    pending = list(names)
+    with Pool(max_workers=max(1, min(16, len(names)))) as pool:
+        while pending:
+            ready = [name for name in pending if all(
+                need in done or need not in pending for need in catalog.check(name).depends_on)]
+            for result in pool.map(one, ready):
+                done[result.check] = result
+            pending = [name for name in pending if name not in done]
+    return [done[name] for name in names]
 
 
 class Service:
@@ -112,7 +154,9 @@ class Service:
                 logger.debug("check %s paused: target %s is being remediated", name,
                              config.target)
                 return None
-            result = self.checks[name].execute()
+            blocker = self._blocking_dependency(config)
+            result = (skipped_result(config, blocker, self.clock()) if blocker
+                      else self.checks[name].execute())
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             decision = self.engine.record(result)
             self._act(config, decision)
@@ -138,6 +182,17 @@ class Service:
         self._remediations = [item for item in self._remediations if item.is_alive()]
         self._remediations.append(thread)
         thread.start()
+
+    def _blocking_dependency(self, config: CheckConfig) -> str | None:
+        """Why this check is skipped: a dependency that is not OK now, or None."""
+        if not config.depends_on:
+            return None
+        with self.store.session() as session:
+            for name in config.depends_on:
+                status = queries.latest_status(session, name)
+                if status not in (None, "ok"):
+                    return f"{name} is {status}"
+        return None
 
     def _is_busy(self, target: str) -> bool:
         with self._busy_lock:

@@ -102,6 +102,20 @@ def test_check_of_a_dead_server_is_critical_and_unknown(tmp_path: Path) -> None:
     assert result.exit_code == 3  # the worst of 2 and 3, as Nagios plugins report
 
 
+def test_dependent_checks_are_skipped_while_their_dependency_fails(tmp_path: Path) -> None:
+    path = catalog_for(tmp_path, f"http://127.0.0.1:{free_port()}")
+    path.write_text(path.read_text().replace("    critical: \"> 200\"",
+                                             "    critical: \"> 200\"\n    depends_on: liveness"))
+    result = invoke("check", "--config", str(path), "--json")
+    items = {item["check"]: item for item in json.loads(result.output)}
+    assert items["liveness"]["status"] == "critical"
+    assert items["queue"]["status"] == "skipped"
+    assert items["queue"]["message"].startswith("skipped: liveness is critical")
+    assert result.exit_code == 2  # a skipped run says nothing about the server
+    only = invoke("check", "--config", str(path), "--only", "queue", "--json")
+    assert json.loads(only.output)[0]["status"] == "skipped"  # from the stored state
+
+
 def test_check_results_are_stored_and_shown_by_history(tmp_path: Path,
                                                        emulator: Emulator) -> None:
     path = catalog_for(tmp_path, emulator.url)

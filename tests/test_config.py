@@ -110,6 +110,20 @@ ERROR_TABLE = [
         "checks[0].aggregate (line 9): Input should be 'sum', 'max', 'min' or 'avg'",
         id="bad-aggregate"),
     pytest.param(
+        "checks:\n  - {name: a, kind: http, target: local, depends_on: ghost}\n",
+        "checks[0].depends_on[0] (line 9): unknown check 'ghost' (known: a)",
+        id="unknown-dependency"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: http, target: local, depends_on: b}\n"
+        "  - {name: b, kind: http, target: local, depends_on: [a]}\n",
+        "checks[0].depends_on (line 9): depends_on makes a cycle through 'a'", id="cycle"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: http, target: local, for: 2m, failure_threshold: 2}\n",
+        "checks[0] (line 9): give failure_threshold or for, not both", id="for-and-threshold"),
+    pytest.param(
+        "checks:\n  - {name: a, kind: http, target: local, fore: 2m}\n",
+        "checks[0].fore (line 9): unknown key 'fore' (did you mean 'for'?)", id="alias-named"),
+    pytest.param(
         "mode: sometimes\n", "mode (line 8): Input should be 'active' or 'passive'",
         id="bad-mode"),
 ]

@@ -21,6 +21,7 @@ targets: [{name: local, url: "http://127.0.0.1:1"}]
 checks:
   - {name: liveness, kind: http, target: local, failure_threshold: 2}
   - {name: sticky, kind: http, target: local, failure_threshold: 1, success_threshold: 2}
+  - {name: held, kind: http, target: local, for: 2m}
 notifiers: [{name: ops, urls: ["json://127.0.0.1:1/alerts"]}]
 """
 
@@ -126,3 +127,35 @@ def test_severity_rises_with_the_worst_result(engine: IncidentEngine, clock: Fak
     opened = feed(engine, clock, Status.WARNING).opened
     feed(engine, clock, Status.CRITICAL)
     assert engine.incident(opened or 0).severity == "critical"
+
+
+def test_for_opens_only_after_the_breach_has_held_that_long(engine: IncidentEngine,
+                                                           clock: FakeClock) -> None:
+    for _ in range(30):  # the first failing run, then 58 s more of them, every 2 s
+        assert feed(engine, clock, Status.CRITICAL, "held").opened is None
+    clock.advance(60)  # the next run comes 62 s later: 120 s since the breach began
+    assert feed(engine, clock, Status.CRITICAL, "held").opened is not None
+
+
+def test_for_restarts_its_clock_after_a_pass(engine: IncidentEngine, clock: FakeClock) -> None:
+    feed(engine, clock, Status.CRITICAL, "held")
+    clock.advance(100)
+    feed(engine, clock, Status.OK, "held")
+    feed(engine, clock, Status.CRITICAL, "held")
+    clock.advance(100)
+    assert feed(engine, clock, Status.CRITICAL, "held").opened is None
+    clock.advance(30)
+    assert feed(engine, clock, Status.CRITICAL, "held").opened is not None
+
+
+def test_skipped_results_are_stored_but_never_counted(engine: IncidentEngine, store: Store,
+                                                      clock: FakeClock) -> None:
+    feed(engine, clock, Status.CRITICAL)
+    skipped = CheckResult("liveness", "local", Status.UNKNOWN, None, "", "skipped: x", 0.0,
+                          clock(), skipped=True)
+    for _ in range(3):
+        assert engine.record(skipped).opened is None
+    with store.session() as session:
+        assert [row.status for row in queries.recent_results(session, "liveness", 2)] == [
+            "skipped", "skipped"]
+        assert queries.check_state(session, "liveness", "local").consecutive_failures == 1

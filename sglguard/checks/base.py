@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sglguard.client import REDACTED, SGLangClient, TargetError
 from sglguard.clock import utcnow
@@ -52,15 +52,30 @@ class CheckConfig(KindModel):
         default=None, description="random delay added to each run; default 10% of interval"
     )
     failure_threshold: int = Field(default=3, ge=1, le=1000)
+    hold: Duration | None = Field(
+        default=None, alias="for",
+        description="a breach must hold this long (as Prometheus' `for:`); replaces "
+                    "failure_threshold")
     success_threshold: int = Field(default=1, ge=1, le=1000)
     warning: ThresholdField | None = None
     critical: ThresholdField | None = None
     remediate: tuple[Name, ...] = ()
+    depends_on: tuple[Name, ...] = Field(
+        default=(), description="while one of these checks is not OK, this one is skipped")
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _timeout_fits_interval(self) -> CheckConfig:
+    def _consistent(self) -> CheckConfig:
         if self.timeout > self.interval * 10:
             raise ValueError("timeout is more than ten intervals: runs would pile up")
+        if self.hold is not None and "failure_threshold" in self.model_fields_set:
+            raise ValueError("give failure_threshold or for, not both")
+        if self.name in self.depends_on:
+            raise ValueError("a check cannot depend on itself")
         return self
 
     @property
@@ -91,6 +106,11 @@ class CheckResult:
     message: str
     duration_ms: float
     started_at: datetime
+    skipped: bool = False
+
+    @property
+    def shown_status(self) -> str:
+        return "skipped" if self.skipped else self.status.label
 
 
 class SampleBook(Protocol):

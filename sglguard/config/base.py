@@ -62,7 +62,7 @@ class ConfigModel(BaseModel):
         try:
             return handler(data)
         except ValidationError as exc:
-            valid = sorted(cls.model_fields)
+            valid = sorted(field.alias or name for name, field in cls.model_fields.items())
             details: list[InitErrorDetails] = []
             for error in exc.errors():
                 if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:

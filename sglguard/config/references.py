@@ -57,6 +57,8 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     remediation_kinds = {
         item.get("name"): item.get("kind") for _, item in _items(data, "remediations")
     }
+    checks = _names(data, "checks")
+    problems += _dependency_problems(data, checks)
     for index, check in _items(data, "checks"):
         target = check.get("target")
         if isinstance(target, str) and target not in targets:
@@ -80,3 +82,34 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
                     f"remediation '{name}' ({kind}) needs a `control:` on target '{target}'"
                 )))
     return problems
+
+
+def _dependency_problems(data: dict[str, Any], checks: dict[str, int]) -> list[tuple[Loc, str]]:
+    """Unknown names in `depends_on`, and cycles (which would skip each other forever)."""
+    problems: list[tuple[Loc, str]] = []
+    edges: dict[str, list[str]] = {}
+    for index, check in _items(data, "checks"):
+        needs = check.get("depends_on")
+        needs = [needs] if isinstance(needs, str) else needs if isinstance(needs, list) else []
+        for position, name in enumerate(needs):
+            if name not in checks:
+                problems.append((("checks", index, "depends_on", position),
+                                 f"unknown check '{name}' (known: {_known('checks', checks)})"))
+        if isinstance(check.get("name"), str):
+            edges[check["name"]] = [name for name in needs if name in checks]
+    for name, index in checks.items():
+        if _reaches(edges, name, name, set()):
+            problems.append((("checks", index, "depends_on"),
+                             f"depends_on makes a cycle through '{name}'"))
+    return problems
+
+
+def _reaches(edges: dict[str, list[str]], start: str, goal: str, seen: set[str]) -> bool:
+    for nxt in edges.get(start, []):
+        if nxt == goal:
+            return True
+        if nxt not in seen:
+            seen.add(nxt)
+            if _reaches(edges, nxt, goal, seen):
+                return True
+    return False

@@ -21,8 +21,9 @@ from sglguard.store.models import (
 
 
 def add_result(session: Session, result: CheckResult, *, evaluated: bool = True) -> None:
+    evaluated = evaluated and not result.skipped
     session.add(CheckResultRow(
-        check_name=result.check, target=result.target, status=result.status.label,
+        check_name=result.check, target=result.target, status=result.shown_status,
         value=result.value, unit=result.unit, message=result.message,
         duration_ms=result.duration_ms, started_at=result.started_at, evaluated=evaluated,
     ))
@@ -139,3 +140,9 @@ def manual_runs(session: Session, limit: int) -> Sequence[RemediationRunRow]:
 def running_runs(session: Session) -> Sequence[RemediationRunRow]:
     return session.scalars(select(RemediationRunRow).where(
         RemediationRunRow.outcome == "running")).all()
+
+
+def latest_status(session: Session, check: str) -> str | None:
+    """The status of the check's newest stored result (from the service or `sglguard check`)."""
+    return session.scalar(select(CheckResultRow.status).where(
+        CheckResultRow.check_name == check).order_by(CheckResultRow.id.desc()).limit(1))
