@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -148,6 +151,67 @@ class SGLangClient:
             raise TargetError(f"GET /metrics: HTTP {response.status_code}")
         return response.text
 
+    def generate(self, body: dict[str, Any], *, timeout: float) -> Generation:
+        """POST /generate, streamed when `body["stream"]`; times first token and total."""
+        began = time.perf_counter()
+        response = self.request("POST", "/generate", json=body, timeout=timeout,
+                                stream=bool(body.get("stream")))
+        with response:
+            if response.status_code != 200:
+                return Generation(response.status_code, error=error_message(response),
+                                  total=time.perf_counter() - began)
+            if not body.get("stream"):
+                answer = _json_object(response, "/generate")
+                meta = answer.get("meta_info") or {}
+                finish = meta.get("finish_reason") if isinstance(meta, dict) else None
+                elapsed = time.perf_counter() - began
+                return Generation(200, str(answer.get("text") or ""), None, elapsed, finish,
+                                  aborted=_abort_message(finish))
+            return self._read_stream(response, began, began + timeout)
+
+    def _read_stream(self, response: requests.Response, began: float,
+                     deadline: float) -> Generation:
+        result = Generation(200)
+        try:
+            for line in response.iter_lines(decode_unicode=True):
+                if time.perf_counter() > deadline:
+                    raise TargetTimeout("POST /generate: stream still running at the timeout")
+                if not line or not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                text = str(chunk.get("text") or "")
+                if text and result.ttft is None:
+                    result.ttft = time.perf_counter() - began
+                result.text = text or result.text
+                meta = chunk.get("meta_info") or {}
+                result.finish_reason = meta.get("finish_reason", result.finish_reason)
+                result.aborted = _abort_message(result.finish_reason) or result.aborted
+        except requests.RequestException as exc:
+            if _in_chain(exc, ReadTimeoutError) or isinstance(exc, requests.Timeout):
+                raise TargetTimeout("POST /generate: the stream stopped (timed out)") from None
+            raise TargetError(f"POST /generate: stream broke: {_short(exc)}") from None
+        except ValueError:
+            raise TargetError("POST /generate: a stream event is not JSON") from None
+        result.total = time.perf_counter() - began
+        return result
+
+    def chat(self, body: dict[str, Any], *, timeout: float) -> Generation:
+        """POST /v1/chat/completions (not streamed); the answer's first choice."""
+        began = time.perf_counter()
+        response = self.request("POST", "/v1/chat/completions", json=body, timeout=timeout)
+        with response:
+            if response.status_code != 200:
+                return Generation(response.status_code, error=error_message(response),
+                                  total=time.perf_counter() - began)
+            answer = _json_object(response, "/v1/chat/completions")
+        choices = answer.get("choices") or [{}]
+        message = choices[0].get("message") or {} if isinstance(choices[0], dict) else {}
+        return Generation(200, str(message.get("content") or ""), None,
+                          time.perf_counter() - began, choices[0].get("finish_reason"))
+
     def server_info(self, timeout: float | None = None) -> dict[str, Any]:
         """`/server_info`, falling back to `/get_server_info` on older releases; keys redacted."""
         response = self.request("GET", "/server_info", timeout=timeout)
@@ -155,15 +219,52 @@ class SGLangClient:
             response = self.request("GET", "/get_server_info", timeout=timeout)
         if response.status_code != 200:
             raise TargetError(f"GET /server_info: HTTP {response.status_code}")
-        try:
-            body = response.json()
-        except ValueError:
-            raise TargetError("GET /server_info: answer is not JSON") from None
-        if not isinstance(body, dict):
-            raise TargetError("GET /server_info: answer is not a JSON object")
+        body = _json_object(response, "/server_info")
         own_keys = [key for key in (self._api_key, self._admin_api_key) if key]
         redacted: dict[str, Any] = redact_secrets(body, own_keys)
         return redacted
+
+
+@dataclass
+class Generation:
+    """What one generation request came back with."""
+
+    status: int
+    text: str = ""
+    ttft: float | None = None
+    total: float = 0.0
+    finish_reason: Any = None
+    error: str | None = None  # the server's error message, for a non-200 answer
+    aborted: str | None = None  # the message of an abort chunk in a stream
+
+
+def _json_object(response: requests.Response, path: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise TargetError(f"{path}: answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise TargetError(f"{path}: answer is not a JSON object")
+    return body
+
+
+def error_message(response: requests.Response) -> str:
+    """The message SGLang put in an error body (`{"error": ...}` in its shapes), or the text."""
+    text = response.text[:2000]
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:300]
+    error = body.get("error", body.get("detail", body)) if isinstance(body, dict) else body
+    if isinstance(error, dict):
+        error = error.get("message", error)
+    return str(error)[:300]
+
+
+def _abort_message(finish: Any) -> str | None:
+    if isinstance(finish, dict) and finish.get("type") == "abort":
+        return str(finish.get("message") or "aborted")
+    return None
 
 
 def _short(exc: BaseException) -> str:
