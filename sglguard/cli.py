@@ -75,6 +75,27 @@ def main(ctx: click.Context, log_level: str | None) -> None:
 
 
 @main.command()
+@click.option("--path", "target_path", type=click.Path(dir_okay=False), default="sglguard.yaml",
+              show_default=True, help="where to write the catalog")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+def init(target_path: str, force: bool) -> None:
+    """Write the example catalog (every family of checks) for a new installation."""
+    from importlib import resources
+
+    path = Path(target_path)
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to overwrite it")
+    text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
+    click.echo(f"wrote {path}: edit the target and its start command, then "
+               f"`sglguard validate --config {path}` and `sglguard check --config {path}`")
+
+
+@main.command()
 @config_option
 def validate(config_path: str | None) -> None:
     """Load and validate the catalog; list every problem with its path and line."""
@@ -86,9 +107,12 @@ def validate(config_path: str | None) -> None:
         lines.append(f"  target {target.name}: {target.url} (control: {control})")
     for item in catalog.checks:
         remedies = f", remediate: {', '.join(item.remediate)}" if item.remediate else ""
+        opens = (f"the breach holds {format_duration(item.hold)}" if item.hold is not None
+                 else f"{item.failure_threshold} failed runs")
+        after = f", after {', '.join(item.depends_on)}" if item.depends_on else ""
         lines.append(f"  check {item.name}: {item.kind} on {item.target} every "
-                     f"{format_duration(item.interval)}, incident after "
-                     f"{item.failure_threshold} failed runs{remedies}")
+                     f"{format_duration(item.interval)}, incident when {opens}"
+                     f"{after}{remedies}")
     for remedy in catalog.remediations:
         lines.append(f"  remediation {remedy.name}: {remedy.kind}, budget {remedy.budget.max} "
                      f"within {format_duration(remedy.budget.within)}")

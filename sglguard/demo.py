@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 DEADLINE = 90.0
 
 
-def example_catalog() -> str:
-    return resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
+def demo_catalog() -> str:
+    return resources.files("sglguard.config").joinpath("demo.yaml").read_text()
 
 
 def _port_free(port: int) -> bool:
@@ -59,7 +59,7 @@ def run_demo(directory: Path, *, keep_running: bool = False) -> int:
     console = Console(highlight=False)
     directory.mkdir(parents=True, exist_ok=True)
     catalog_path = directory / "sglguard.yaml"
-    catalog_path.write_text(example_catalog())
+    catalog_path.write_text(demo_catalog())
     # A demo starts from nothing: an earlier demo's restarts would count against the budget.
     for leftover in directory.glob("sglguard-demo.db*"):
         leftover.unlink()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from sglguard.checks.registry import CHECKS
 from sglguard.cli import main
 from sglguard.controls.process import read_pidfile
 from sglguard.emulator import Emulator
@@ -69,7 +70,8 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "2 problems" in result.output
     assert "targets[0].url (line 2)" in result.output
-    assert "checks[0] (line 3): unknown check kind 'nope': valid kinds are http, metric" in (
+    kinds = ", ".join(sorted(CHECKS))
+    assert f"checks[0] (line 3): unknown check kind 'nope': valid kinds are {kinds}" in (
         result.output)
     assert "Traceback" not in result.output
 

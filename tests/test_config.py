@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sglguard.checks.registry import CHECKS
 from sglguard.config.loader import ConfigError, load_catalog, parse_catalog
 from sglguard.config.types import Threshold, parse_duration, parse_threshold
 from sglguard.controls.process import ProcessControlConfig
-from sglguard.demo import example_catalog
+from sglguard.demo import demo_catalog
 
 BASE = """\
 version: 1
@@ -38,7 +39,7 @@ def problems(text: str, tmp_path: Path) -> list[str]:
 
 def test_reference_catalog_validates_exactly_as_written(tmp_path: Path) -> None:
     path = tmp_path / "sglguard.yaml"
-    path.write_text(example_catalog())
+    path.write_text(demo_catalog())
     catalog = load_catalog(path)
     assert [check.name for check in catalog.checks] == ["liveness", "queue"]
     liveness = catalog.check("liveness")
@@ -76,7 +77,8 @@ def test_threshold_breaches_only_past_its_bound(value: float, breached: bool) ->
 ERROR_TABLE = [
     pytest.param(
         "checks:\n  - {name: a, kind: htp, target: local}\n",
-        "checks[0] (line 9): unknown check kind 'htp': valid kinds are http, metric",
+        "checks[0] (line 9): unknown check kind 'htp': valid kinds are "
+        + ", ".join(sorted(CHECKS)),
         id="unknown-check-kind"),
     pytest.param(
         "checks:\n  - {name: a, kind: http, target: local, intervl: 2s}\n",

@@ -9,16 +9,22 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import OperationalError, StatementError
 
 from sglguard.checks.base import CheckResult, Status
 from sglguard.store import Store, StoreError, queries
+from sglguard.store.db import MIGRATIONS
 from sglguard.store.models import CheckResultRow
 
 POSTGRES = os.environ.get("SGLGUARD_TEST_POSTGRES",
                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TABLES = {"check_results", "check_states", "incidents", "incident_events", "remediation_runs",
+HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+TABLES = {"check_samples", "check_results", "check_states", "incidents", "incident_events",
+          "remediation_runs",
           "notification_attempts", "alembic_version"}
 
 
@@ -32,8 +38,29 @@ def test_first_use_creates_the_schema_by_migration(tmp_path: Path) -> None:
     engine = create_engine(url)
     assert set(inspect(engine).get_table_names()) >= TABLES
     with engine.connect() as connection:
-        assert connection.scalar(text("select version_num from alembic_version")) == "0001"
+        assert connection.scalar(text("select version_num from alembic_version")) == HEAD
     engine.dispose()
+
+
+def test_a_store_made_by_an_older_release_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text(
+            "insert into check_states (check_name, target, status, consecutive_failures, "
+            "consecutive_successes) values ('liveness', 'local', 'critical', 2, 0)"))
+    engine.dispose()
+    store = Store.open(url)
+    with store.session() as session:
+        state = queries.check_state(session, "liveness", "local")
+        assert (state.consecutive_failures, state.failing_since) == (2, None)
+    with store.engine.connect() as connection:
+        assert connection.scalar(text("select version_num from alembic_version")) == HEAD
+    store.close()
 
 
 def test_opening_again_keeps_what_was_stored(tmp_path: Path) -> None:

@@ -177,7 +177,10 @@ class MetricCheck(Check[MetricCheckConfig]):
 
     def _ratio(self, scrape: Scrape, ratio: RatioTo) -> Measurement:
         config = self.config
-        name, numerator = self._series(scrape, config.metric, self._matchers)
+        name = scrape.resolve(config.metric)
+        if name is None:
+            raise _Missing(f"metric {config.metric} not found in /metrics")
+        numerator = scrape.select(name, self._matchers)  # none matching: none counted yet
         denominator_name = scrape.resolve(ratio.metric)
         denominator = (scrape.select(denominator_name, _matchers(ratio.labels))
                        if denominator_name else {})
@@ -210,7 +213,8 @@ class MetricCheck(Check[MetricCheckConfig]):
         label = f"p{quantile * 100:g} of {served.removesuffix('_bucket')} over {_span(elapsed)}"
         if value is None:
             return self._measure(None, f"{label}: no observations in the window")
-        return self._measure(value, f"{label} = {value:.4g} ({count:g} observations)")
+        unit = f" {config.shown_unit}" if config.shown_unit else ""
+        return self._measure(value, f"{label} = {value:.4g}{unit} ({count:g} observations)")
 
     def _change(self, scrape: Scrape, window: timedelta) -> Measurement:
         config = self.config
