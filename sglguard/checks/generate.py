@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
-from sglguard.client import Generation
+from sglguard.client import Generation, TargetError
 
 
 class GenerateCheckConfig(CheckConfig):
@@ -47,6 +47,12 @@ class GenerateCheck(Check[GenerateCheckConfig]):
     config_model = GenerateCheckConfig
 
     def run(self) -> Measurement:
+        try:
+            return self._probe()
+        except TargetError as exc:  # a probe that cannot get an answer has failed
+            return Measurement(None, str(exc), Status.CRITICAL, "s")
+
+    def _probe(self) -> Measurement:
         config = self.config
         if config.endpoint == "chat":
             what = "POST /v1/chat/completions"

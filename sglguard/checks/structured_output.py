@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
 from sglguard.checks.generate import judge
+from sglguard.client import TargetError
 
 
 class StructuredOutputCheckConfig(CheckConfig):
@@ -58,6 +59,12 @@ class StructuredOutputCheck(Check[StructuredOutputCheckConfig]):
     config_model = StructuredOutputCheckConfig
 
     def run(self) -> Measurement:
+        try:
+            return self._probe()
+        except TargetError as exc:  # a probe that cannot get an answer has failed
+            return Measurement(None, str(exc), Status.CRITICAL, "s")
+
+    def _probe(self) -> Measurement:
         config = self.config
         params: dict[str, Any] = {"max_new_tokens": config.max_new_tokens, "temperature": 0}
         if config.json_schema is not None:
