@@ -24,6 +24,7 @@ from sglguard.client import SGLangClient
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.emulator import Emulator, EmulatorOptions
 from sglguard.store import Store, queries
+from sglguard.store.samples import StoreSamples
 
 from conftest import FakeClock, FixtureServer, free_port
 
@@ -357,6 +358,15 @@ def test_secrets_are_redacted_from_messages() -> None:
 KIND_CONFIGS: dict[str, str] = {
     "http": "kind: http\npath: /health",
     "metric": "kind: metric\nmetric: sglang:num_queue_reqs\nwarning: '> 50'",
+    "progress": "kind: progress\nwindow: 1m",
+    "server_info": "kind: server_info\npath: internal_states.0.memory_usage.kvcache\nunit: GB",
+    "generate": "kind: generate\nmeasure: ttft\nwarning: '> 0.5'",
+    "structured_output": "kind: structured_output\n"
+                         "json_schema: {type: object, properties: {ok: {type: boolean}}}",
+    "gpu": "kind: gpu\nmetric: memory_used_mib\non_unavailable: ok",  # hosts without a GPU too
+    "host": "kind: host\nmetric: memory_percent",
+    "process": "kind: process\nmatch: '.'",  # the oldest process with a command line
+    "log": "kind: log\npath: sglguard.yaml\npatterns: [Traceback]",  # the catalog file itself
 }
 
 
@@ -386,8 +396,11 @@ def test_check_kind_runs_from_config_to_stored_result(
     """)
     config = catalog.checks[0]
     client = SGLangClient(emulator.url)
-    check = CHECKS[config.kind](config, CheckContext(catalog.target("local"), client, clock=clock))
+    check = CHECKS[config.kind](config, CheckContext(
+        catalog.target("local"), client, clock=clock, samples=StoreSamples(store)))
 
+    check.execute()  # a windowed kind needs a first sample
+    clock.advance(30)
     result = check.execute()
     with store.session() as session:
         queries.add_result(session, result)
