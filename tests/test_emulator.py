@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,12 +16,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import requests
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from sglguard.cli import main
 from sglguard.emulator import Emulator, EmulatorOptions, Fault, parse_fault
+from sglguard.emulator.__main__ import build_parser
+from sglguard.emulator.profiles import METRICS_VERSIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 5.0
@@ -41,11 +47,17 @@ def start_emulator() -> Iterator[StartEmulator]:
     """Start emulators on free loopback ports; stop them all after the test."""
     started: list[Emulator] = []
 
-    def start(exit_fn: Callable[[int], object] | None = None, **options: Any) -> Emulator:
+    def start(
+        exit_fn: Callable[[int], object] | None = None,
+        clock: Callable[[], float] | None = None,
+        **options: Any,
+    ) -> Emulator:
         settings: dict[str, Any] = {"port": 0, "health_latency": 0.02, **options}
         extra: dict[str, Any] = {"health_check_timeout": 0.2}
         if exit_fn is not None:
             extra["exit_fn"] = exit_fn
+        if clock is not None:
+            extra["clock"] = clock
         emulator = Emulator(EmulatorOptions(**settings), **extra)
         emulator.start()
         started.append(emulator)
@@ -558,6 +570,12 @@ def test_crash_at_start_exits_at_once(start_emulator: StartEmulator) -> None:
         ("error:503", Fault("error", status=503)),
         ("queue:50", Fault("queue", count=50)),
         (" SLOW : 1 ", Fault("slow", seconds=1.0)),
+        ("slow_ttft:1.5", Fault("slow_ttft", seconds=1.5)),
+        ("bad_output", Fault("bad_output")),
+        ("stall", Fault("stall")),
+        ("errors:0.25", Fault("errors", fraction=0.25)),
+        ("errors:1", Fault("errors", fraction=1.0)),
+        ("memory_growth:64", Fault("memory_growth", rate=64.0)),
     ],
 )
 def test_parse_fault_reads_each_mode(text: str, expected: Fault) -> None:
@@ -574,12 +592,24 @@ def test_parse_fault_reads_each_mode(text: str, expected: Fault) -> None:
         ("error:200", "STATUS must be between 400 and 599"),
         ("queue:many", "N must be an integer"),
         ("hang:5", "hang takes no argument"),
+        ("slow_ttft", "slow_ttft needs SECONDS"),
+        ("stall:3", "stall takes no argument"),
+        ("bad_output:json", "bad_output takes no argument"),
+        ("errors", "errors needs FRACTION"),
+        ("errors:1.5", "FRACTION must be between 0 and 1"),
+        ("errors:-0.1", "FRACTION must be a finite number >= 0"),
+        ("memory_growth:fast", "MIB_PER_MIN must be a number"),
     ],
 )
 def test_parse_fault_names_the_valid_modes_on_bad_text(text: str, message: str) -> None:
     with pytest.raises(ValueError, match="valid modes are hang, slow:SECONDS, crash") as caught:
         parse_fault(text)
     assert message in str(caught.value)
+    for mode in NEW_MODES:
+        assert mode in str(caught.value)
+
+
+NEW_MODES = ("slow_ttft:SECONDS", "bad_output", "stall", "errors:FRACTION", "memory_growth:")
 
 
 def test_fault_endpoint_refuses_bad_modes_with_400(emulator: Emulator) -> None:
@@ -589,6 +619,284 @@ def test_fault_endpoint_refuses_bad_modes_with_400(emulator: Emulator) -> None:
     assert get(emulator, "/_emulator/fault").json() == {"mode": None}
     with pytest.raises(ValueError, match="unknown fault"):
         Emulator(EmulatorOptions(port=0, fault="explode"))
+
+
+# -- synthetic load (--load) -----------------------------------------------------------------
+
+GENERATE = {"endpoint": "/generate", "method": "POST"}
+
+
+def total(samples: list[Sample], name: str, **labels: str) -> float:
+    """Like value(), but 0 when no such series exists yet."""
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+
+def test_load_serves_synthetic_generate_requests_that_move_the_metrics(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = start_emulator(load=50)
+    ok = {**GENERATE, "status_code": "200"}
+    poll(lambda: total(scrape(emulator), "sglang:http_responses_total", **ok) >= 3)
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") > 0)
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_requests_total") >= 3
+    assert value(samples, "sglang:prompt_tokens_total") > 0
+    assert value(samples, "sglang:generation_tokens_total") >= 3 * 24
+    assert value(samples, "sglang:http_requests_total", **GENERATE) >= 3
+    for name in (*REQUEST_HISTOGRAMS, "queue_time_seconds"):
+        assert value(samples, f"sglang:{name}_count") >= 3, name
+    # Each synthetic request models 24..64 tokens at ~11 ms: 0.27 s or more from end to end.
+    e2e_mean = value(samples, "sglang:e2e_request_latency_seconds_sum") / value(
+        samples, "sglang:e2e_request_latency_seconds_count"
+    )
+    assert e2e_mean > 0.25
+    assert get(emulator, "/v1/loads").json()["loads"][0]["num_running_reqs"] > 0
+
+
+def test_load_costs_little_cpu_and_stops_with_the_emulator(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(load=20)
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") > 0)
+    cpu, wall = time.process_time(), time.monotonic()
+    time.sleep(0.5)  # CPU use is a rate: it needs a window of wall time
+    share = (time.process_time() - cpu) / (time.monotonic() - wall)
+    assert share < 0.10
+    assert value(scrape(emulator), "sglang:num_running_reqs") > 0
+    emulator.stop()
+    poll(lambda: not _load_threads())
+
+
+def _load_threads() -> list[str]:
+    prefixes = ("sglguard-emulator-load", "sglguard-emulator-synthetic")
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
+
+
+# -- faults: slow_ttft, bad_output, stall, errors, memory_growth ------------------------------
+
+
+def test_slow_ttft_delays_the_first_streamed_chunk_and_shows_in_ttft(emulator: Emulator) -> None:
+    assert set_fault(emulator, "slow_ttft:0.3").json() == {"mode": "slow_ttft:0.3"}
+    body = {"text": "hi", "stream": True, "sampling_params": {"max_new_tokens": 4}}
+    began = time.monotonic()
+    with requests.post(emulator.url + "/generate", json=body, stream=True, timeout=TIMEOUT) as r:
+        headers_after = time.monotonic() - began
+        first = next(r.iter_lines())
+        first_after = time.monotonic() - began
+    assert headers_after < 0.25
+    assert first_after >= 0.3
+    assert first.startswith(b"data: ")
+    began = time.monotonic()
+    assert generate(emulator).status_code == 200
+    assert time.monotonic() - began >= 0.3
+    samples = scrape(emulator)
+    assert total(samples, "sglang:time_to_first_token_seconds_bucket", le="0.2") == 0
+    assert value(samples, "sglang:time_to_first_token_seconds_sum") >= 2 * 0.3
+    assert value(samples, "sglang:e2e_request_latency_seconds_sum") >= 2 * 0.3
+
+
+def test_slow_ttft_is_modelled_for_synthetic_load(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(load=50, fault="slow_ttft:5")
+    poll(lambda: total(scrape(emulator), "sglang:time_to_first_token_seconds_count") >= 3)
+    samples = scrape(emulator)
+    count = value(samples, "sglang:time_to_first_token_seconds_count")
+    assert value(samples, "sglang:time_to_first_token_seconds_bucket", le="4.0") == 0
+    assert value(samples, "sglang:time_to_first_token_seconds_sum") >= 5 * count
+    e2e_count = value(samples, "sglang:e2e_request_latency_seconds_count")
+    assert value(samples, "sglang:e2e_request_latency_seconds_sum") >= 5 * e2e_count
+
+
+def test_bad_output_breaks_constrained_output_in_an_ordinary_200(emulator: Emulator) -> None:
+    set_fault(emulator, "bad_output")
+    schema = json.dumps({"type": "object", "properties": {"name": {"type": "string"}}})
+    for params in ({"json_schema": schema}, {"json_schema": json.dumps({"type": "integer"})}):
+        answer = generate(emulator, sampling_params=params)
+        assert answer.status_code == 200
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(answer.json()["text"])
+    for pattern in ("(yes|no)", r"\d{4}-\d{2}-\d{2}", "[a-z]+"):
+        answer = generate(emulator, sampling_params={"regex": pattern})
+        assert answer.status_code == 200
+        assert re.fullmatch(pattern, answer.json()["text"]) is None, pattern
+    plain = generate(emulator, sampling_params={"max_new_tokens": 5}).json()
+    assert len(plain["text"].split()) == 5
+    set_fault(emulator, None)
+    assert json.loads(generate(emulator, sampling_params={"json_schema": schema}).json()["text"])
+
+
+def test_stall_keeps_requests_running_blocks_generate_and_fails_health_at_its_timeout(
+    emulator: Emulator,
+) -> None:
+    assert set_fault(emulator, "stall").status_code == 200
+    assert value(scrape(emulator), "sglang:num_running_reqs") == 1  # stuck, though none sent
+    answers: list[requests.Response] = []
+    clients = [threading.Thread(target=lambda: answers.append(generate(emulator))) for _ in "ab"]
+    for client in clients:
+        client.start()
+    poll(lambda: get(emulator, "/v1/loads").json()["loads"][0]["num_running_reqs"] == 2)
+    began = time.monotonic()
+    assert get(emulator, "/health").status_code == 503  # no output within the health timeout
+    assert time.monotonic() - began >= 0.2
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_running_reqs") == 2
+    assert value(samples, "sglang:generation_tokens_total") == 0
+    assert get(emulator, "/server_info").status_code == 200
+    assert post(emulator, "/flush_cache").status_code == 400
+    assert not answers
+    assert set_fault(emulator, None).status_code == 200
+    for client in clients:
+        client.join(TIMEOUT)
+    assert [a.status_code for a in answers] == [200, 200]
+    assert value(scrape(emulator), "sglang:generation_tokens_total") == 2 * 16
+    assert get(emulator, "/health").status_code == 200
+
+
+def test_stall_stops_synthetic_load_from_completing(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(load=50)
+    poll(lambda: value(scrape(emulator), "sglang:generation_tokens_total") > 0)
+    set_fault(emulator, "stall")
+    before = scrape(emulator)
+    assert get(emulator, "/health").status_code == 503  # waits 0.2 s: time for tokens to move
+    after = scrape(emulator)
+    for name in ("sglang:generation_tokens_total", "sglang:num_requests_total"):
+        assert value(after, name) == value(before, name), name
+    assert value(after, "sglang:num_running_reqs") >= 1
+    set_fault(emulator, None)
+    tokens = value(after, "sglang:generation_tokens_total")
+    poll(lambda: value(scrape(emulator), "sglang:generation_tokens_total") > tokens)
+
+
+def test_stop_returns_promptly_while_generate_is_stalled(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(fault="stall")
+    outcomes: list[object] = []
+
+    def stalled_request() -> None:
+        try:
+            outcomes.append(generate(emulator))
+        except requests.RequestException as exc:
+            outcomes.append(exc)
+
+    client = threading.Thread(target=stalled_request)
+    client.start()
+    poll(lambda: emulator.active_requests == 1)
+    began = time.monotonic()
+    emulator.stop()
+    assert time.monotonic() - began < 1.0
+    client.join(TIMEOUT)
+    assert outcomes
+
+
+def test_errors_fault_fails_an_exact_share_in_an_even_pattern(emulator: Emulator) -> None:
+    set_fault(emulator, "errors:0.37")
+    with requests.Session() as session:
+        url = emulator.url + "/generate"
+        answers = [session.post(url, json={"text": "x"}, timeout=TIMEOUT) for _ in range(100)]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses.count(503) == 37
+    assert set(statuses) == {200, 503}
+    failed = {**GENERATE, "status_code": "503"}
+    assert value(scrape(emulator), "sglang:http_responses_total", **failed) == 37
+    assert get(emulator, "/model_info").status_code == 200  # only inference fails
+    set_fault(emulator, "errors:0.25")  # the count starts again with each fault
+    assert [generate(emulator).status_code for _ in range(8)] == [200, 503, 200, 200] * 2
+    set_fault(emulator, "errors:0.5")
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    assert post(emulator, "/v1/chat/completions", chat).status_code == 503
+    assert post(emulator, "/v1/completions", {"prompt": "Once"}).status_code == 200
+    assert post(emulator, "/v1/completions", {"prompt": "Once"}).status_code == 503
+
+
+def test_errors_fault_fails_synthetic_load_too(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(load=50, fault="errors:1")
+    failed = {**GENERATE, "status_code": "503"}
+    poll(lambda: total(scrape(emulator), "sglang:http_responses_total", **failed) >= 3)
+    samples = scrape(emulator)
+    assert total(samples, "sglang:http_responses_total", **GENERATE, status_code="200") == 0
+    assert value(samples, "sglang:num_requests_total") == 0
+
+
+def test_memory_growth_grows_kvcache_at_the_set_rate(start_emulator: StartEmulator) -> None:
+    now = [1000.0]  # the one faked boundary: the emulator's clock
+    emulator = start_emulator(clock=lambda: now[0])
+
+    def usage() -> dict[str, Any]:
+        memory: dict[str, Any] = get(emulator, "/server_info").json()["internal_states"][0][
+            "memory_usage"
+        ]
+        return memory
+
+    before = usage()
+    assert set_fault(emulator, "memory_growth:60").json() == {"mode": "memory_growth:60"}
+    assert usage() == before
+    now[0] += 120.0  # two minutes at 60 MiB/min: 120 MiB
+    after = usage()
+    assert after["kvcache"] - before["kvcache"] == pytest.approx(120 / 1024, abs=1e-9)
+    assert after["weight"] == before["weight"]
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_used_tokens") == 120 / 1024 * 8192  # 128 KiB a token
+    assert value(samples, "sglang:token_usage") > 0
+    set_fault(emulator, None)
+    assert usage() == before
+
+
+# -- older releases (--metrics-version legacy) ------------------------------------------------
+
+DOCS_SAMPLE = REPO_ROOT / "tests" / "fixtures" / "sglang-metrics-docs-sample.txt"
+
+
+def _bounds(samples: list[Sample], histogram: str) -> list[float]:
+    return [float(s.labels["le"]) for s in samples if s.name == histogram + "_bucket"]
+
+
+def test_legacy_metrics_have_the_docs_sample_families_labels_and_buckets(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = start_emulator(metrics_version="legacy")
+    generate(emulator, sampling_params={"max_new_tokens": 8})
+    generate(emulator, stream=True, sampling_params={"max_new_tokens": 8})
+    text = get(emulator, "/metrics").text
+    families = list(text_string_to_metric_families(text))
+    samples = [sample for family in families for sample in family.samples]
+    sample_families = list(text_string_to_metric_families(DOCS_SAMPLE.read_text()))
+    reference = [sample for family in sample_families for sample in family.samples]
+    expected = {f.name for f in sample_families} - {"sglang:func_latency_seconds"}
+    assert {f.name for f in families} == expected
+    assert all(set(s.labels) - {"le"} == {"model_name"} for s in samples)
+    assert "request_time_per_output_token" not in text
+    for name in ("time_to_first_token", "e2e_request_latency", "time_per_output_token"):
+        histogram = f"sglang:{name}_seconds"
+        assert _bounds(samples, histogram) == _bounds(reference, histogram), name
+    # Observed per output token, as the sample's counts show: 7 gaps in each of 2 requests.
+    assert value(samples, "sglang:time_per_output_token_seconds_count") == 14
+
+
+def test_legacy_release_has_old_endpoint_names_and_a_plain_health(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = start_emulator(metrics_version="legacy", health_latency=5.0, fault="stall")
+    began = time.monotonic()
+    assert get(emulator, "/health").status_code == 200  # no generation, not even when stuck
+    assert time.monotonic() - began < 1.0
+    assert get(emulator, "/server_info").status_code == 404
+    assert get(emulator, "/model_info").status_code == 404
+    info = get(emulator, "/get_server_info").json()
+    assert info["version"] != "0.5.23"
+    assert isinstance(info["internal_states"][0]["memory_usage"]["graph"], float)
+    assert get(emulator, "/get_model_info").json()["model_path"] == MODEL
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"load": -1.0}, "load must be a finite number >= 0"),
+        ({"load": float("inf")}, "load must be a finite number >= 0"),
+        ({"load": 5000.0}, "load must be at most 1000"),
+        ({"metrics_version": "0.4"}, "metrics_version must be one of 0.5.23, legacy"),
+    ],
+)
+def test_emulator_options_refuse_bad_load_and_metrics_version(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        EmulatorOptions(**options)
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -627,3 +935,32 @@ def test_module_serves_quickly_and_exits_0_on_sigterm() -> None:
             child.wait()
     assert child.returncode == 0
     assert f"sglguard emulator listening on {url}" in stderr.decode()
+
+
+def test_cli_emulator_lists_the_new_options_and_refuses_bad_values_with_2() -> None:
+    runner = CliRunner()
+    shown = runner.invoke(main, ["emulator", "--help"])
+    assert shown.exit_code == 0
+    for text in ("--load", "--metrics-version", "[0.5.23|legacy]", "slow_ttft:SECONDS", "stall"):
+        assert text in shown.output
+    bad = {
+        ("--load", "-1"): "Invalid value for '--load'",
+        ("--load", "fast"): "Invalid value for '--load'",
+        ("--metrics-version", "0.4"): "Invalid value for '--metrics-version'",
+        ("--fault", "errors:2"): "FRACTION must be between 0 and 1",
+    }
+    for args, message in bad.items():
+        result = runner.invoke(main, ["emulator", "--port", "0", *args])
+        assert result.exit_code == 2, args
+        assert message in result.output, args
+    command = main.commands["emulator"]
+    choice = next(p.type for p in command.params if p.name == "metrics_version")
+    assert isinstance(choice, click.Choice)
+    assert tuple(choice.choices) == METRICS_VERSIONS
+
+
+def test_module_parser_takes_load_and_metrics_version() -> None:
+    args = build_parser().parse_args(["--load", "5", "--metrics-version", "legacy"])
+    assert (args.load, args.metrics_version) == (5.0, "legacy")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--metrics-version", "0.4"])

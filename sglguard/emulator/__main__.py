@@ -7,7 +7,8 @@ import logging
 import sys
 
 from .faults import VALID_MODES, parse_optional_fault
-from .options import EmulatorOptions
+from .options import MAX_LOAD_RPS, EmulatorOptions
+from .profiles import METRICS_VERSIONS
 from .runner import run_emulator
 
 
@@ -35,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.health_latency,
         help="seconds /health takes to answer 200",
     )
+    parser.add_argument(
+        "--load",
+        type=float,
+        default=defaults.load,
+        help=f"synthetic requests per second served internally (0..{MAX_LOAD_RPS:g})",
+    )
+    parser.add_argument(
+        "--metrics-version",
+        choices=METRICS_VERSIONS,
+        default=defaults.metrics_version,
+        help="SGLang release to pose as; legacy = the older release of SGLang's docs sample",
+    )
     return parser
 
 
@@ -52,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             startup_delay=args.startup_delay,
             fault=args.fault,
             health_latency=args.health_latency,
+            load=args.load,
+            metrics_version=args.metrics_version,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -59,6 +59,15 @@ ROUTES: dict[str, Route] = {
     "/configure_logging": Route(admin.configure_logging, POST),
 }
 
+# Endpoints that older releases only had under their old names (/get_server_info, ...).
+RENAMED_ENDPOINTS = frozenset({"/server_info", "/model_info"})
+
+
+def find_route(ctx: EmulatorContext, path: str) -> Route | None:
+    if path in RENAMED_ENDPOINTS and not ctx.profile.renamed_endpoints:
+        return None
+    return ROUTES.get(path)
+
 
 def authorized(api_key: str | None, req: Request) -> bool:
     if api_key is None or req.path.startswith(OPEN_PREFIXES):
@@ -71,7 +80,7 @@ def handle(ctx: EmulatorContext, req: Request) -> Reply | StreamReply | None:
     """Answer one request; None means close the connection without an answer."""
     if req.path.startswith(CONTROL_PREFIX):
         return _guarded(ctx, req, handle_control)
-    route = ROUTES.get(req.path)
+    route = find_route(ctx, req.path)
     if route is None:
         return _serve(ctx, req, None)
     # Like SGLang's middleware, count known endpoints only, so label values stay bounded.

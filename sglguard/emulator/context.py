@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .faults import Fault, FaultController
+from .controller import FaultController
+from .faults import Fault
 from .options import EmulatorOptions
-from .state import EmulatorState
-
-VERSION = "0.5.23"
+from .profiles import PROFILES, MetricsProfile
+from .state import TOKENS_PER_GB, EmulatorState, Snapshot
 
 # SGLANG_HEALTH_CHECK_TIMEOUT: how long /health waits for output before answering 503.
 HEALTH_CHECK_TIMEOUT_S = 20.0
@@ -31,9 +31,23 @@ class EmulatorContext:
         # SGLang serves the model under its path unless --served-model-name says otherwise.
         return self.options.model_path
 
+    @property
+    def profile(self) -> MetricsProfile:
+        return PROFILES[self.options.metrics_version]
+
+    @property
+    def version(self) -> str:
+        return self.profile.version
+
+    def snapshot(self) -> Snapshot:
+        """The state as the endpoints report it, a memory leak's KV tokens included."""
+        leaked = int(self.faults.memory_growth_gb() * TOKENS_PER_GB)
+        return self.state.snapshot(leaked_tokens=leaked)
+
     def set_fault(self, fault: Fault | None) -> None:
-        queued = fault.count if fault is not None and fault.kind == "queue" else 0
-        self.state.set_fault_queue(queued)
+        kind = None if fault is None else fault.kind
+        self.state.set_fault_queue(fault.count if fault is not None and kind == "queue" else 0)
+        self.state.set_flag("stalled", kind == "stall")
         self.faults.set(fault)
 
     def abort(self, rid: str | None) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .context import EmulatorContext
 from .state import GenerationRecord
-from .structured import Constraint, constrained_text
+from .structured import Constraint, constrained_text, violating_text
 from .textgen import output_pieces, prompt_tokens, synth_words, word_pieces
 from .wire import BadRequest
 
@@ -36,6 +36,8 @@ class Job:
     constraint: Constraint | None
     streaming: bool
     started: float  # time.monotonic() when the request arrived
+    # Synthetic load (--load): held running for its modelled duration; fault delays modelled.
+    synthetic: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Outcome:
     cached_tokens: int
     finish_reason: dict[str, Any]
     e2e_latency: float
+    first_token_delay: float = 0.0  # a stream waits this long before its first event
 
     @property
     def text(self) -> str:
@@ -72,7 +75,7 @@ def read_max_new_tokens(params: Mapping[str, Any], key: str = "max_new_tokens") 
 
 
 def run_job(ctx: EmulatorContext, job: Job) -> Outcome:
-    """Queue, 'generate' and record one request; the slow fault holds it while it runs."""
+    """Queue, 'generate' and record one request; faults hold it while it runs."""
     state = ctx.state
     prompt = prompt_tokens(job.prompt)
     cached = state.admit(job.rid, prompt)
@@ -85,34 +88,66 @@ def run_job(ctx: EmulatorContext, job: Job) -> Outcome:
         ctx.faults.delay_if_slow()
         if state.was_aborted(job.rid):
             return _aborted(job, len(prompt), cached)
-        pieces, finish = _output(job)
-        prefill = PREFILL_BASE_S + PREFILL_PER_TOKEN_S * (len(prompt) - cached)
-        ttft = queue_time + (time.monotonic() - running_since) + prefill
-        e2e = ttft + DECODE_ITL_S * max(len(pieces) - 1, 0)
-        state.record(
-            GenerationRecord(
-                prompt_tokens=len(prompt),
-                completion_tokens=len(pieces),
-                cached_tokens=cached,
-                queue_time=queue_time,
-                ttft=ttft,
-                itl=DECODE_ITL_S,
-                e2e=e2e,
-                streaming=job.streaming,
-            )
-        )
-        return Outcome(job.rid, pieces, len(prompt), cached, finish, round(e2e, 6))
+        outcome = _generate(ctx, job, _Admitted(len(prompt), cached, queue_time, running_since))
+        return outcome or _aborted(job, len(prompt), cached)
     finally:
         state.release(job.rid)
 
 
-def _output(job: Job) -> tuple[tuple[str, ...], dict[str, Any]]:
+@dataclass(frozen=True)
+class _Admitted:
+    prompt_tokens: int
+    cached_tokens: int
+    queue_time: float
+    running_since: float
+
+
+def _generate(ctx: EmulatorContext, job: Job, adm: _Admitted) -> Outcome | None:
+    """Output, latencies and metrics of a running request; None if it got aborted meanwhile."""
+    pieces, finish = _output(job, bad=ctx.faults.is_active("bad_output"))
+    prefill = PREFILL_BASE_S + PREFILL_PER_TOKEN_S * (adm.prompt_tokens - adm.cached_tokens)
+    ttft = adm.queue_time + (time.monotonic() - adm.running_since) + prefill
+    decode = DECODE_ITL_S * max(len(pieces) - 1, 0)
+    if job.synthetic and not ctx.state.hold(job.rid, prefill + decode):
+        return None
+    extra = _first_token_delay(ctx, job)
+    rec = GenerationRecord(
+        prompt_tokens=adm.prompt_tokens,
+        completion_tokens=len(pieces),
+        cached_tokens=adm.cached_tokens,
+        queue_time=adm.queue_time,
+        ttft=ttft + extra,
+        itl=DECODE_ITL_S,
+        e2e=ttft + extra + decode,
+        streaming=job.streaming,
+    )
+    waited = ctx.state.record(job.rid, rec)  # blocks while the `stall` fault lasts
+    if waited is None:
+        return None
+    e2e_latency = round(rec.e2e + waited, 6)
+    delay = extra if job.streaming and not job.synthetic else 0.0
+    return Outcome(
+        job.rid, pieces, adm.prompt_tokens, adm.cached_tokens, finish, e2e_latency, delay
+    )
+
+
+def _first_token_delay(ctx: EmulatorContext, job: Job) -> float:
+    """The `slow_ttft` fault's delay: slept here for a plain answer, before the first event of a
+    stream, and only modelled for synthetic load."""
+    extra = ctx.faults.ttft_extra()
+    if extra and not job.synthetic and not job.streaming:
+        ctx.faults.sleep(extra)
+    return extra
+
+
+def _output(job: Job, bad: bool) -> tuple[tuple[str, ...], dict[str, Any]]:
     words = synth_words(job.prompt, max(job.max_new_tokens, 1))
     if job.constraint is None:
         pieces = word_pieces(words[: job.max_new_tokens])
         return tuple(pieces), {"type": "length", "length": len(pieces)}
     # Constrained output ends at end-of-text unless max_new_tokens cuts it short.
-    pieces = output_pieces(constrained_text(job.constraint, words))
+    make_text = violating_text if bad else constrained_text
+    pieces = output_pieces(make_text(job.constraint, words))
     if len(pieces) > job.max_new_tokens:
         pieces = pieces[: job.max_new_tokens]
         return tuple(pieces), {"type": "length", "length": len(pieces)}

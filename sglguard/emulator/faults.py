@@ -1,22 +1,34 @@
-"""Failure modes the emulator can act out, and the switch that holds the current one."""
+"""Failure modes the emulator can act out, as parsed from text such as ``slow:2``."""
 
 from __future__ import annotations
 
-import logging
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-logger = logging.getLogger(__name__)
+FaultKind = Literal[
+    "hang",
+    "slow",
+    "crash",
+    "error",
+    "queue",
+    "slow_ttft",
+    "bad_output",
+    "stall",
+    "errors",
+    "memory_growth",
+]
 
-FaultKind = Literal["hang", "slow", "crash", "error", "queue"]
-
-VALID_MODES = "hang, slow:SECONDS, crash[:SECONDS], error:STATUS, queue:N"
+VALID_MODES = (
+    "hang, slow:SECONDS, crash[:SECONDS], error:STATUS, queue:N, slow_ttft:SECONDS, "
+    "bad_output, stall, errors:FRACTION, memory_growth:MIB_PER_MIN"
+)
 
 # Words that mean "no fault" wherever a fault is given as text.
 CLEAR_WORDS = frozenset({"", "none", "off", "clear"})
+
+ERRORS_STATUS = 503  # what the `errors:FRACTION` fault answers
 
 
 @dataclass(frozen=True)
@@ -24,9 +36,11 @@ class Fault:
     """One failure mode, as parsed from text such as ``slow:2.5`` or ``error:503``."""
 
     kind: FaultKind
-    seconds: float = 0.0  # delay of `slow`, time to live of `crash`
+    seconds: float = 0.0  # delay of `slow` and `slow_ttft`, time to live of `crash`
     status: int = 0  # HTTP status of `error`
     count: int = 0  # waiting requests of `queue`
+    fraction: float = 0.0  # share of inference requests that `errors` fails
+    rate: float = 0.0  # MiB per minute of `memory_growth`
 
     def __str__(self) -> str:
         renderers: dict[FaultKind, Callable[[], str]] = {
@@ -35,6 +49,11 @@ class Fault:
             "crash": lambda: f"crash:{self.seconds:g}" if self.seconds else "crash",
             "error": lambda: f"error:{self.status}",
             "queue": lambda: f"queue:{self.count}",
+            "slow_ttft": lambda: f"slow_ttft:{self.seconds:g}",
+            "bad_output": lambda: "bad_output",
+            "stall": lambda: "stall",
+            "errors": lambda: f"errors:{self.fraction:g}",
+            "memory_growth": lambda: f"memory_growth:{self.rate:g}",
         }
         return renderers[self.kind]()
 
@@ -43,13 +62,15 @@ def _bad(text: str, why: str) -> ValueError:
     return ValueError(f"bad fault {text!r}: {why}; valid modes are {VALID_MODES}")
 
 
-def _seconds(text: str, arg: str) -> float:
+def _number(text: str, arg: str, name: str, high: float = math.inf) -> float:
     try:
         value = float(arg)
     except ValueError:
-        raise _bad(text, f"SECONDS must be a number, not {arg!r}") from None
+        raise _bad(text, f"{name} must be a number, not {arg!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise _bad(text, "SECONDS must be a finite number >= 0")
+        raise _bad(text, f"{name} must be a finite number >= 0")
+    if value > high:
+        raise _bad(text, f"{name} must be between 0 and {high:g}")
     return value
 
 
@@ -63,40 +84,76 @@ def _integer(text: str, arg: str, name: str, low: int, high: int) -> int:
     return value
 
 
-def _parse_hang(text: str, arg: str | None) -> Fault:
-    if arg is not None:
-        raise _bad(text, "hang takes no argument")
-    return Fault("hang")
+def _bare(kind: FaultKind) -> Callable[[str, str | None], Fault]:
+    def parse(text: str, arg: str | None) -> Fault:
+        if arg is not None:
+            raise _bad(text, f"{kind} takes no argument")
+        return Fault(kind)
+
+    return parse
+
+
+_PLACEHOLDERS = {
+    "slow": "SECONDS",
+    "error": "STATUS",
+    "queue": "N",
+    "slow_ttft": "SECONDS",
+    "errors": "FRACTION",
+    "memory_growth": "MIB_PER_MIN",
+}
+
+
+def _needs(arg: str | None, text: str, example: str) -> str:
+    if arg is None:
+        name = example.partition(":")[0]
+        raise _bad(text, f"{name} needs {_PLACEHOLDERS[name]}, as in {example}")
+    return arg
 
 
 def _parse_slow(text: str, arg: str | None) -> Fault:
-    if arg is None:
-        raise _bad(text, "slow needs SECONDS, as in slow:2")
-    return Fault("slow", seconds=_seconds(text, arg))
+    return Fault("slow", seconds=_number(text, _needs(arg, text, "slow:2"), "SECONDS"))
 
 
 def _parse_crash(text: str, arg: str | None) -> Fault:
-    return Fault("crash", seconds=0.0 if arg is None else _seconds(text, arg))
+    return Fault("crash", seconds=0.0 if arg is None else _number(text, arg, "SECONDS"))
 
 
 def _parse_error(text: str, arg: str | None) -> Fault:
-    if arg is None:
-        raise _bad(text, "error needs STATUS, as in error:503")
+    arg = _needs(arg, text, "error:503")
     return Fault("error", status=_integer(text, arg, "STATUS", 400, 599))
 
 
 def _parse_queue(text: str, arg: str | None) -> Fault:
-    if arg is None:
-        raise _bad(text, "queue needs N, as in queue:50")
+    arg = _needs(arg, text, "queue:50")
     return Fault("queue", count=_integer(text, arg, "N", 0, 10_000_000))
 
 
+def _parse_slow_ttft(text: str, arg: str | None) -> Fault:
+    arg = _needs(arg, text, "slow_ttft:2")
+    return Fault("slow_ttft", seconds=_number(text, arg, "SECONDS"))
+
+
+def _parse_errors(text: str, arg: str | None) -> Fault:
+    arg = _needs(arg, text, "errors:0.1")
+    return Fault("errors", fraction=_number(text, arg, "FRACTION", high=1.0))
+
+
+def _parse_memory_growth(text: str, arg: str | None) -> Fault:
+    arg = _needs(arg, text, "memory_growth:100")
+    return Fault("memory_growth", rate=_number(text, arg, "MIB_PER_MIN"))
+
+
 _PARSERS: dict[str, Callable[[str, str | None], Fault]] = {
-    "hang": _parse_hang,
+    "hang": _bare("hang"),
     "slow": _parse_slow,
     "crash": _parse_crash,
     "error": _parse_error,
     "queue": _parse_queue,
+    "slow_ttft": _parse_slow_ttft,
+    "bad_output": _bare("bad_output"),
+    "stall": _bare("stall"),
+    "errors": _parse_errors,
+    "memory_growth": _parse_memory_growth,
 }
 
 
@@ -114,74 +171,3 @@ def parse_optional_fault(text: str | None) -> Fault | None:
     if text is None or text.strip().lower() in CLEAR_WORDS:
         return None
     return parse_fault(text)
-
-
-class FaultController:
-    """Holds the current fault; wakes handlers blocked by it when it changes or the server stops."""
-
-    def __init__(self, on_crash: Callable[[], None]) -> None:
-        self._cond = threading.Condition()
-        self._fault: Fault | None = None
-        self._version = 0
-        self._stopping = False
-        self._timer: threading.Timer | None = None
-        self._on_crash = on_crash
-
-    @property
-    def current(self) -> Fault | None:
-        with self._cond:
-            return self._fault
-
-    def set(self, fault: Fault | None) -> None:
-        with self._cond:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._fault = fault
-            self._version += 1
-            if fault is not None and fault.kind == "crash" and not self._stopping:
-                # A timer even for 0 s, so the request that set the fault can still be answered.
-                self._timer = threading.Timer(fault.seconds, self._on_crash)
-                self._timer.daemon = True
-                self._timer.start()
-            self._cond.notify_all()
-        logger.info("emulator fault is now %s", fault if fault is not None else "none")
-
-    def close(self) -> None:
-        with self._cond:
-            self._stopping = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._cond.notify_all()
-
-    def wait_while_hung(self) -> bool:
-        """Block while the fault is `hang`; False when the server stops meanwhile."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._stopping or not self._is("hang"))
-            return not self._stopping
-
-    def delay_if_slow(self) -> bool:
-        """Sleep for a `slow` fault's delay; cut short when the fault changes or the server stops.
-
-        Returns False when the server stops meanwhile.
-        """
-        with self._cond:
-            fault, version = self._fault, self._version
-            if fault is None or fault.kind != "slow":
-                return not self._stopping
-            self._cond.wait_for(
-                lambda: self._stopping or self._version != version, timeout=fault.seconds
-            )
-            return not self._stopping
-
-    def slow_seconds(self) -> float:
-        with self._cond:
-            return self._fault.seconds if self._is("slow") and self._fault else 0.0
-
-    def error_status(self) -> int:
-        with self._cond:
-            return self._fault.status if self._is("error") and self._fault else 0
-
-    def _is(self, kind: FaultKind) -> bool:
-        return self._fault is not None and self._fault.kind == kind

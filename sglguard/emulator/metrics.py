@@ -1,71 +1,36 @@
-"""Prometheus text exposition of an emulated server, with SGLang 0.5.23 names and labels."""
+"""Prometheus text exposition of an emulated server, in the names and labels of a release."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
 
+from .profiles import CURRENT, HistogramFamily, MetricsProfile
 from .state import Snapshot
 
 Labels = Mapping[str, str]
 Sample = tuple[str, Labels, float]  # (name suffix, labels, value)
 
-GAUGES: tuple[tuple[str, str], ...] = (
-    ("num_running_reqs", "The number of running requests."),
-    ("num_queue_reqs", "The number of requests in the waiting queue."),
-    ("num_grammar_queue_reqs", "The number of requests in the grammar waiting queue."),
-    ("num_used_tokens", "The number of used tokens."),
-    ("token_usage", "The token usage."),
-    ("cache_hit_rate", "The prefix cache hit rate."),
-    ("max_total_num_tokens", "Maximum total number of tokens in the KV cache pool."),
-    ("gen_throughput", "The generation throughput (token/s)."),
-    ("utilization", "The utilization."),
-    ("num_retracted_reqs", "The number of currently retracted requests."),
-)
-
-COUNTERS: tuple[tuple[str, str], ...] = (
-    ("prompt_tokens_total", "Number of prefill tokens processed."),
-    ("generation_tokens_total", "Number of generation tokens processed."),
-    ("cached_tokens_total", "Number of cached prompt tokens."),
-    ("num_requests_total", "Number of requests processed."),
-    ("num_aborted_requests_total", "Number of requests aborted."),
-    ("num_retracted_requests_total", "Number of retracted requests."),
-    ("num_grammar_aborted_total", "Number of grammar-constrained requests aborted."),
-    ("num_grammar_timeout_total", "Number of grammar compilations that timed out."),
-)
-
-HISTOGRAMS: tuple[tuple[str, str], ...] = (
-    ("time_to_first_token_seconds", "Histogram of time to first token in seconds."),
-    ("inter_token_latency_seconds", "Histogram of inter-token latency in seconds."),
-    ("request_time_per_output_token_seconds", "Histogram of time per output token in seconds."),
-    ("e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds"),
-    ("queue_time_seconds", "Histogram of queueing time in seconds."),
-)
-
 
 def scheduler_labels(model_name: str) -> dict[str, str]:
     """Labels SGLang 0.5.23 puts on scheduler metrics of a single-GPU server."""
-    return {
-        "model_name": model_name,
-        "engine_type": "unified",
-        "tp_rank": "0",
-        "pp_rank": "0",
-        "moe_ep_rank": "0",
-    }
+    return CURRENT.scheduler_labels(model_name)
 
 
-def render_metrics(snap: Snapshot, model_name: str) -> str:
+def render_metrics(snap: Snapshot, model_name: str, profile: MetricsProfile = CURRENT) -> str:
     """The body of GET /metrics."""
-    base = scheduler_labels(model_name)
+    base = profile.scheduler_labels(model_name)
     lines: list[str] = []
-    _http_families(lines, snap)
-    for name, help_text in GAUGES:
+    if profile.http_metrics:
+        _http_families(lines, snap)
+    for name, help_text in profile.gauges:
         value = float(getattr(snap, name))
         _family(lines, name, "gauge", help_text, [("", base, value)])
-    for name, help_text in COUNTERS:
+    for name, help_text in profile.counters:
         _family(lines, name, "counter", help_text, [("", base, float(snap.counters[name]))])
-    for name, help_text in HISTOGRAMS:
-        _family(lines, name, "histogram", help_text, _histogram_samples(snap, name, base))
+    for family in profile.histograms:
+        samples = _histogram_samples(snap, family, base)
+        _family(lines, family.name, "histogram", family.help, samples)
     return "\n".join(lines) + "\n"
 
 
@@ -95,11 +60,11 @@ def _http_families(lines: list[str], snap: Snapshot) -> None:
     )
 
 
-def _histogram_samples(snap: Snapshot, name: str, base: Labels) -> list[Sample]:
+def _histogram_samples(snap: Snapshot, family: HistogramFamily, base: Labels) -> list[Sample]:
     samples: list[Sample] = []
     # Series exist only once observed, as with prometheus_client's labelled histograms.
-    for (hist_name, streaming), view in sorted(snap.histograms.items()):
-        if hist_name != name:
+    for (name, streaming), view in sorted(snap.histograms.items()):
+        if name != family.name:
             continue
         labels = dict(base, is_streaming=streaming) if streaming else dict(base)
         for bound, count in view.buckets:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .profiles import DEFAULT_METRICS_VERSION, METRICS_VERSIONS
+
+MAX_LOAD_RPS = 1000.0
+
 
 @dataclass(frozen=True)
 class EmulatorOptions:
@@ -18,6 +22,8 @@ class EmulatorOptions:
     startup_delay: float = 0.0  # /health, /health_generate, /ready, /ping answer 503 meanwhile
     fault: str | None = None  # fault at start, same syntax as run-time faults
     health_latency: float = 1.0  # real SGLang runs a 1-token generation: >= ~1 s
+    load: float = 0.0  # synthetic requests per second served internally, 0 = none
+    metrics_version: str = DEFAULT_METRICS_VERSION  # "0.5.23" or "legacy" (the docs' sample)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -26,7 +32,13 @@ class EmulatorOptions:
             raise ValueError(
                 f"max_running_requests must be at least 1, not {self.max_running_requests}"
             )
-        for name in ("startup_delay", "health_latency"):
+        for name in ("startup_delay", "health_latency", "load"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value}")
+        if self.load > MAX_LOAD_RPS:
+            raise ValueError(f"load must be at most {MAX_LOAD_RPS:g} requests/s, not {self.load}")
+        if self.metrics_version not in METRICS_VERSIONS:
+            valid = ", ".join(METRICS_VERSIONS)
+            given = self.metrics_version
+            raise ValueError(f"metrics_version must be one of {valid}, not {given!r}")

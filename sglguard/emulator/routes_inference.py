@@ -40,7 +40,7 @@ def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
         return json_reply(200, [_answer(run_job(ctx, job)) for job in jobs])
     outcome = run_job(ctx, Job(rid, prompts, max_new_tokens, constraint, stream, started))
     if stream:
-        return StreamReply(200, _stream_events(outcome))
+        return StreamReply(200, _stream_events(ctx, outcome))
     return json_reply(200, _answer(outcome))
 
 
@@ -73,7 +73,10 @@ def _answer(out: Outcome) -> dict[str, Any]:
     return {"text": out.text, "meta_info": meta}
 
 
-def _stream_events(out: Outcome) -> Iterator[bytes]:
+def _stream_events(ctx: EmulatorContext, out: Outcome) -> Iterator[bytes]:
+    # The `slow_ttft` fault: headers go out at once, the first token comes late.
+    if out.first_token_delay and not ctx.faults.sleep(out.first_token_delay):
+        return
     total = out.completion_tokens
     step = max(1, math.ceil(total / MAX_STREAM_EVENTS))
     for end in [*range(step, total, step), total]:
@@ -219,8 +222,8 @@ def _openai_error(status: int, message: str) -> BadRequest:
 
 
 def fault_error_reply(path: str, status: int) -> Reply:
-    """What an inference endpoint answers under the `error:STATUS` fault."""
-    message = f"{status_phrase(status)} (emulated fault error:{status})"
+    """What an inference endpoint answers under the `error:STATUS` and `errors:F` faults."""
+    message = f"{status_phrase(status)} (emulated fault)"
     if path == "/generate":
         return json_reply(status, {"error": {"message": message}})
     return json_reply(status, _openai_error(status, message).body)

@@ -6,7 +6,7 @@ import shlex
 from datetime import UTC, datetime
 from typing import Any
 
-from .context import VERSION, EmulatorContext
+from .context import EmulatorContext
 from .metrics import render_metrics
 from .state import GRAPH_GB, KV_CACHE_GB, MAX_TOTAL_NUM_TOKENS, WEIGHT_GB
 from .wire import Reply, Request, empty_reply, json_reply
@@ -20,8 +20,10 @@ def health(ctx: EmulatorContext, req: Request) -> Reply:
     state = ctx.state
     if state.is_starting() or state.flags.draining:
         return empty_reply(503)
-    # While paused no output arrives, so SGLang waits out its health-check timeout.
-    if state.flags.paused and not state.wait_unpaused(ctx.health_check_timeout):
+    if not ctx.profile.health_generates:
+        return empty_reply(200)  # older releases: a plain 200, even when nothing advances
+    # While paused or stalled no output arrives, so SGLang waits out its health-check timeout.
+    if not state.wait_for_output(ctx.health_check_timeout):
         return empty_reply(503)
     if not state.pause_for(ctx.options.health_latency):
         return empty_reply(503)
@@ -40,7 +42,7 @@ def ping(ctx: EmulatorContext, req: Request) -> Reply:
 
 
 def metrics(ctx: EmulatorContext, req: Request) -> Reply:
-    text = render_metrics(ctx.state.snapshot(), ctx.model_name)
+    text = render_metrics(ctx.snapshot(), ctx.model_name, ctx.profile)
     return Reply(200, text.encode(), PROMETHEUS_TYPE)
 
 
@@ -76,13 +78,8 @@ def server_info_body(ctx: EmulatorContext) -> dict[str, Any]:
     opts = ctx.options
     internal = {
         "effective_max_running_requests_per_dp": opts.max_running_requests,
-        "last_gen_throughput": round(ctx.state.snapshot().last_gen_throughput, 3),
-        "memory_usage": {
-            "weight": WEIGHT_GB,
-            "kvcache": KV_CACHE_GB,
-            "token_capacity": MAX_TOTAL_NUM_TOKENS,
-            "graph": dict(GRAPH_GB),
-        },
+        "last_gen_throughput": round(ctx.snapshot().last_gen_throughput, 3),
+        "memory_usage": memory_usage(ctx),
     }
     return {
         "model_path": opts.model_path,
@@ -95,8 +92,20 @@ def server_info_body(ctx: EmulatorContext) -> dict[str, Any]:
         **FIXED_SERVER_ARGS,
         "launch_command": _launch_command(ctx),
         "max_total_num_tokens": MAX_TOTAL_NUM_TOKENS,
-        "version": VERSION,
+        "version": ctx.version,
         "internal_states": [internal],
+    }
+
+
+def memory_usage(ctx: EmulatorContext) -> dict[str, Any]:
+    """GB by use; the memory_growth fault's leak lands in `kvcache`, unrounded, so that a
+    check can recompute the rate (MiB/min = growth GB * 1024 / minutes)."""
+    graph: Any = dict(GRAPH_GB) if ctx.profile.graph_by_phase else round(sum(GRAPH_GB.values()), 2)
+    return {
+        "weight": WEIGHT_GB,
+        "kvcache": KV_CACHE_GB + ctx.faults.memory_growth_gb(),
+        "token_capacity": MAX_TOTAL_NUM_TOKENS,
+        "graph": graph,
     }
 
 
@@ -154,7 +163,7 @@ def v1_models(ctx: EmulatorContext, req: Request) -> Reply:
 
 
 def v1_loads(ctx: EmulatorContext, req: Request) -> Reply:
-    snap = ctx.state.snapshot()
+    snap = ctx.snapshot()
     load = {
         "dp_rank": 0,
         "num_running_reqs": snap.num_running_reqs,
@@ -180,7 +189,7 @@ def v1_loads(ctx: EmulatorContext, req: Request) -> Reply:
         200,
         {
             "timestamp": datetime.now(UTC).isoformat(),
-            "version": VERSION,
+            "version": ctx.version,
             "dp_rank_count": 1,
             "loads": [load],
             "aggregate": aggregate,

@@ -12,8 +12,11 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 
 from .context import EmulatorContext
-from .faults import FaultController, parse_optional_fault
+from .controller import FaultController
+from .faults import parse_optional_fault
+from .load import SyntheticLoad
 from .options import EmulatorOptions
+from .profiles import PROFILES
 from .server import EmulatorHTTPServer
 from .state import EmulatorState
 
@@ -34,17 +37,25 @@ class Emulator:
         *,
         exit_fn: Callable[[int], object] = os._exit,
         health_check_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` is what the memory_growth fault measures its minutes with (tests fake it)."""
         self.options = options
         self._initial_fault = parse_optional_fault(options.fault)  # bad text fails here
         self._exit_fn = exit_fn
-        self._ctx = EmulatorContext(
-            options, EmulatorState(options.max_running_requests), FaultController(self._crash)
+        ctx = EmulatorContext(
+            options,
+            EmulatorState(
+                options.max_running_requests, PROFILES[options.metrics_version].histograms
+            ),
+            FaultController(self._crash, clock),
         )
         if health_check_timeout is not None:
-            self._ctx.health_check_timeout = health_check_timeout
+            ctx.health_check_timeout = health_check_timeout
+        self._ctx = ctx
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._load: SyntheticLoad | None = None
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -63,16 +74,22 @@ class Emulator:
             )
             thread.start()
             self._server, self._thread = server, thread
+            load = SyntheticLoad(self._ctx, self.options.load) if self.options.load > 0 else None
+            self._load = load
         logger.info("emulator listening on %s", self.url)
         self._ctx.set_fault(self._initial_fault)
+        if load is not None:
+            load.start()  # after the initial fault, so that a `stall` at launch holds it too
 
     def stop(self) -> None:
         """Close the server: stop accepting, wake requests held by faults, cut connections."""
         with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
+            server, thread, load = self._server, self._thread, self._load
+            self._server = self._thread = self._load = None
         if server is None:
             return
+        if load is not None:
+            load.stop()
         self._ctx.faults.close()
         self._ctx.state.close()
         server.shutdown()

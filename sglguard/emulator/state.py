@@ -5,45 +5,21 @@ from __future__ import annotations
 import math
 import threading
 import time
-from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from .histograms import Histogram, HistogramView
+from .profiles import CURRENT, HistogramFamily, Source
 
 # Sized like Llama-3.1-8B in bf16 on one 80 GB GPU at mem_fraction_static 0.88:
 # 32 layers x 8 KV heads x 128 dims x (K, V) x 2 bytes = 128 KiB per token.
 WEIGHT_GB = 14.99
 KV_CACHE_GB = 54.4
 GRAPH_GB = {"decode": 0.62, "prefill": 0.31}
-MAX_TOTAL_NUM_TOKENS = int(KV_CACHE_GB * 8192)
+TOKENS_PER_GB = 8192
+MAX_TOTAL_NUM_TOKENS = int(KV_CACHE_GB * TOKENS_PER_GB)
 
-
-def _bounds(text: str) -> tuple[float, ...]:
-    return tuple(float(bound) for bound in text.split())
-
-
-TTFT_BUCKETS = _bounds("0.1 0.2 0.4 0.6 0.8 1 2 4 6 8 10 20 40 60 80 100 200 400")
-ITL_BUCKETS = _bounds(
-    "0.002 0.004 0.006 0.008 0.010 0.015 0.020 0.025 0.030 0.035 0.040 0.060 0.080 0.100 "
-    "0.200 0.400 0.600 0.800 1 2 4 6 8"
-)
-TPOT_BUCKETS = _bounds(
-    "0.002 0.005 0.010 0.020 0.030 0.040 0.050 0.060 0.070 0.080 0.090 0.100 0.150 0.200 "
-    "0.300 0.400 0.600 0.800 1 2 4 6 8"
-)
-E2E_BUCKETS = _bounds("0.1 0.2 0.4 0.6 0.8 1 2 4 6 8 10 20 40 60 80 100 200 400 600 1200 1800 2400")
-QUEUE_BUCKETS = _bounds(
-    "0 0.001 0.005 0.01 0.05 0.1 0.2 0.5 1 2 5 10 20 30 60 120 300 600 1200 2400"
-)
-
-# Histogram name (without the `sglang:` prefix) -> bucket bounds.
-HISTOGRAM_BUCKETS: dict[str, tuple[float, ...]] = {
-    "time_to_first_token_seconds": TTFT_BUCKETS,
-    "inter_token_latency_seconds": ITL_BUCKETS,
-    "request_time_per_output_token_seconds": TPOT_BUCKETS,
-    "e2e_request_latency_seconds": E2E_BUCKETS,
-    "queue_time_seconds": QUEUE_BUCKETS,
-}
 
 COUNTER_NAMES = (
     "prompt_tokens_total",
@@ -61,43 +37,6 @@ PREFIX_CACHE_PROMPTS = 32
 
 # SGLang's gen_throughput describes recent decoding; after this long idle it reads 0.
 THROUGHPUT_WINDOW_S = 10.0
-
-
-class Histogram:
-    """A Prometheus histogram: per-bucket counts, total count and sum."""
-
-    __slots__ = ("bounds", "count", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * len(bounds)
-        self.count = 0
-        self.total = 0.0
-
-    def observe(self, value: float, times: int = 1) -> None:
-        index = bisect_left(self.bounds, value)  # first bound >= value: Prometheus' `le`
-        if index < len(self.bounds):
-            self.counts[index] += times
-        self.count += times
-        self.total += value * times
-
-    def view(self) -> HistogramView:
-        cumulative: list[tuple[float, int]] = []
-        running = 0
-        for bound, count in zip(self.bounds, self.counts, strict=True):
-            running += count
-            cumulative.append((bound, running))
-        cumulative.append((math.inf, self.count))
-        return HistogramView(tuple(cumulative), self.count, self.total)
-
-
-@dataclass(frozen=True)
-class HistogramView:
-    """A copy of a histogram for rendering: cumulative (bound, count) pairs, count and sum."""
-
-    buckets: tuple[tuple[float, int], ...]
-    count: int
-    total: float
 
 
 @dataclass(frozen=True)
@@ -149,6 +88,7 @@ class _Flags:
     ready_at: float = math.inf
     draining: bool = False
     paused: bool = False
+    stalled: bool = False  # the `stall` fault: nothing advances
     stopping: bool = False
 
 
@@ -162,8 +102,13 @@ class _Http:
 class EmulatorState:
     """Everything /metrics, /v1/loads and /server_info report, behind one lock."""
 
-    def __init__(self, max_running_requests: int) -> None:
+    def __init__(
+        self,
+        max_running_requests: int,
+        histograms: tuple[HistogramFamily, ...] = CURRENT.histograms,
+    ) -> None:
         self.cond = threading.Condition()
+        self._families = histograms
         self.max_running_requests = max_running_requests
         self.flags = _Flags()
         self.queued_by_fault = 0
@@ -191,15 +136,14 @@ class EmulatorState:
             setattr(self.flags, name, value)
             self.cond.notify_all()
 
-    def wait_unpaused(self, timeout: float) -> bool:
-        """Wait up to `timeout` for generation to continue; True if it is not paused."""
+    def wait_for_output(self, timeout: float) -> bool:
+        """Wait up to `timeout` until generation can produce output (not paused nor stalled)."""
         with self.cond:
-            return (
-                self.cond.wait_for(
-                    lambda: not self.flags.paused or self.flags.stopping, timeout=timeout
-                )
-                and not self.flags.paused
-            )
+            self.cond.wait_for(lambda: self._producing() or self.flags.stopping, timeout=timeout)
+            return self._producing() and not self.flags.stopping
+
+    def _producing(self) -> bool:
+        return not (self.flags.paused or self.flags.stalled)
 
     def pause_for(self, seconds: float) -> bool:
         """Sleep, cut short by draining or stopping; True if neither happened."""
@@ -216,7 +160,7 @@ class EmulatorState:
             return self._idle()
 
     def _idle(self) -> bool:
-        return not self._flights and self.queued_by_fault == 0
+        return not self._flights and self.queued_by_fault == 0 and not self.flags.stalled
 
     def flush_prefix_cache(self) -> None:
         with self.cond:
@@ -256,6 +200,14 @@ class EmulatorState:
         running = sum(1 for f in self._flights.values() if f.running)
         return not self.flags.paused and running < self.max_running_requests
 
+    def hold(self, rid: str, seconds: float) -> bool:
+        """Keep a request running for `seconds`; False if it is aborted or the server stops."""
+        with self.cond:
+            flight = self._flights[rid]
+            if seconds > 0:
+                self.cond.wait_for(lambda: flight.aborted or self.flags.stopping, timeout=seconds)
+            return not (flight.aborted or self.flags.stopping)
+
     def was_aborted(self, rid: str) -> bool:
         with self.cond:
             flight = self._flights.get(rid)
@@ -283,36 +235,61 @@ class EmulatorState:
 
     # -- metrics ---------------------------------------------------------------------------
 
-    def record(self, rec: GenerationRecord) -> None:
+    def record(self, rid: str, rec: GenerationRecord) -> float | None:
+        """Count a finished request; while stalled, wait first (the wait counts as latency).
+
+        Returns the seconds waited, or None if the request was aborted or the server stopped.
+        """
         with self.cond:
-            counters = self._counters
-            counters["prompt_tokens_total"] += rec.prompt_tokens
-            counters["generation_tokens_total"] += rec.completion_tokens
-            counters["cached_tokens_total"] += rec.cached_tokens
-            counters["num_requests_total"] += 1
-            streaming = "true" if rec.streaming else "false"
-            self._observe("time_to_first_token_seconds", streaming, rec.ttft)
-            self._observe("e2e_request_latency_seconds", streaming, rec.e2e)
-            self._observe("queue_time_seconds", "", rec.queue_time)
-            if rec.completion_tokens > 1:
-                self._observe(
-                    "inter_token_latency_seconds", streaming, rec.itl, rec.completion_tokens - 1
+            flight = self._flights.get(rid)
+            began = time.monotonic()
+            self.cond.wait_for(
+                lambda: (
+                    not self.flags.stalled
+                    or self.flags.stopping
+                    or flight is None
+                    or flight.aborted
                 )
-                tpot = (rec.e2e - rec.ttft) / (rec.completion_tokens - 1)
-                self._observe("request_time_per_output_token_seconds", streaming, tpot)
-            if rec.completion_tokens > 0 and rec.e2e > rec.ttft:
-                self._last_throughput = rec.completion_tokens / (rec.e2e - rec.ttft)
-            self._last_finished = time.monotonic()
+            )
+            if self.flags.stopping or flight is None or flight.aborted:
+                return None
+            waited = time.monotonic() - began
+            self._add(replace(rec, ttft=rec.ttft + waited, e2e=rec.e2e + waited))
+            return waited
+
+    def _add(self, rec: GenerationRecord) -> None:
+        counters = self._counters
+        counters["prompt_tokens_total"] += rec.prompt_tokens
+        counters["generation_tokens_total"] += rec.completion_tokens
+        counters["cached_tokens_total"] += rec.cached_tokens
+        counters["num_requests_total"] += 1
+        tokens = rec.completion_tokens
+        values: dict[Source, tuple[float, int]] = {
+            "ttft": (rec.ttft, 1),
+            "e2e": (rec.e2e, 1),
+            "queue": (rec.queue_time, 1),
+        }
+        if tokens > 1:
+            values["itl"] = (rec.itl, tokens - 1)
+            values["tpot"] = ((rec.e2e - rec.ttft) / (tokens - 1), 1)
+        streaming = "true" if rec.streaming else "false"
+        for family in self._families:
+            if family.source in values:
+                value, times = values[family.source]
+                self._observe(family, streaming if family.streaming_label else "", value, times)
+        if tokens > 0 and rec.e2e > rec.ttft:
+            self._last_throughput = tokens / (rec.e2e - rec.ttft)
+        self._last_finished = time.monotonic()
 
     def count_grammar_abort(self) -> None:
         with self.cond:
             self._counters["num_grammar_aborted_total"] += 1
 
-    def _observe(self, name: str, streaming: str, value: float, times: int = 1) -> None:
-        key = (name, streaming)
+    def _observe(self, family: HistogramFamily, streaming: str, value: float, times: int) -> None:
+        key = (family.name, streaming)
         histogram = self._histograms.get(key)
         if histogram is None:
-            histogram = self._histograms[key] = Histogram(HISTOGRAM_BUCKETS[name])
+            histogram = self._histograms[key] = Histogram(family.buckets)
         histogram.observe(value, times)
 
     def http_started(self, endpoint: str, method: str) -> None:
@@ -326,23 +303,26 @@ class EmulatorState:
             if status is not None:
                 self._http.responses[endpoint, str(status), method] += 1
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, leaked_tokens: int = 0) -> Snapshot:
+        """Copy the state; `leaked_tokens` (the memory_growth fault) count as used KV tokens."""
         with self.cond:
             running = [f for f in self._flights.values() if f.running]
-            used = sum(f.tokens for f in running)
+            # A stalled scheduler shows at least the request it is stuck on.
+            num_running = max(len(running), 1) if self.flags.stalled else len(running)
+            used = min(sum(f.tokens for f in running) + leaked_tokens, MAX_TOTAL_NUM_TOKENS)
             prompt = self._counters["prompt_tokens_total"]
             recent = time.monotonic() - self._last_finished < THROUGHPUT_WINDOW_S
             return Snapshot(
-                num_running_reqs=len(running),
+                num_running_reqs=num_running,
                 num_queue_reqs=len(self._flights) - len(running) + self.queued_by_fault,
                 num_used_tokens=used,
                 max_total_num_tokens=MAX_TOTAL_NUM_TOKENS,
                 max_running_requests=self.max_running_requests,
                 token_usage=used / MAX_TOTAL_NUM_TOKENS,
                 cache_hit_rate=self._counters["cached_tokens_total"] / prompt if prompt else 0.0,
-                gen_throughput=self._last_throughput if recent else 0.0,
+                gen_throughput=self._last_throughput if recent and not self.flags.stalled else 0.0,
                 last_gen_throughput=self._last_throughput,
-                utilization=len(running) / self.max_running_requests,
+                utilization=num_running / self.max_running_requests,
                 num_grammar_queue_reqs=0,  # grammars compile at once here
                 num_retracted_reqs=0,  # the emulated KV cache never runs short
                 counters=dict(self._counters),

@@ -178,3 +178,29 @@ def _scalar(kind: Any, schema: Mapping[str, Any], words: Iterator[str]) -> Any:
     if kind == "null":
         return None
     return {}
+
+
+def violating_text(constraint: Constraint, words: list[str]) -> str:
+    """What a model that ignores the constraint says (the `bad_output` fault): JSON cut short,
+    or text the regex cannot fully match. Other constraint kinds get plain words anyway."""
+    good = constrained_text(constraint, words)
+    if constraint.kind == "json_schema":
+        # Cut-off JSON, as when a model runs out of tokens mid-object; scalars that stay valid
+        # when cut (42 -> 4) get the chatty markdown fence models like to add instead.
+        candidates = [good[:-1], f"```json\n{good}\n```"]
+        return next(text for text in candidates if not _is_json(text))
+    if constraint.pattern is not None:
+        tail = " ".join(words[:3]) or "and more"
+        candidates = [f"{good} {tail}", f"{good}\n", good[:-1], "\n", "\x00"]
+        for text in candidates:
+            if not constraint.pattern.fullmatch(text):
+                return text
+    return good  # a pattern that matches everything cannot be violated
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True

@@ -1,0 +1,161 @@
+"""What differs between the SGLang releases the emulator can pose as (`--metrics-version`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from . import histograms as h
+
+# What one finished request can add to a histogram; a profile says which family shows which.
+Source = Literal["ttft", "itl", "tpot", "e2e", "queue"]
+
+DEFAULT_METRICS_VERSION = "0.5.23"
+
+
+@dataclass(frozen=True)
+class HistogramFamily:
+    """One exposed histogram: its name (without `sglang:`), help, source and buckets."""
+
+    name: str
+    help: str
+    source: Source
+    buckets: tuple[float, ...]
+    streaming_label: bool = False  # split series by is_streaming
+
+
+@dataclass(frozen=True)
+class MetricsProfile:
+    """The surface of one release: metric families and labels, and the endpoints it had."""
+
+    version: str  # what /server_info and /v1/loads report
+    extra_labels: tuple[tuple[str, str], ...]  # scheduler labels besides model_name
+    gauges: tuple[tuple[str, str], ...]  # (name, help)
+    counters: tuple[tuple[str, str], ...]
+    histograms: tuple[HistogramFamily, ...]
+    http_metrics: bool  # sglang:http_requests_total and friends
+    health_generates: bool  # /health runs a 1-token generation (else a plain 200)
+    renamed_endpoints: bool  # /server_info, /model_info exist (else only /get_server_info, ...)
+    graph_by_phase: bool  # memory_usage.graph is a dict by phase (else a number)
+
+    def scheduler_labels(self, model_name: str) -> dict[str, str]:
+        return {"model_name": model_name, **dict(self.extra_labels)}
+
+
+CURRENT = MetricsProfile(
+    version="0.5.23",
+    extra_labels=(
+        ("engine_type", "unified"),
+        ("tp_rank", "0"),
+        ("pp_rank", "0"),
+        ("moe_ep_rank", "0"),
+    ),
+    gauges=(
+        ("num_running_reqs", "The number of running requests."),
+        ("num_queue_reqs", "The number of requests in the waiting queue."),
+        ("num_grammar_queue_reqs", "The number of requests in the grammar waiting queue."),
+        ("num_used_tokens", "The number of used tokens."),
+        ("token_usage", "The token usage."),
+        ("cache_hit_rate", "The prefix cache hit rate."),
+        ("max_total_num_tokens", "Maximum total number of tokens in the KV cache pool."),
+        ("gen_throughput", "The generation throughput (token/s)."),
+        ("utilization", "The utilization."),
+        ("num_retracted_reqs", "The number of currently retracted requests."),
+    ),
+    counters=(
+        ("prompt_tokens_total", "Number of prefill tokens processed."),
+        ("generation_tokens_total", "Number of generation tokens processed."),
+        ("cached_tokens_total", "Number of cached prompt tokens."),
+        ("num_requests_total", "Number of requests processed."),
+        ("num_aborted_requests_total", "Number of requests aborted."),
+        ("num_retracted_requests_total", "Number of retracted requests."),
+        ("num_grammar_aborted_total", "Number of grammar-constrained requests aborted."),
+        ("num_grammar_timeout_total", "Number of grammar compilations that timed out."),
+    ),
+    histograms=(
+        HistogramFamily(
+            "time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            "ttft",
+            h.TTFT_BUCKETS,
+            streaming_label=True,
+        ),
+        HistogramFamily(
+            "inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            "itl",
+            h.ITL_BUCKETS,
+            streaming_label=True,
+        ),
+        HistogramFamily(
+            "request_time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.",
+            "tpot",
+            h.TPOT_BUCKETS,
+            streaming_label=True,
+        ),
+        HistogramFamily(
+            "e2e_request_latency_seconds",
+            "Histogram of End-to-end request latency in seconds",
+            "e2e",
+            h.E2E_BUCKETS,
+            streaming_label=True,
+        ),
+        HistogramFamily(
+            "queue_time_seconds", "Histogram of queueing time in seconds.", "queue", h.QUEUE_BUCKETS
+        ),
+    ),
+    http_metrics=True,
+    health_generates=True,
+    renamed_endpoints=True,
+    graph_by_phase=True,
+)
+
+# The release of the sample in SGLang's docs: exactly the families that sample shows (its
+# sglang:func_latency_seconds aside, a debugging timer keyed by function name), only the
+# model_name label, per-token time_per_output_token_seconds, and its bucket sets.
+LEGACY = MetricsProfile(
+    version="0.4.6",
+    extra_labels=(),
+    gauges=(
+        ("num_running_reqs", "The number of running requests"),
+        ("num_used_tokens", "The number of used tokens"),
+        ("token_usage", "The token usage"),
+        ("cache_hit_rate", "The cache hit rate"),
+        ("gen_throughput", "The generate throughput (token/s)"),
+        ("num_queue_reqs", "The number of requests in the waiting queue"),
+    ),
+    counters=(
+        ("prompt_tokens_total", "Number of prefill tokens processed."),
+        ("generation_tokens_total", "Number of generation tokens processed."),
+    ),
+    histograms=(
+        HistogramFamily(
+            "time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            "ttft",
+            h.LEGACY_TTFT_BUCKETS,
+        ),
+        HistogramFamily(
+            "e2e_request_latency_seconds",
+            "Histogram of End-to-end request latency in seconds",
+            "e2e",
+            h.LEGACY_E2E_BUCKETS,
+        ),
+        # Observed once per output token, like today's inter-token latency: in the docs
+        # sample its count is close to generation_tokens_total.
+        HistogramFamily(
+            "time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.",
+            "itl",
+            h.LEGACY_TPOT_BUCKETS,
+        ),
+    ),
+    http_metrics=False,
+    health_generates=False,
+    renamed_endpoints=False,
+    graph_by_phase=False,
+)
+
+PROFILES: dict[str, MetricsProfile] = {DEFAULT_METRICS_VERSION: CURRENT, "legacy": LEGACY}
+METRICS_VERSIONS = tuple(PROFILES)
