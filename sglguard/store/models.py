@@ -80,6 +80,8 @@ class CheckStateRow(Base):
     last_change_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     grace_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recent: Mapped[str] = mapped_column(Text, default="")  # newest last: o w c u, up to 21
+    flapping: Mapped[bool] = mapped_column(Boolean, default=False)
     incident_id: Mapped[int | None] = mapped_column(Id, ForeignKey("incidents.id"))
 
 
@@ -101,6 +103,9 @@ class IncidentRow(Base):
     first_message: Mapped[str] = mapped_column(Text, default="")
     last_message: Mapped[str] = mapped_column(Text, default="")
     escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IncidentEventRow(Base):
@@ -134,6 +139,8 @@ class RemediationRunRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    verified: Mapped[bool | None] = mapped_column(Boolean)  # None: not verified (yet)
+    verification: Mapped[str | None] = mapped_column(Text)
 
 
 class NotificationAttemptRow(Base):
@@ -163,3 +170,44 @@ class CheckSampleRow(Base):
     check_name: Mapped[str] = mapped_column(String(128))
     taken_at: Mapped[datetime] = mapped_column(UTCDateTime)
     data: Mapped[str] = mapped_column(Text)  # JSON
+
+
+class TargetLeaseRow(Base):
+    """Who may remediate a target now: claimed with a conditional UPDATE, so two sglguard
+    processes on one database never act on the same server at once."""
+
+    __tablename__ = "target_leases"
+
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TargetLevelRow(Base):
+    """A launch setting sglguard lowered (reduce_concurrency) and where it stands now."""
+
+    __tablename__ = "target_levels"
+
+    target: Mapped[str] = mapped_column(String(128), primary_key=True)
+    setting: Mapped[str] = mapped_column(String(64), primary_key=True)  # max_running_requests
+    original: Mapped[float] = mapped_column(Float)
+    current: Mapped[float] = mapped_column(Float)
+    steps: Mapped[int] = mapped_column(Integer, default=0)  # reductions in force
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SilenceRow(Base):
+    """No notifications (and, unless allowed, no remediation) for a target or check for a while."""
+
+    __tablename__ = "silences"
+    __table_args__ = (Index("ix_silences_ends_at", "ends_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(String(128))
+    check_name: Mapped[str | None] = mapped_column(String(128))  # None: every check
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
