@@ -124,7 +124,8 @@ class MetricCheck(Check[MetricCheckConfig]):
 
     def run(self) -> Measurement:
         config = self.config
-        scrape = Scrape.parse(self.client.metrics_text(timeout=self.timeout))
+        names = [config.metric] + ([config.ratio_to.metric] if config.ratio_to else [])
+        scrape = Scrape.parse(self.client.metrics_text(timeout=self.timeout), only=names)
         try:
             if config.quantile is not None:
                 return self._quantile(scrape, config.quantile)

@@ -29,7 +29,8 @@ class ProgressCheck(Check[ProgressCheckConfig]):
 
     def run(self) -> Measurement:
         config = self.config
-        scrape = Scrape.parse(self.client.metrics_text(timeout=self.timeout))
+        scrape = Scrape.parse(self.client.metrics_text(timeout=self.timeout),
+                              only=(config.tokens_metric, config.running_metric))
         tokens = scrape.select(config.tokens_metric, {})
         running_series = scrape.select(config.running_metric, {})
         if not tokens or not running_series:

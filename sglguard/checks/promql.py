@@ -17,6 +17,29 @@ ALIASES = {
 }
 
 
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def _keep_families(text: str, names: Iterable[str]) -> str:
+    """The lines of `text` about the families of `names` (and their aliases)."""
+    wanted = set()
+    for name in names:
+        for each in (name, ALIASES.get(name)):
+            if each is not None:
+                wanted.add(next((each.removesuffix(s) for s in _SUFFIXES if each.endswith(s)),
+                                each))
+    prefixes = tuple(wanted)
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) > 2 and parts[2].startswith(prefixes):
+                kept.append(line)
+        elif line.startswith(prefixes):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def series_key(labels: Mapping[str, str]) -> str:
     """A stable name for one series: its labels, sorted."""
     return ",".join(f"{name}={labels[name]}" for name in sorted(labels))
@@ -29,7 +52,11 @@ class Scrape:
     samples: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> Scrape:
+    def parse(cls, text: str, only: Iterable[str] | None = None) -> Scrape:
+        """Parse the page; with `only`, just the families those sample names belong to (a big
+        server's page has thousands of series and a check needs a few)."""
+        if only is not None:
+            text = _keep_families(text, only)
         scrape = cls()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
