@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from sglguard import messages
+from sglguard import flapping, messages
 from sglguard.checks.base import CheckConfig, CheckResult, Status
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
@@ -25,6 +25,8 @@ class Decision:
     """What the service should do after one result: notify, and maybe remediate an incident."""
 
     evaluated: bool = True
+    flapping: bool | None = None  # True: started, False: stopped, None: no change
+    flap_percent: float = 0.0
     opened: int | None = None
     resolved: int | None = None
     remediate: int | None = None
@@ -59,34 +61,54 @@ class IncidentEngine:
             state = queries.check_state(session, check.name, check.target)
             in_grace = state.grace_until is not None and now < state.grace_until
             failing = result.status is not Status.OK
-            decision.evaluated = not (failing and in_grace)
+            decision.evaluated = result.counts and not (failing and in_grace)
             self._count(state, result, decision.evaluated, now)
+            if decision.evaluated:
+                self._flap(check, state, decision)
             queries.add_result(session, result, evaluated=decision.evaluated)
             if state.incident_id is None:
                 if failing and decision.evaluated and self._held(check, state, now):
                     incident = self._open(session, state, result, now)
-                    decision.opened = decision.remediate = incident.id
-                    decision.messages.append(messages.incident_opened(
-                        incident, check, self.catalog.target(check.target)))
+                    decision.opened = incident.id
+                    decision.remediate = None if state.flapping else incident.id
+                    if not state.flapping:  # a flapping check says so once, not each flip
+                        decision.messages.append(messages.incident_opened(
+                            incident, check, self.catalog.target(check.target)))
                 return decision
             incident = session.get_one(IncidentRow, state.incident_id)
             if not failing and state.consecutive_successes >= check.success_threshold:
                 self._resolve(session, state, incident, now)
                 decision.resolved = incident.id
-                decision.messages.append(messages.incident_resolved(
-                    incident, check, self.catalog.target(check.target)))
+                if not state.flapping:
+                    decision.messages.append(messages.incident_resolved(
+                        incident, check, self.catalog.target(check.target)))
             elif failing and decision.evaluated:
                 self._update(incident, result)
-                if incident.escalated_at is None:
+                if incident.escalated_at is None and not state.flapping:
                     decision.remediate = incident.id
         return decision
 
     @staticmethod
     def _held(check: CheckConfig, state: CheckStateRow, now: datetime) -> bool:
-        """The breach has lasted long enough: `for:` if given, else failure_threshold runs."""
+        """The breach has lasted long enough: `for:`, `failures:` X of Y, or
+        failure_threshold consecutive runs."""
         if check.hold is not None:
             return state.failing_since is not None and now - state.failing_since >= check.hold
+        if check.failures is not None:
+            return (flapping.failures_within(state.recent, check.failures.within)
+                    >= check.failures.count)
         return state.consecutive_failures >= check.failure_threshold
+
+    @staticmethod
+    def _flap(check: CheckConfig, state: CheckStateRow, decision: Decision) -> None:
+        if not check.flapping.enabled:
+            return
+        now_flapping = flapping.next_flapping(state.recent, state.flapping,
+                                              check.flapping.high, check.flapping.low)
+        decision.flap_percent = flapping.percent_state_change(state.recent)
+        if now_flapping != state.flapping:
+            decision.flapping = now_flapping
+            state.flapping = now_flapping
 
     @staticmethod
     def _count(state: CheckStateRow, result: CheckResult, evaluated: bool,
@@ -95,6 +117,8 @@ class IncidentEngine:
             state.last_change_at = now
         state.status = result.status.label
         state.last_result_at = now
+        if evaluated:
+            state.recent = flapping.remember(state.recent or "", result.status.label)
         if result.status is Status.OK:
             state.consecutive_successes += 1
             state.consecutive_failures = 0

@@ -159,3 +159,14 @@ def test_skipped_results_are_stored_but_never_counted(engine: IncidentEngine, st
         assert [row.status for row in queries.recent_results(session, "liveness", 2)] == [
             "skipped", "skipped"]
         assert queries.check_state(session, "liveness", "local").consecutive_failures == 1
+
+
+def test_a_window_still_filling_is_recorded_but_never_opens_an_incident(
+        engine: IncidentEngine, store: Store, clock: FakeClock) -> None:
+    for _ in range(5):
+        clock.advance(2)
+        decision = engine.record(CheckResult("liveness", "local", Status.UNKNOWN, None, "",
+                                             "collecting samples", 1.0, clock(), counts=False))
+        assert decision.opened is None and not decision.evaluated
+    with store.session() as session:
+        assert queries.check_state(session, "liveness", "local").consecutive_failures == 0

@@ -244,3 +244,20 @@ def test_progress_counts_generated_tokens(run: Callable[[str, str], CheckResult]
     clock.advance(30)
     result = run(emulator.url, "kind: progress, window: 1m")
     assert result.status is Status.OK and result.value is not None and result.value > 0
+
+
+def test_progress_calls_a_stall_a_hang(run: Callable[[str, str], CheckResult],
+                                       clock: FakeClock) -> None:
+    server = Emulator(EmulatorOptions(port=0, health_latency=0.01, fault="stall"))
+    server.start()
+    try:
+        run(server.url, "kind: progress, window: 1m")
+        clock.advance(20)
+        early = run(server.url, "kind: progress, window: 1m")
+        clock.advance(20)
+        result = run(server.url, "kind: progress, window: 1m")
+    finally:
+        server.stop()
+    assert early.status is Status.UNKNOWN and not early.counts  # 20 s is too short to judge
+    assert result.status is Status.CRITICAL
+    assert result.message.startswith("hung: no token generated in 40 s while")

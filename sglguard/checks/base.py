@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
 from sglguard.client import REDACTED, SGLangClient, TargetError
 from sglguard.clock import utcnow
-from sglguard.config.base import KindModel, Name
+from sglguard.config.base import ConfigModel, KindModel, Name
 from sglguard.config.types import Duration, Threshold, ThresholdField, format_duration
 
 if TYPE_CHECKING:
@@ -40,6 +40,33 @@ class Status(IntEnum):
         return cls[label.upper()]
 
 
+class FailureWindow(ConfigModel):
+    """`count` non-OK results among the last `within` (Monit's 3 TIMES WITHIN 5 CYCLES)."""
+
+    count: int = Field(ge=1, le=21)
+    within: int = Field(ge=1, le=21)
+
+    @model_validator(mode="after")
+    def _fits(self) -> FailureWindow:
+        if self.count > self.within:
+            raise ValueError("count cannot exceed within")
+        return self
+
+
+class Flapping(ConfigModel):
+    """Nagios flap detection over the last 21 states: start at `high` %, stop below `low` %."""
+
+    enabled: bool = True
+    high: float = Field(default=30.0, gt=0, le=100)
+    low: float = Field(default=20.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Flapping:
+        if self.low > self.high:
+            raise ValueError("low cannot exceed high")
+        return self
+
+
 class CheckConfig(KindModel):
     """Fields every check has; a kind's model adds its own."""
 
@@ -52,6 +79,12 @@ class CheckConfig(KindModel):
         default=None, description="random delay added to each run; default 10% of interval"
     )
     failure_threshold: int = Field(default=3, ge=1, le=1000)
+    failures: FailureWindow | None = Field(
+        default=None, description="X of Y: replaces failure_threshold for intermittent faults")
+    flapping: Flapping = Flapping()
+    mode: Literal["active", "passive"] | None = Field(
+        default=None, description="passive: detect and notify, never remediate (default: "
+                                  "the catalog's mode)")
     hold: Duration | None = Field(
         default=None, alias="for",
         description="a breach must hold this long (as Prometheus' `for:`); replaces "
@@ -62,6 +95,8 @@ class CheckConfig(KindModel):
     remediate: tuple[Name, ...] = ()
     depends_on: tuple[Name, ...] = Field(
         default=(), description="while one of these checks is not OK, this one is skipped")
+    runbook: str | None = Field(
+        default=None, description="link (or short text) notifications show for this check")
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -72,8 +107,12 @@ class CheckConfig(KindModel):
     def _consistent(self) -> CheckConfig:
         if self.timeout > self.interval * 10:
             raise ValueError("timeout is more than ten intervals: runs would pile up")
-        if self.hold is not None and "failure_threshold" in self.model_fields_set:
-            raise ValueError("give failure_threshold or for, not both")
+        chosen = [name for name, given in (
+            ("failure_threshold", "failure_threshold" in self.model_fields_set),
+            ("for", self.hold is not None), ("failures", self.failures is not None)) if given]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of failure_threshold, for, failures (got "
+                             f"{', '.join(chosen)})")
         if self.name in self.depends_on:
             raise ValueError("a check cannot depend on itself")
         return self
@@ -92,6 +131,7 @@ class Measurement:
     message: str = ""
     status: Status | None = None
     unit: str = ""
+    counts: bool = True  # False: nothing to judge yet (a window still filling)
 
 
 @dataclass(frozen=True)
@@ -107,6 +147,7 @@ class CheckResult:
     duration_ms: float
     started_at: datetime
     skipped: bool = False
+    counts: bool = True  # False: recorded, never counted toward an incident
 
     @property
     def shown_status(self) -> str:
@@ -209,7 +250,7 @@ class Check(Generic[ConfigT]):
         except TargetError as exc:
             measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
         except NoWindowYet as exc:
-            measurement = Measurement(None, str(exc), Status.UNKNOWN)
+            measurement = Measurement(None, str(exc), Status.UNKNOWN, counts=False)
         except Exception as exc:
             logger.warning("check %s raised", self.config.name, exc_info=True)
             measurement = Measurement(
@@ -226,6 +267,7 @@ class Check(Generic[ConfigT]):
             message=self._redact(message),
             duration_ms=round(duration_ms, 3),
             started_at=started_at,
+            counts=measurement.counts,
         )
 
     def _redact(self, text: str) -> str:

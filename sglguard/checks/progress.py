@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig, Measurement, NoWindowYet, Status
 from sglguard.checks.promql import Scrape, carry, window_increases
 from sglguard.config.types import Duration
 
@@ -39,6 +39,9 @@ class ProgressCheck(Check[ProgressCheckConfig]):
                                Status.UNKNOWN, "tokens")
         running = sum(running_series.values())
         elapsed, before, now = self.windowed(lambda prev: carry(prev, tokens), config.window)
+        if elapsed < config.window.total_seconds() / 2:  # too short to call anything a hang
+            raise NoWindowYet(f"collecting samples: {elapsed:.0f} s of the "
+                              f"{config.window.total_seconds():g} s window so far")
         generated = sum(window_increases(before, now).values())
         span = f"{elapsed:.0f} s"
         if running > 0 and generated <= 0:
