@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import ReadTimeoutError
@@ -80,6 +82,56 @@ def _is_refused(exc: BaseException) -> bool:
     return _in_chain(exc, ConnectionRefusedError) or "Connection refused" in str(exc)
 
 
+@contextlib.contextmanager
+def _network_errors(method: str, path: str, limit: float, where: str) -> Iterator[None]:
+    """Turn what requests raises into TargetError subclasses that say what happened."""
+    try:
+        yield
+    except requests.ConnectTimeout:
+        raise TargetTimeout(f"{method} {path}: connect timed out after {limit:g} s") from None
+    except requests.ReadTimeout:
+        raise TargetTimeout(f"{method} {path}: timed out, no answer within {limit:g} s"
+                            ) from None
+    except requests.ConnectionError as exc:
+        if _in_chain(exc, ReadTimeoutError):  # the body, not the headers, was late
+            raise TargetTimeout(
+                f"{method} {path}: timed out reading the answer after {limit:g} s") from None
+        if _is_refused(exc):
+            raise ConnectionRefused(
+                f"{method} {path}: connection refused at {where} "
+                "(nothing is listening: the server process is gone)"
+            ) from None
+        raise TargetError(f"{method} {path}: connection failed: {_short(exc)}") from None
+    except requests.RequestException as exc:
+        raise TargetError(f"{method} {path}: request failed: {_short(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Status and message of an answer whose body only says how it went."""
+
+    status: int
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def _answer(response: requests.Response) -> Answer:
+    with response:
+        return Answer(response.status_code, error_message(response))
+
+
+def post_json(url: str, body: Any, *, headers: Mapping[str, str], timeout: float,
+              shown: str | None = None) -> Answer:
+    """POST JSON to a URL that is not an SGLang server (a webhook), with the same timeout and
+    error handling as everything else sglguard sends; errors name it as `shown`."""
+    label = shown or url
+    with _network_errors("POST", label, timeout, label), requests.Session() as session:
+        return _answer(session.post(url, json=body, headers=dict(headers), timeout=timeout))
+
+
 class SGLangClient:
     """HTTP client for one SGLang server (or gateway)."""
 
@@ -119,28 +171,11 @@ class SGLangClient:
         limit = self.timeout if timeout is None else timeout
         key = self._admin_api_key if admin and self._admin_api_key else self._api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        try:
+        with _network_errors(method, path, limit, self.base_url):
             return self._session.request(
                 method, url, headers=headers, json=json, params=params,
                 timeout=limit, stream=stream,
             )
-        except requests.ConnectTimeout:
-            raise TargetTimeout(f"{method} {path}: connect timed out after {limit:g} s") from None
-        except requests.ReadTimeout:
-            raise TargetTimeout(f"{method} {path}: timed out, no answer within {limit:g} s"
-                                ) from None
-        except requests.ConnectionError as exc:
-            if _in_chain(exc, ReadTimeoutError):  # the body, not the headers, was late
-                raise TargetTimeout(
-                    f"{method} {path}: timed out reading the answer after {limit:g} s") from None
-            if _is_refused(exc):
-                raise ConnectionRefused(
-                    f"{method} {path}: connection refused at {self.base_url} "
-                    "(nothing is listening: the server process is gone)"
-                ) from None
-            raise TargetError(f"{method} {path}: connection failed: {_short(exc)}") from None
-        except requests.RequestException as exc:
-            raise TargetError(f"{method} {path}: request failed: {_short(exc)}") from None
 
     def metrics_text(self, timeout: float | None = None) -> str:
         """The Prometheus text of `/metrics`."""
@@ -223,6 +258,47 @@ class SGLangClient:
         own_keys = [key for key in (self._api_key, self._admin_api_key) if key]
         redacted: dict[str, Any] = redact_secrets(body, own_keys)
         return redacted
+
+    def flush_cache(self, wait: float) -> Answer:
+        """POST /flush_cache?timeout=wait (admin): 200 flushed, 400 busy."""
+        return _answer(self.request("POST", "/flush_cache", params={"timeout": f"{wait:g}"},
+                                    timeout=wait + self.timeout, admin=True))
+
+    def abort_all(self) -> Answer:
+        """POST /abort_request {"abort_all": true} (admin): drops every running and waiting
+        request."""
+        return _answer(self.request("POST", "/abort_request", json={"abort_all": True},
+                                    admin=True))
+
+    # A gateway (smg / sglang-router) in front of several servers.
+
+    def workers(self) -> list[dict[str, Any]]:
+        """GET /workers of a gateway: `{"workers": [...]}` (or a bare list in some releases)."""
+        response = self.request("GET", "/workers")
+        with response:
+            if response.status_code != 200:
+                raise TargetError(f"GET /workers: HTTP {response.status_code}: "
+                                  f"{error_message(response)}")
+            try:
+                body = response.json()
+            except ValueError:
+                raise TargetError("GET /workers: answer is not JSON") from None
+        items = body.get("workers") if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            raise TargetError("GET /workers: no list of workers in the answer")
+        return [item for item in items if isinstance(item, dict)]
+
+    def add_worker(self, url: str, *, legacy: bool = False) -> Answer:
+        """POST /workers {"url": url}, or the legacy router's POST /add_worker?url=."""
+        if legacy:
+            return _answer(self.request("POST", "/add_worker", params={"url": url}))
+        return _answer(self.request("POST", "/workers", json={"url": url}))
+
+    def remove_worker(self, worker: str, *, legacy: bool = False) -> Answer:
+        """DELETE /workers/{id} (drains it), or the legacy POST /remove_worker?url=."""
+        if legacy:
+            return _answer(self.request("POST", "/remove_worker", params={"url": worker}))
+        return _answer(self.request("DELETE", f"/workers/{quote(worker, safe='')}"))
 
 
 @dataclass

@@ -138,3 +138,24 @@ def plan_lines(console: Console, name: str, target: str, plan: Sequence[str],
     console.print(f"remediation [bold]{name}[/] on target [bold]{target}[/] {heading}:")
     for number, step in enumerate(plan, start=1):
         console.print(f"  {number}. {step}", highlight=False, markup=False)
+
+
+def incident_timeline(console: Console, item: dict[str, Any]) -> None:
+    """One incident: what it is, then everything that happened to it, in order."""
+    console.print(f"[bold]incident #{item['id']}[/] {item['target']}/{item['check']} "
+                  f"{_styled(item['status'])} ({_styled(item['severity'])})")
+    console.print(f"  opened {_short_time(item['opened_at'])} UTC, resolved "
+                  f"{_short_time(item['resolved_at'])}; first value {item['first_value']}, "
+                  f"last {item['last_value']}")
+    console.print(f"  {item['message']}", markup=False)
+    events = [(event["at"], event["event"], event["detail"]) for event in item["timeline"]]
+    events += [(attempt["at"], f"notified {attempt['outcome']}",
+                f"{attempt['notifier']}: {attempt['event']}"
+                + (f" ({attempt['error']})" if attempt["error"] else ""))
+               for attempt in item["notifications"]]
+    table = Table(title="timeline", title_justify="left")
+    for column in ("time (UTC)", "event", "detail"):
+        table.add_column(column, overflow="fold")
+    for at, kind, detail in sorted(events, key=lambda event: event[0] or ""):
+        table.add_row(_short_time(at), _styled(kind), detail)
+    console.print(table)

@@ -13,7 +13,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sglguard import messages
+from sglguard import messages, silences
 from sglguard.checks.base import Check, CheckConfig, CheckContext, CheckResult, Status
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
@@ -21,8 +21,10 @@ from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.engine import Decision, IncidentEngine
 from sglguard.notify import Notifications
-from sglguard.remediations.runner import RemediationRunner, RunOutcome
+from sglguard.remediations.runner import RemediationRunner
+from sglguard.responder import Responder
 from sglguard.store import Store, queries
+from sglguard.store.models import IncidentRow
 from sglguard.store.samples import StoreSamples
 
 logger = logging.getLogger(__name__)
@@ -107,10 +109,12 @@ class Service:
         self.clients = build_clients(catalog)
         self.checks = build_checks(catalog, self.clients, store, clock)
         self.engine = IncidentEngine(catalog, store, clock)
-        self.notifications = Notifications(catalog.notifiers, store, secrets=catalog.secrets(),
-                                           clock=clock)
+        self.notifications = Notifications.from_catalog(catalog, store, clock=clock)
         self.runner = RemediationRunner(catalog, store, self.clients, stop=self.stopping,
                                         clock=clock)
+        self.responder = Responder(catalog, store, self.engine, self.runner, self.notifications,
+                                   self.checks, clock=clock, stop=self.stopping,
+                                   dry_run=dry_run, announce=self._announce_now)
         self._busy: set[str] = set()
         self._busy_lock = threading.Lock()
         self._remediations: list[threading.Thread] = []
@@ -130,6 +134,8 @@ class Service:
                 args=[config.name], id=config.name, name=config.name,
                 next_run_time=self.clock() + timedelta(seconds=0.1),
             )
+        self.scheduler.add_job(self.repeat_reminders, IntervalTrigger(seconds=60),
+                               id="_reminders", name="reminders")
         self.scheduler.start()
         logger.info("sglguard running: %s checks on %s targets%s", len(self.catalog.checks),
                     len(self.catalog.targets), " (dry run)" if self.dry_run else "")
@@ -166,10 +172,21 @@ class Service:
             return None
 
     def _act(self, config: CheckConfig, decision: Decision) -> None:
-        for message in decision.messages:
-            self.notifications.submit(message)
+        if not decision.messages and decision.remediate is None and decision.flapping is None:
+            return
+        quiet = silences.quiet(self.store, self.catalog.maintenance, config.target, config.name,
+                               self.clock())
+        self._announce(config, decision, quiet)
         incident_id = decision.remediate
-        if incident_id is None or not config.remediate or self.catalog.mode == "passive":
+        if incident_id is None or not config.remediate:
+            return
+        if (config.mode or self.catalog.mode) == "passive":
+            if decision.opened is not None:
+                self.engine.note(incident_id, "remediation_withheld", "passive mode")
+            return
+        if quiet is not None and not quiet.remediate:
+            if decision.opened is not None:
+                self.engine.note(incident_id, "remediation_withheld", quiet.reason)
             return
         if self.dry_run and decision.opened is None:
             return  # a dry run plans once per incident
@@ -182,6 +199,47 @@ class Service:
         self._remediations = [item for item in self._remediations if item.is_alive()]
         self._remediations.append(thread)
         thread.start()
+
+    def repeat_reminders(self) -> int:
+        """Remind of open, unacknowledged incidents (not silenced, not flapping)."""
+        try:
+            return self.notifications.repeat_open_incidents(skip=self._hushed)
+        except Exception:
+            logger.exception("reminders failed")
+            return 0
+
+    def _hushed(self, incident: IncidentRow) -> bool:
+        quiet = silences.quiet(self.store, self.catalog.maintenance, incident.target,
+                               incident.check_name, self.clock())
+        if quiet is not None and not quiet.notify:
+            return True
+        with self.store.session() as session:
+            return bool(queries.check_state(session, incident.check_name, incident.target)
+                        .flapping)
+
+    def _announce_now(self, config: CheckConfig, decision: Decision) -> None:
+        if decision.messages:
+            self._announce(config, decision, silences.quiet(
+                self.store, self.catalog.maintenance, config.target, config.name, self.clock()))
+
+    def _announce(self, config: CheckConfig, decision: Decision,
+                  quiet: silences.Quiet | None) -> None:
+        """Send the decision's messages, unless a silence or maintenance window holds them."""
+        if quiet is not None and not quiet.notify:
+            if decision.opened is not None:
+                self.engine.note(decision.opened, "silenced", quiet.reason)
+            return
+        for message in decision.messages:
+            self.notifications.submit(message)
+        if decision.flapping is not None:
+            incident = decision.opened or self._open_incident(config)
+            self.notifications.submit(messages.flapping(
+                config, self.catalog.target(config.target), decision.flapping,
+                decision.flap_percent, incident_id=incident))
+
+    def _open_incident(self, config: CheckConfig) -> int | None:
+        with self.store.session() as session:
+            return queries.check_state(session, config.name, config.target).incident_id
 
     def _blocking_dependency(self, config: CheckConfig) -> str | None:
         """Why this check is skipped: a dependency that is not OK now, or None."""
@@ -199,41 +257,13 @@ class Service:
             return target in self._busy
 
     def _remediate(self, config: CheckConfig, incident_id: int) -> None:
-        target = self.catalog.target(config.target)
         try:
-            if target.control is not None and not self.dry_run:
-                self.engine.begin_grace(target.name, self.clock() + target.control.startup_timeout)
-            for name in config.remediate:
-                self.engine.note(incident_id, "remediation_started", name)
-                outcome = self.runner.run(name, target.name, incident_id=incident_id,
-                                          dry_run=self.dry_run)
-                if not self._after(config, incident_id, outcome):
-                    self.engine.end_grace(target.name)
-                    break
+            self.responder.respond(config, incident_id)
         except Exception:
             logger.exception("remediation of incident #%s failed", incident_id)
         finally:
             with self._busy_lock:
-                self._busy.discard(target.name)
-
-    def _after(self, config: CheckConfig, incident_id: int, outcome: RunOutcome) -> bool:
-        """Record and announce one outcome; False when the chain should stop."""
-        target = self.catalog.target(config.target)
-        detail = outcome.error or outcome.detail or "; ".join(outcome.plan)
-        self.engine.note(incident_id, f"remediation_{outcome.outcome}",
-                         f"{outcome.remediation}: {detail}")
-        incident = self.engine.incident(incident_id)
-        if outcome.outcome == "planned":
-            return True
-        if outcome.budget_spent or outcome.permanent:
-            escalated = self.engine.escalate(incident_id, detail)
-            if escalated is not None:
-                self.notifications.submit(messages.budget_spent(escalated, config, target, detail))
-            return False
-        succeeded = outcome.outcome == "succeeded"
-        self.notifications.submit(messages.remediation_result(
-            incident, config, target, outcome.remediation, succeeded, detail))
-        return succeeded
+                self._busy.discard(config.target)
 
     def _close_interrupted_runs(self) -> None:
         """Runs left `running` by a previous process that died are marked interrupted."""

@@ -13,6 +13,7 @@ from sglguard.config.loader import ConfigError, load_catalog, parse_catalog
 from sglguard.config.types import Threshold, parse_duration, parse_threshold
 from sglguard.controls.process import ProcessControlConfig
 from sglguard.demo import demo_catalog
+from sglguard.remediations.registry import REMEDIATIONS
 
 BASE = """\
 version: 1
@@ -121,7 +122,8 @@ ERROR_TABLE = [
         "checks[0].depends_on (line 9): depends_on makes a cycle through 'a'", id="cycle"),
     pytest.param(
         "checks:\n  - {name: a, kind: http, target: local, for: 2m, failure_threshold: 2}\n",
-        "checks[0] (line 9): give failure_threshold or for, not both", id="for-and-threshold"),
+        "checks[0] (line 9): give one of failure_threshold, for, failures (got "
+        "failure_threshold, for)", id="for-and-threshold"),
     pytest.param(
         "checks:\n  - {name: a, kind: http, target: local, fore: 2m}\n",
         "checks[0].fore (line 9): unknown key 'fore' (did you mean 'for'?)", id="alias-named"),
@@ -141,7 +143,7 @@ def test_catalog_errors_name_path_line_and_choices(extra: str, expected: str,
 def test_unknown_remediation_kind_names_the_valid_ones(tmp_path: Path) -> None:
     found = problems(BASE.replace("kind: restart}", "kind: reboot}"), tmp_path)
     assert found == ["remediations[0] (line 7): unknown remediation kind 'reboot': "
-                     "valid kinds are restart"]
+                     f"valid kinds are {', '.join(sorted(REMEDIATIONS))}"]
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

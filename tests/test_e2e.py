@@ -20,7 +20,8 @@ from sglguard.receiver import AlertReceiver
 from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
 
 
-def write_catalog(directory: Path, port: int, alerts: int, start: list[str]) -> Path:
+def write_catalog(directory: Path, port: int, alerts: int, start: list[str], *,
+                  budget: int = 3, backoff: str = "{initial: 0.2s, max: 1s}") -> Path:
     """The reference catalog, on free ports and with short intervals."""
     path = directory / "sglguard.yaml"
     path.write_text(f"""\
@@ -55,7 +56,8 @@ checks:
 remediations:
   - name: restart
     kind: restart
-    budget: {{max: 3, within: 30m}}
+    budget: {{max: {budget}, within: 30m}}
+    backoff: {backoff}
 notifiers:
   - name: ops
     urls: ["json://127.0.0.1:{alerts}/alerts"]
@@ -66,9 +68,9 @@ notifiers:
 class Service:
     """`sglguard run` as a child process."""
 
-    def __init__(self, catalog: Path) -> None:
+    def __init__(self, catalog: Path, log: str = "service.log") -> None:
         self.catalog = catalog
-        self.log = (catalog.parent / "service.log").open("wb")
+        self.log = (catalog.parent / log).open("wb")
         self.process = subprocess.Popen(
             [PYTHON, "-m", "sglguard", "--log-level", "debug", "run", "--config", str(catalog)],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -163,3 +165,46 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+
+
+def test_two_services_on_one_database_restart_the_target_once(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    catalog = write_catalog(tmp_path, port, receiver.port, emulator_command(port))
+    first, second = Service(catalog, "first.log"), Service(catalog, "second.log")
+    try:
+        wait_for(lambda: first.query(
+            "select 1 from remediation_runs where outcome = 'succeeded'"), 30)
+        wait_for(lambda: first.query("select 1 from incidents where status = 'resolved'"), 30)
+    finally:
+        codes = [first.stop(), second.stop()]
+    assert codes == [0, 0]
+    runs = first.query("select outcome from remediation_runs")
+    assert [run[0] for run in runs] == ["succeeded"], runs
+    pid = read_pidfile(tmp_path / "sglguard-local.pid")
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+
+
+def test_crash_looping_server_gets_no_more_restarts_than_the_budget(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    # Each start answers /health, passes verification, and crashes a second later.
+    catalog = write_catalog(tmp_path, port, receiver.port,
+                            emulator_command(port, "--fault", "crash:1"),
+                            budget=2, backoff="{initial: 2s, max: 8s}")
+    service = Service(catalog)
+    try:
+        wait_for(lambda: service.query(
+            "select 1 from incidents where escalated_at is not null"), 40)
+        wait_for(lambda: any("ESCALATION" in title for title in titles(receiver)), 10)
+    finally:
+        code = service.stop()
+    assert code == 0
+    runs = [run[0] for run in service.query(
+        "select outcome from remediation_runs where outcome != 'skipped' order by id")]
+    assert runs == ["succeeded", "succeeded"], runs
+    backoff = service.query(
+        "select detail from incident_events where kind = 'remediation_deferred'")
+    assert any("backoff" in row[0] for row in backoff), backoff
+    assert sum("ESCALATION" in title for title in titles(receiver)) == 1

@@ -9,15 +9,18 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from click.testing import CliRunner, Result
 
+from sglguard import messages, reminders
+from sglguard.cli import main
 from sglguard.clock import utcnow
-from sglguard.config.models import NotifierConfig
+from sglguard.config.models import Catalog, NotifierConfig
 from sglguard.notify import Message, Notifications
 from sglguard.receiver import AlertReceiver
-from sglguard.store import Store
-from sglguard.store.models import NotificationAttemptRow
+from sglguard.store import Store, queries
+from sglguard.store.models import IncidentRow, NotificationAttemptRow
 
-from conftest import free_port, wait_for
+from conftest import FakeClock, free_port, wait_for
 
 
 def notifier(name: str, *urls: str, events: tuple[str, ...] | None = None) -> NotifierConfig:
@@ -163,3 +166,236 @@ def test_resolved_is_sent_only_where_opened_was_delivered(store: Store,
                                                                 "[RESOLVED] t/c"]
 
 
+CATALOG = """\
+version: 1
+targets:
+  - {{name: a, url: "http://127.0.0.1:1",
+     control: {{kind: process, start: ["true"], pidfile: a.pid}}}}
+checks:
+  - {{name: live, kind: http, target: a, remediate: [restart],
+     runbook: "https://runbooks.example/live"}}
+remediations:
+  - {{name: restart, kind: restart}}
+notifications: {{group_wait: 0s, repeat_interval: 1h}}
+notifiers:
+{notifiers}
+"""
+
+
+def catalog_with(make_catalog: Any, notifiers: str) -> Catalog:
+    catalog: Catalog = make_catalog(CATALOG.format(notifiers=notifiers))
+    return catalog
+
+
+def open_incident(store: Store, at: Any, status: str = "open") -> IncidentRow:
+    with store.session() as session:
+        incident = IncidentRow(check_name="live", target="a", status=status,
+                               severity="critical", opened_at=at, first_value=0.0,
+                               last_value=0.0, first_message="connection refused",
+                               last_message="connection refused")
+        session.add(incident)
+        session.flush()
+        return incident
+
+
+def opened_message(catalog: Catalog, incident: IncidentRow) -> Message:
+    return messages.incident_opened(incident, catalog.check("live"), catalog.target("a"),
+                                    unit="ms")
+
+
+def test_the_default_message_tells_a_paged_person_what_they_need(
+        make_catalog: Any, store: Store) -> None:
+    catalog = catalog_with(make_catalog, "  - {name: ops, urls: ['json://127.0.0.1:9/']}")
+    message = opened_message(catalog, open_incident(store, utcnow()))
+    assert message.title == "[CRITICAL] a/live: incident opened"
+    for line in ("a/live is CRITICAL: connection refused",
+                 "value: 0 ms (first 0 ms); threshold: 3 consecutive failed runs",
+                 "target: a (http://127.0.0.1:1) watched from host ", "check: live (http)",
+                 "done: sglguard will try: restart", "runbook: https://runbooks.example/live",
+                 f"acknowledge: sglguard ack {message.incident_id} --by NAME"):
+        assert line in message.body
+
+
+def test_an_open_unacknowledged_incident_is_repeated_after_the_interval(
+        make_catalog: Any, store: Store, receiver: AlertReceiver, clock: FakeClock) -> None:
+    catalog = catalog_with(make_catalog, f"""\
+  - {{name: ops, urls: ["json://127.0.0.1:{receiver.port}/a"]}}
+  - {{name: quiet, urls: ["json://127.0.0.1:{receiver.port}/b"], events: [incident_opened]}}""")
+    incident = open_incident(store, clock())
+    sender = Notifications.from_catalog(catalog, store, clock=clock)
+    sender.start()
+    sender.submit(opened_message(catalog, incident))
+    assert sender.flush(10)
+    clock.advance(30 * 60)
+    assert sender.repeat_open_incidents() == 0
+    clock.advance(31 * 60)
+    assert sender.repeat_open_incidents() == 1  # ops only: quiet does not take repeats
+    assert sender.flush(10)
+    assert sender.repeat_open_incidents() == 0  # just reminded
+    sender.stop()
+    titles = [alert["title"] for alert in receiver.received()]
+    assert titles[-1] == "[CRITICAL] a/live: still open after 1h 1m"
+    with store.session() as session:
+        row = session.get_one(IncidentRow, incident.id)
+        assert row.last_notified_at == clock()
+        events = [(item.notifier, item.event) for item in queries.attempts_of(session, row.id)]
+    assert events[-1] == ("ops", "incident_repeated")
+
+
+def test_an_acknowledged_or_resolved_incident_is_not_repeated(
+        make_catalog: Any, store: Store, receiver: AlertReceiver, clock: FakeClock) -> None:
+    catalog = catalog_with(make_catalog,
+                           f"  - {{name: ops, urls: ['json://127.0.0.1:{receiver.port}/a']}}")
+    acked = open_incident(store, clock())
+    open_incident(store, clock(), status="resolved")
+    acked_at = clock()
+    reminders.acknowledge(store, acked.id, "alice", "restarting by hand", acked_at)
+    clock.advance(5 * 3600)
+    sender = Notifications.from_catalog(catalog, store, clock=clock)
+    assert sender.repeat_open_incidents() == 0
+    with store.session() as session:
+        row = session.get_one(IncidentRow, acked.id)
+        assert (row.acknowledged_by, row.acknowledged_at) == ("alice", acked_at)
+        [event] = queries.events_of(session, acked.id)
+    assert (event.kind, event.detail) == ("acknowledged", "by alice: restarting by hand")
+
+
+def test_each_notifier_repeats_at_its_own_interval(
+        make_catalog: Any, store: Store, receiver: AlertReceiver, clock: FakeClock) -> None:
+    catalog = catalog_with(make_catalog, f"""\
+  - {{name: ops, urls: ["json://127.0.0.1:{receiver.port}/a"]}}
+  - {{name: pager, urls: ["json://127.0.0.1:{receiver.port}/b"], repeat_interval: 10m}}""")
+    open_incident(store, clock())
+    clock.advance(11 * 60)
+    sender = Notifications.from_catalog(catalog, store, clock=clock)
+    sender.start()
+    assert sender.repeat_open_incidents() == 1
+    assert sender.repeat_open_incidents() == 0  # already queued: not twice
+    sender.stop()
+    with store.session() as session:
+        assert [row.notifier for row in session.query(NotificationAttemptRow)] == ["pager"]
+
+
+def test_acknowledging_an_unknown_or_resolved_incident_is_refused(store: Store) -> None:
+    resolved = open_incident(store, utcnow(), status="resolved")
+    with pytest.raises(reminders.UnknownIncident):
+        reminders.acknowledge(store, 999, "alice", "", utcnow())
+    with pytest.raises(reminders.NotOpen, match="is resolved"):
+        reminders.acknowledge(store, resolved.id, "alice", "", utcnow())
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_notify_test_sends_now_and_says_how_it_went(
+        make_catalog: Any, tmp_path: Any, store: Store, receiver: AlertReceiver) -> None:
+    catalog_with(make_catalog, f"""\
+  - {{name: ops, urls: ["json://127.0.0.1:{receiver.port}/a"]}}
+  - {{name: down, urls: ["json://user:hunter2@127.0.0.1:{free_port()}/a"]}}""")
+    config = str(tmp_path / "sglguard.yaml")
+    good = invoke("notify", "test", "ops", "--config", config)
+    assert (good.exit_code, good.output) == (0, "sent: test message delivered to notifier ops\n")
+    assert receiver.received()[0]["title"].startswith("[TEST] sglguard on ")
+    bad = invoke("notify", "test", "down", "--config", config)
+    assert bad.exit_code == 1
+    assert bad.output.startswith("failed: notifier down: A Connection error occurred")
+    assert "hunter2" not in bad.output
+    unknown = invoke("notify", "test", "nope", "--config", config)
+    assert unknown.exit_code == 2
+    assert "unknown notifier 'nope' (known: ops, down)" in unknown.output
+    assert [(row.notifier, row.event, row.outcome) for row in attempts(store)] == [
+        ("ops", "test", "sent"), ("down", "test", "failed")]
+
+
+def test_ack_command_acknowledges_and_tells_who_saw_the_opening(
+        make_catalog: Any, tmp_path: Any, store: Store, receiver: AlertReceiver) -> None:
+    catalog = catalog_with(make_catalog,
+                           f"  - {{name: ops, urls: ['json://127.0.0.1:{receiver.port}/a']}}")
+    incident = open_incident(store, utcnow())
+    sender = Notifications.from_catalog(catalog, store)
+    assert sender.deliver(catalog.notifier("ops"), opened_message(catalog, incident))
+    config = str(tmp_path / "sglguard.yaml")
+    result = invoke("ack", str(incident.id), "--by", "alice", "--comment", "on it",
+                    "--config", config)
+    assert (result.exit_code, result.output) == (
+        0, f"incident #{incident.id} acknowledged by alice; told ops\n")
+    assert receiver.received()[-1]["title"] == "[ACK] a/live: acknowledged by alice"
+    unknown = invoke("ack", "999", "--by", "alice", "--config", config)
+    assert unknown.exit_code == 2
+    assert "unknown incident 999" in unknown.output
+
+
+def test_a_slow_receiver_is_cut_off_at_the_notifier_timeout(store: Store) -> None:
+    gate = threading.Event()
+    slow = AlertReceiver(on_alert=lambda _alert: gate.wait(10)).start()
+    try:
+        config = NotifierConfig.model_validate({
+            "name": "slow", "urls": [f"json://127.0.0.1:{slow.port}/a"], "timeout": "300ms"})
+        notifications = Notifications([config], store, attempts=1)
+        began = time.monotonic()
+        assert notifications.deliver(config, MESSAGE) is False
+        assert time.monotonic() - began < 3
+    finally:
+        gate.set()
+        slow.stop()
+    [row] = attempts(store)
+    assert row.outcome == "failed" and row.error and "did not finish" in row.error
+
+
+def test_mail_that_cannot_go_out_falls_back_to_a_json_receiver_and_back(
+        make_catalog: Any, store: Store, receiver: AlertReceiver) -> None:
+    inbox = _Inbox()
+    port = free_port()
+    catalog = catalog_with(make_catalog, f"""\
+  - {{name: mail, fallback: desk,
+     urls: ["mailto://127.0.0.1:{port}?from=sg@example.org&to=oncall@example.org&mode=insecure"]}}
+  - {{name: desk, urls: ["json://127.0.0.1:{receiver.port}/a"], events: [test]}}""")
+    incident = open_incident(store, utcnow())
+    sender = Notifications.from_catalog(catalog, store, attempts=1)
+    assert sender.deliver(catalog.notifier("mail"), opened_message(catalog, incident))
+    assert "(sent to fallback: notifier 'mail' failed" in receiver.received()[0]["message"]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()  # mail works again
+    try:
+        assert sender.deliver(catalog.notifier("mail"), opened_message(catalog, incident))
+    finally:
+        controller.stop()
+    assert len(inbox.messages) == 1 and len(receiver.received()) == 1
+    assert [(row.notifier, row.outcome) for row in attempts(store)] == [
+        ("mail", "failed"), ("desk", "sent"), ("mail", "sent")]
+
+
+def test_flapping_and_escalation_messages_reach_their_notifiers(
+        make_catalog: Any, store: Store, receiver: AlertReceiver) -> None:
+    catalog = catalog_with(make_catalog,
+                           f"  - {{name: ops, urls: ['json://127.0.0.1:{receiver.port}/a']}}")
+    check, target = catalog.check("live"), catalog.target("a")
+    incident = open_incident(store, utcnow())
+    sender = Notifications.from_catalog(catalog, store)
+    sender.start()
+    sender.submit(messages.flapping(check, target, True, 42.0))
+    sender.submit(messages.budget_spent(incident, check, target, "3 restarts within 30m"))
+    sender.submit(messages.flapping(check, target, False, 12.0))
+    assert sender.flush(10)
+    sender.stop()
+    assert [alert["title"] for alert in receiver.received()] == [
+        "[FLAPPING] a/live: flapping (42% change)",
+        "[ESCALATION] a/live: automatic remediation stopped",
+        "[STABLE] a/live: no longer flapping (12% change)",
+    ]
+    assert [row.event for row in attempts(store)] == [
+        "flapping_started", "incident_escalated", "flapping_stopped"]
+
+
+def test_an_escalation_pages_whatever_the_incident_severity(
+        make_catalog: Any, store: Store) -> None:
+    catalog = catalog_with(make_catalog, """\
+  - {name: pager, urls: ["json://127.0.0.1:9/"], min_severity: critical}""")
+    incident = open_incident(store, utcnow())
+    incident.severity = "warning"
+    check, target = catalog.check("live"), catalog.target("a")
+    sender = Notifications.from_catalog(catalog, store)
+    assert sender.router.recipients(messages.incident_opened(incident, check, target)) == []
+    escalation = messages.incident_escalated(incident, check, target, "verification failed")
+    assert [item.name for item in sender.router.recipients(escalation)] == ["pager"]

@@ -134,3 +134,9 @@ def test_postgresql_store_migrates_and_round_trips(postgres_url: str) -> None:
     assert set(inspect(store.engine).get_table_names()) >= TABLES
     store.close()
     Store.open(postgres_url).close()  # a second start finds the schema current
+
+
+def test_the_schema_head_known_without_alembic_is_alembics_head() -> None:
+    from sglguard.store.db import SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == HEAD

@@ -6,7 +6,6 @@ import json
 import re
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import Field, field_validator, model_validator
 
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
@@ -28,6 +27,8 @@ class StructuredOutputCheckConfig(CheckConfig):
     @classmethod
     def _schema_is_valid(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
         if schema is not None:
+            import jsonschema
+
             try:
                 jsonschema.Draft202012Validator.check_schema(schema)
             except jsonschema.SchemaError as exc:
@@ -98,6 +99,7 @@ class StructuredOutputCheck(Check[StructuredOutputCheckConfig]):
             answer = json.loads(text)
         except json.JSONDecodeError as exc:
             return f"not JSON ({exc.msg} at character {exc.pos})"
+        import jsonschema  # only catalogs with structured checks pay for it
         error = jsonschema.exceptions.best_match(
             jsonschema.Draft202012Validator(config.json_schema or {}).iter_errors(answer))
         if error is None:

@@ -3,28 +3,59 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 import sglguard.checks.registry
 import sglguard.controls.registry
 import sglguard.remediations.registry  # noqa: F401  (the registries bind the kinds)
 from sglguard.checks.base import CheckConfig
 from sglguard.config.base import ConfigModel, Name
-from sglguard.config.types import Duration
+from sglguard.config.types import Duration, format_duration, parse_duration
 from sglguard.controls.base import ControlConfig
 from sglguard.remediations.base import RemediationConfig
+from sglguard.routing import notifier_problems
+from sglguard.silences import MaintenanceWindow
+from sglguard.templates import check_template
 
 Event = Literal[
     "incident_opened",
+    "incident_repeated",
+    "incident_escalated",
     "incident_resolved",
+    "acknowledged",
+    "remediation_started",
     "remediation_succeeded",
     "remediation_failed",
+    "flapping_started",
+    "flapping_stopped",
     "budget_spent",
     "test",
 ]
 EVENTS: tuple[Event, ...] = get_args(Event)
+
+
+def _duration_or_zero(value: Any) -> timedelta:
+    if value == 0 or (isinstance(value, str) and value.strip().rstrip("mshd") in ("0", "0.0")):
+        return timedelta(0)
+    return parse_duration(value)
+
+
+DurationOrZero = Annotated[
+    timedelta,
+    BeforeValidator(_duration_or_zero),
+    PlainSerializer(lambda value: format_duration(value) if value else "0s", return_type=str),
+]
 
 
 class TargetConfig(ConfigModel):
@@ -39,11 +70,38 @@ class TargetConfig(ConfigModel):
 
 
 class NotifierConfig(ConfigModel):
-    """A set of Apprise URLs and the events sent to them."""
+    """A set of Apprise URLs, the messages routed to them, and where to turn if they fail."""
 
     name: Name
     urls: tuple[SecretStr, ...] = Field(min_length=1)
-    events: tuple[Event, ...] = EVENTS
+    events: tuple[Event, ...] = Field(
+        default=EVENTS, description="budget_spent also selects every incident_escalated")
+    min_severity: Literal["info", "warning", "critical"] = Field(
+        default="info", description="resolved/remediation/repeat messages carry the "
+                                    "incident's severity here; unknown counts as warning")
+    targets: tuple[Name, ...] = Field(default=(), description="only these targets; empty: all")
+    checks: tuple[Name, ...] = Field(default=(), description="only these checks; empty: all")
+    escalation: bool = Field(
+        default=False, description="escalations go only to notifiers marked so (if any is)")
+    fallback: Name | None = Field(
+        default=None, description="notifier used when this one's delivery finally fails")
+    repeat_interval: Duration | None = Field(
+        default=None, description="default: notifications.repeat_interval")
+    timeout: Duration | None = Field(default=None, description="default: notifications.timeout")
+    title: str | None = Field(default=None, description="template; default: notifications.title")
+    body: str | None = Field(default=None, description="template; default: notifications.body")
+
+    @field_validator("title", "body")
+    @classmethod
+    def _template(cls, text: str | None) -> str | None:
+        return None if text is None else check_template(text)
+
+    @field_validator("events")
+    @classmethod
+    def _budget_spent_means_escalations(cls, events: tuple[Event, ...]) -> tuple[Event, ...]:
+        if "budget_spent" in events and "incident_escalated" not in events:
+            return (*events, "incident_escalated")
+        return events
 
     @field_validator("urls")
     @classmethod
@@ -52,6 +110,24 @@ class NotifierConfig(ConfigModel):
             if "://" not in url.get_secret_value():
                 raise ValueError(f"urls[{index}] is not an Apprise URL (expected scheme://...)")
         return urls
+
+
+class NotificationsConfig(ConfigModel):
+    """Defaults for every notifier: grouping, repeats, time bound and templates."""
+
+    group_wait: DurationOrZero = Field(
+        default=timedelta(seconds=10),
+        description="incidents of one target opening this close together are one message; 0: off")
+    repeat_interval: Duration = Field(
+        default=timedelta(hours=4), description="re-send open, unacknowledged incidents")
+    timeout: Duration = Field(default=timedelta(seconds=15), description="bound on one delivery")
+    title: str | None = Field(default=None, description="template, see sglguard.templates")
+    body: str | None = Field(default=None, description="template, see sglguard.templates")
+
+    @field_validator("title", "body")
+    @classmethod
+    def _template(cls, text: str | None) -> str | None:
+        return None if text is None else check_template(text)
 
 
 class StoreConfig(ConfigModel):
@@ -72,6 +148,28 @@ class Catalog(ConfigModel):
     checks: tuple[CheckConfig, ...] = ()
     remediations: tuple[RemediationConfig, ...] = ()
     notifiers: tuple[NotifierConfig, ...] = ()
+    notifications: NotificationsConfig = NotificationsConfig()
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _notifier_references(cls, data: Any, handler: Any) -> Any:
+        """Fallbacks and notifier filters name what exists; reported with the other errors."""
+        found: list[Any] = [
+            {"type": PydanticCustomError("reference", message), "loc": loc, "input": None}
+            for loc, message in notifier_problems(data)]
+        try:
+            catalog = handler(data)
+        except ValidationError as exc:
+            if not found:
+                raise
+            earlier: list[Any] = [
+                {"type": PydanticCustomError(error["type"], error["msg"]), "loc": error["loc"],
+                 "input": error["input"]} for error in exc.errors()]
+            raise ValidationError.from_exception_data(exc.title, [*earlier, *found]) from None
+        if found:
+            raise ValidationError.from_exception_data(cls.__name__, found)
+        return catalog
 
     def target(self, name: str) -> TargetConfig:
         return next(target for target in self.targets if target.name == name)
@@ -81,6 +179,9 @@ class Catalog(ConfigModel):
 
     def remediation(self, name: str) -> RemediationConfig:
         return next(item for item in self.remediations if item.name == name)
+
+    def notifier(self, name: str) -> NotifierConfig:
+        return next(item for item in self.notifiers if item.name == name)
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in the catalog, to scrub from messages."""

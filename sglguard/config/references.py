@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from sglguard.controls.registry import CONTROLS
 from sglguard.remediations.registry import REMEDIATIONS
 
 Loc = tuple[str | int, ...]
@@ -47,18 +48,21 @@ def _known(kind: str, names: dict[str, int]) -> str:
 def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     """Every dangling or duplicated name, with where it is."""
     problems: list[tuple[Loc, str]] = []
-    for section in ("targets", "checks", "remediations", "notifiers"):
+    for section in ("targets", "checks", "remediations", "notifiers", "maintenance"):
         problems += _unique(data, section)
     targets = _names(data, "targets")
     remediations = _names(data, "remediations")
     controlled = {
         item["name"] for _, item in _items(data, "targets") if item.get("control") is not None
     }
+    control_kinds = {item.get("name"): item["control"].get("kind") for _, item in
+                     _items(data, "targets") if isinstance(item.get("control"), dict)}
     remediation_kinds = {
         item.get("name"): item.get("kind") for _, item in _items(data, "remediations")
     }
     checks = _names(data, "checks")
     problems += _dependency_problems(data, checks)
+    problems += _window_problems(data, targets, checks)
     for index, check in _items(data, "checks"):
         target = check.get("target")
         if isinstance(target, str) and target not in targets:
@@ -81,7 +85,23 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
                 problems.append((loc, (
                     f"remediation '{name}' ({kind}) needs a `control:` on target '{target}'"
                 )))
+            elif isinstance(kind, str) and isinstance(target, str):
+                problems += _flag_problems(loc, name, kind, control_kinds.get(target), target)
     return problems
+
+
+def _flag_problems(loc: Loc, name: str, kind: str, control: Any,
+                   target: str) -> list[tuple[Loc, str]]:
+    """A remediation that restarts with changed launch flags needs a control that can."""
+    if kind not in REMEDIATIONS or not REMEDIATIONS[kind].changes_launch_flags:
+        return []
+    if not isinstance(control, str) or control not in CONTROLS:
+        return []
+    if CONTROLS[control].supports_overrides:
+        return []
+    able = ", ".join(sorted(k for k in CONTROLS if CONTROLS[k].supports_overrides))
+    return [(loc, f"remediation '{name}' ({kind}) cannot change launch flags through the "
+                  f"{control} control of target '{target}' (controls that can: {able})")]
 
 
 def _dependency_problems(data: dict[str, Any], checks: dict[str, int]) -> list[tuple[Loc, str]]:
@@ -113,3 +133,17 @@ def _reaches(edges: dict[str, list[str]], start: str, goal: str, seen: set[str])
             if _reaches(edges, nxt, goal, seen):
                 return True
     return False
+
+
+def _window_problems(data: dict[str, Any], targets: dict[str, int],
+                     checks: dict[str, int]) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for index, window in _items(data, "maintenance"):
+        for field, known, kind in (("targets", targets, "targets"), ("checks", checks, "checks")):
+            names = window.get(field)
+            for position, name in enumerate(names if isinstance(names, list) else []):
+                if name not in known:
+                    problems.append((("maintenance", index, field, position),
+                                     f"unknown {kind[:-1]} '{name}' (known: "
+                                     f"{_known(kind, known)})"))
+    return problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
@@ -38,23 +39,34 @@ class ControlError(Exception):
 ControlT = TypeVar("ControlT", bound=ControlConfig)
 
 
+Overrides = Mapping[str, str]
+"""Launch flags to set on a (re)start, e.g. `{"--max-running-requests": "128"}`: the whole set
+sglguard keeps lowered for the target; empty or None means the launch settings as configured."""
+
+
 class Control(Generic[ControlT]):
     """Base of control kinds: plan, stop and start one target's server."""
 
     kind: ClassVar[str]
     config_model: ClassVar[type[ControlConfig]]
+    supports_overrides: ClassVar[bool] = False  # can restart with changed launch flags
 
     def __init__(self, config: ControlT, target: TargetConfig) -> None:
         self.config = config
         self.target = target
 
-    def plan_restart(self) -> list[str]:
+    def plan_restart(self, overrides: Overrides | None = None) -> list[str]:
         """The steps a restart takes, exactly as they would be run."""
         raise NotImplementedError
 
-    def restart(self) -> str:
-        """Stop, then start; returns what was done. Raises ControlError."""
+    def restart(self, overrides: Overrides | None = None) -> str:
+        """Stop, then start with `overrides` in force; returns what was done.
+        Raises ControlError."""
         raise NotImplementedError
+
+    def describe_launch(self, overrides: Overrides | None = None) -> str:
+        """How the server is launched with these overrides (argument list, drop-in content)."""
+        raise ControlError(f"the {self.kind} control cannot change launch flags", permanent=True)
 
     def stop(self) -> str:
         """Stop the server if it runs; returns what was done. Raises ControlError."""

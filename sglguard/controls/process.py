@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shlex
-import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +14,15 @@ import psutil
 from pydantic import Field
 
 from sglguard.config.base import RelativePath
-from sglguard.controls.base import Control, ControlConfig, ControlError
+from sglguard.controls.base import Control, ControlConfig, Overrides
+from sglguard.controls.launch import (
+    apply_flags,
+    check_flags,
+    shown_command,
+    start_detached,
+    write_pidfile,
+)
+from sglguard.controls.launch import read_pidfile as read_pidfile
 
 logger = logging.getLogger(__name__)
 
@@ -41,28 +46,6 @@ class ProcessControlConfig(ControlConfig):
         return self.cwd if self.cwd is not None else self.pidfile.parent
 
 
-def read_pidfile(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def resolve_program(program: str) -> str:
-    """A bare name from PATH, else beside this Python (a virtualenv that is not activated)."""
-    if os.sep in program:
-        return program
-    found = shutil.which(program) or shutil.which(program, path=str(Path(sys.executable).parent))
-    return found or program
-
-
-def _write_pidfile(path: Path, pid: int) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(f"{pid}\n")
-    temporary.replace(path)
-
-
 class ProcessControl(Control[ProcessControlConfig]):
     """Stops the process group named by the pidfile, starts `start` detached, writes the pidfile."""
 
@@ -71,7 +54,9 @@ class ProcessControl(Control[ProcessControlConfig]):
 
     _child: subprocess.Popen[bytes] | None = None
 
-    def plan_restart(self) -> list[str]:
+    supports_overrides = True
+
+    def plan_restart(self, overrides: Overrides | None = None) -> list[str]:
         config = self.config
         pid = read_pidfile(config.pidfile)
         grace = config.stop_timeout.total_seconds()
@@ -83,14 +68,21 @@ class ProcessControl(Control[ProcessControlConfig]):
         )
         return [
             stop,
-            f"run {shlex.join(config.start)} in {config.workdir}, in a new session, "
+            f"run {self.describe_launch(overrides)} in {config.workdir}, in a new session, "
             f"output appended to {config.log_path}",
             f"write the new pid to {config.pidfile}",
         ]
 
-    def restart(self) -> str:
+    def describe_launch(self, overrides: Overrides | None = None) -> str:
+        return shown_command(self.arguments(overrides))
+
+    def arguments(self, overrides: Overrides | None = None) -> list[str]:
+        """The start argument list with the overridden flags rewritten."""
+        return apply_flags(self.config.start, check_flags(overrides))
+
+    def restart(self, overrides: Overrides | None = None) -> str:
         stopped = self.stop()
-        pid = self.start()
+        pid = self.start(overrides)
         return f"{stopped}; started pid {pid}"
 
     def stop(self) -> str:
@@ -113,25 +105,12 @@ class ProcessControl(Control[ProcessControlConfig]):
         self._reap()
         return f"stopped pid {pid} (SIGKILL after {grace:g} s)"
 
-    def start(self) -> int:
+    def start(self, overrides: Overrides | None = None) -> int:
         config = self.config
-        config.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **config.env}
-        with config.log_path.open("ab") as log:
-            try:
-                child = subprocess.Popen(
-                    [resolve_program(config.start[0]), *config.start[1:]], cwd=config.workdir,
-                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True,
-                )
-            except FileNotFoundError:
-                raise ControlError(
-                    f"start command not found: {config.start[0]}", permanent=True
-                ) from None
-            except OSError as exc:
-                raise ControlError(f"could not run {config.start[0]}: {exc}") from None
+        child = start_detached(self.arguments(overrides), cwd=config.workdir, env=config.env,
+                               log=config.log_path)
         self._child = child
-        _write_pidfile(config.pidfile, child.pid)
+        write_pidfile(config.pidfile, child.pid)
         logger.info("target %s: started pid %s", self.target.name, child.pid)
         return child.pid
 

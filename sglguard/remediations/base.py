@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sglguard.client import SGLangClient
     from sglguard.config.models import TargetConfig
     from sglguard.controls.base import Control
+    from sglguard.remediations.levels import TargetLevels
 
 
 class Budget(ConfigModel):
@@ -27,12 +28,28 @@ class Budget(ConfigModel):
     within: Duration = timedelta(minutes=30)
 
 
+class Backoff(ConfigModel):
+    """Delay between automatic runs: `initial`, doubling to `max`; forgotten after `reset_after`
+    without a run (Kubernetes' restart backoff: 10 s, 20 s, 40 s ... 5 min, reset after 10 min)."""
+
+    initial: Duration = timedelta(seconds=10)
+    max: Duration = timedelta(minutes=5)
+    reset_after: Duration = timedelta(minutes=10)
+
+
 class RemediationConfig(KindModel):
     """Fields every remediation has; a kind's model adds its own."""
 
     family: ClassVar[str] = "remediation"
     name: Name
     budget: Budget = Budget()
+    backoff: Backoff = Backoff()
+    cooldown: Duration | None = Field(
+        default=None, description="after each run, no automatic run of it for this long")
+    verify: Name | None = Field(
+        default=None, description="the check that must pass afterwards (default: the trigger)")
+    verify_within: Duration | None = Field(
+        default=None, description="default: the target's startup_timeout, else 2m")
 
 
 class RemediationError(Exception):
@@ -45,13 +62,20 @@ class RemediationError(Exception):
 
 @dataclass(frozen=True)
 class RemediationContext:
-    """What a remediation may use: its target, the client, the control, a stop signal."""
+    """What a remediation may use: its target, the client, the control, a stop signal, the
+    launch levels kept lowered for the target, and the incident it acts on (if any)."""
 
     target: TargetConfig
     client: SGLangClient
     control: Control[Any] | None
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], datetime] = field(default=utcnow)
+    levels: TargetLevels | None = None
+    incident_id: int | None = None
+
+    def overrides(self) -> dict[str, str]:
+        """The launch flags every restart of the target must keep (reduce_concurrency)."""
+        return self.levels.overrides() if self.levels is not None else {}
 
 
 ConfigT = TypeVar("ConfigT", bound=RemediationConfig)
@@ -63,6 +87,7 @@ class Remediation(Generic[ConfigT]):
     kind: ClassVar[str]
     config_model: ClassVar[type[RemediationConfig]]
     requires_control: ClassVar[bool] = False
+    changes_launch_flags: ClassVar[bool] = False  # needs a control with supports_overrides
 
     def __init__(self, config: ConfigT, context: RemediationContext) -> None:
         self.config = config
@@ -75,3 +100,9 @@ class Remediation(Generic[ConfigT]):
     def execute(self) -> str:
         """Do it; return a one-line account. Raises RemediationError."""
         raise NotImplementedError
+
+    def after_chain(self, succeeded: bool) -> str | None:
+        """Called once the remediations after this one in the chain have run (`succeeded`:
+        the chain ended well), for a kind that must undo something (drain re-adds the worker).
+        Returns what was done, or None when there was nothing to do. Raises RemediationError."""
+        return None

@@ -1,22 +1,14 @@
-"""`restart`: stop and start the target's server through its control, then wait for /health."""
+"""`restart`: stop and start the target's server through its control, then wait for /health.
+
+Launch flags that reduce_concurrency keeps lowered for the target stay in force."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from typing import Any, Literal
 
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
-
-from sglguard.client import TargetError
 from sglguard.controls.base import Control, ControlError
 from sglguard.remediations.base import Remediation, RemediationConfig, RemediationError
+from sglguard.remediations.health import plan_wait, wait_until_healthy
 
 
 class RestartConfig(RemediationConfig):
@@ -26,17 +18,15 @@ class RestartConfig(RemediationConfig):
     health_path: str = "/health"
 
 
-class _NotReady(Exception):
-    pass
-
-
-def _interruptible(stop: threading.Event) -> Callable[[float], None]:
-    """A sleep for tenacity that wakes at once when sglguard shuts down."""
-
-    def sleep(seconds: float) -> None:
-        stop.wait(seconds)
-
-    return sleep
+def control_of(remediation: Remediation[Any]) -> Control[Any]:
+    """The target's control, or a permanent error naming the target that has none."""
+    control = remediation.context.control
+    if control is None:
+        raise RemediationError(
+            f"target {remediation.context.target.name} has no control: cannot restart it",
+            permanent=True,
+        )
+    return control
 
 
 class Restart(Remediation[RestartConfig]):
@@ -46,65 +36,23 @@ class Restart(Remediation[RestartConfig]):
     config_model = RestartConfig
     requires_control = True
 
-    @property
-    def control(self) -> Control[Any]:
-        control = self.context.control
-        if control is None:
-            raise RemediationError(
-                f"target {self.context.target.name} has no control: cannot restart it",
-                permanent=True,
-            )
-        return control
-
     def plan(self) -> list[str]:
-        budget = self.control.config.startup_timeout.total_seconds()
-        url = f"{self.context.client.base_url}{self.config.health_path}"
-        wait = f"wait up to {budget:g} s for GET {url} to answer 200"
-        return [*self.control.plan_restart(), wait]
-
-    def execute(self) -> str:
-        control = self.control
+        control = control_of(self)
+        overrides = self.context.overrides()
         try:
-            done = control.restart()
+            steps = control.plan_restart(overrides)
         except ControlError as exc:
             raise RemediationError(str(exc), permanent=exc.permanent) from None
-        began = time.monotonic()
-        self._wait_until_healthy(control)
-        return f"{done}; healthy after {time.monotonic() - began:.1f} s"
+        if overrides:
+            kept = ", ".join(f"{flag} {value}" for flag, value in overrides.items())
+            steps.insert(0, f"keep the launch flags lowered by reduce_concurrency: {kept}")
+        return [*steps, plan_wait(self.context, control, self.config.health_path)]
 
-    def _wait_until_healthy(self, control: Control[Any]) -> None:
-        budget = control.config.startup_timeout.total_seconds()
-        stop = self.context.stop
-        path = self.config.health_path
-        deadline = time.monotonic() + budget
-        last = ["no answer yet"]
-
-        def probe() -> None:
-            if stop.is_set():
-                raise RemediationError("interrupted: sglguard is shutting down")
-            if (failure := control.start_failure()) is not None:
-                raise RemediationError(failure)
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                response = self.context.client.request("GET", path, timeout=min(5.0, remaining))
-            except TargetError as exc:
-                last[0] = str(exc)
-                raise _NotReady() from None
-            response.close()
-            if response.status_code != 200:
-                last[0] = f"GET {path} answered {response.status_code}"
-                raise _NotReady()
-
-        retrying = Retrying(
-            stop=stop_after_delay(budget),
-            wait=wait_exponential(multiplier=0.1, max=2.0),
-            retry=retry_if_exception_type(_NotReady),
-            sleep=_interruptible(stop),
-            reraise=True,
-        )
+    def execute(self) -> str:
+        control = control_of(self)
         try:
-            retrying(probe)
-        except _NotReady:
-            raise RemediationError(
-                f"not healthy within the start-up budget of {budget:g} s (last: {last[0]})"
-            ) from None
+            done = control.restart(self.context.overrides())
+        except ControlError as exc:
+            raise RemediationError(str(exc), permanent=exc.permanent) from None
+        took = wait_until_healthy(self.context, control, self.config.health_path)
+        return f"{done}; healthy after {took:.1f} s"

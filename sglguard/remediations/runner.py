@@ -15,6 +15,7 @@ from sglguard.config.models import Catalog, TargetConfig
 from sglguard.controls.base import Control
 from sglguard.controls.registry import CONTROLS
 from sglguard.remediations.base import Remediation, RemediationContext, RemediationError
+from sglguard.remediations.levels import TargetLevels
 from sglguard.remediations.registry import REMEDIATIONS
 from sglguard.store import Store, queries
 
@@ -68,19 +69,26 @@ class RemediationRunner:
             if control is not None and control.config == target.control:
                 self._controls[target.name] = control
 
-    def build(self, name: str, target_name: str) -> Remediation[Any]:
-        config = self.catalog.remediation(name)
+    def context(self, target_name: str, *, incident_id: int | None = None
+                ) -> RemediationContext:
+        """What a remediation of the target gets, the levels it keeps lowered included."""
         target = self.catalog.target(target_name)
-        context = RemediationContext(
+        return RemediationContext(
             target=target, client=self.clients[target.name], control=self.control(target),
             stop=self.stop, clock=self.clock,
+            levels=TargetLevels(self.store, target.name, self.clock), incident_id=incident_id,
         )
-        return REMEDIATIONS[config.kind](config, context)
+
+    def build(self, name: str, target_name: str, *,
+              incident_id: int | None = None) -> Remediation[Any]:
+        config = self.catalog.remediation(name)
+        return REMEDIATIONS[config.kind](config, self.context(target_name,
+                                                              incident_id=incident_id))
 
     def run(self, name: str, target_name: str, *, incident_id: int | None = None,
             trigger: str = "incident", dry_run: bool = False) -> RunOutcome:
         config = self.catalog.remediation(name)
-        remediation = self.build(name, target_name)
+        remediation = self.build(name, target_name, incident_id=incident_id)
         try:
             plan = remediation.plan()
         except RemediationError as exc:

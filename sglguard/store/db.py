@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -26,10 +29,21 @@ class StoreError(Exception):
     """The store cannot be opened or written."""
 
 
-def _alembic_config() -> Config:
+SCHEMA_HEAD = "0003"  # the newest migration; a test keeps it equal to Alembic's head
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config  # only when a migration runs: it costs ~11 MiB
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
+
+
+def _current_revision(connection: Any) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.scalar(text("select version_num from alembic_version"))  # type: ignore[no-any-return]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -61,16 +75,30 @@ def _connect_args(url: str) -> dict[str, Any]:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision (creates it on first use)."""
-    config = _alembic_config()
-    head = ScriptDirectory.from_config(config).get_current_head()
-    with engine.begin() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
-        if current == head:
+    """Bring the schema to the newest revision (creates it on first use).
+
+    Several sglguard processes may start at once on one database: PostgreSQL serialises them
+    with an advisory lock; on SQLite the loser of the race finds the schema made and goes on."""
+    head = SCHEMA_HEAD
+    for attempt in range(5):
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("select pg_advisory_xact_lock(7147830)"))
+                current = _current_revision(connection)
+                if current == head:
+                    return
+                from alembic import command
+
+                config = _alembic_config()
+                config.attributes["connection"] = connection
+                logger.info("store: migrating schema from %s to %s", current or "nothing", head)
+                command.upgrade(config, "head")
             return
-        config.attributes["connection"] = connection
-        logger.info("store: migrating schema from %s to %s", current or "nothing", head)
-        command.upgrade(config, "head")
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))  # another process is migrating: look again
 
 
 class Store:

@@ -17,6 +17,7 @@ from sglguard.store.models import (
     IncidentRow,
     NotificationAttemptRow,
     RemediationRunRow,
+    TargetLevelRow,
 )
 
 
@@ -36,7 +37,8 @@ def check_state(session: Session, check: str, target: str) -> CheckStateRow:
     ).scalar_one_or_none()
     if state is None:
         state = CheckStateRow(check_name=check, target=target, status="ok",
-                              consecutive_failures=0, consecutive_successes=0)
+                              consecutive_failures=0, consecutive_successes=0, recent="",
+                              flapping=False)
         session.add(state)
     return state
 
@@ -146,3 +148,74 @@ def latest_status(session: Session, check: str) -> str | None:
     """The status of the check's newest stored result (from the service or `sglguard check`)."""
     return session.scalar(select(CheckResultRow.status).where(
         CheckResultRow.check_name == check).order_by(CheckResultRow.id.desc()).limit(1))
+
+
+def set_verified(session: Session, run_id: int, verified: bool, detail: str) -> None:
+    run = session.get_one(RemediationRunRow, run_id)
+    run.verified, run.verification = verified, detail
+
+
+def target_levels(session: Session, target: str | None = None) -> Sequence[TargetLevelRow]:
+    """Launch settings kept lowered (reduce_concurrency), of one target or of all."""
+    query = select(TargetLevelRow).order_by(TargetLevelRow.target, TargetLevelRow.setting)
+    if target is not None:
+        query = query.where(TargetLevelRow.target == target)
+    return session.scalars(query).all()
+
+
+def save_level(session: Session, *, target: str, setting: str, original: float,
+               current: float, steps: int, at: datetime) -> TargetLevelRow:
+    row = session.get(TargetLevelRow, (target, setting))
+    if row is None:
+        row = TargetLevelRow(target=target, setting=setting)
+        session.add(row)
+    row.original, row.current, row.steps, row.changed_at = original, current, steps, at
+    return row
+
+
+def delete_level(session: Session, target: str, setting: str) -> None:
+    row = session.get(TargetLevelRow, (target, setting))
+    if row is not None:
+        session.delete(row)
+
+
+def target_trouble(session: Session, target: str) -> tuple[bool, datetime | None]:
+    """Whether the target has an open incident, and when its last incident was resolved."""
+    open_count = session.scalar(select(func.count()).select_from(IncidentRow).where(
+        IncidentRow.target == target, IncidentRow.status == "open")) or 0
+    resolved = session.scalar(select(func.max(IncidentRow.resolved_at)).where(
+        IncidentRow.target == target))
+    return open_count > 0, resolved
+
+
+REMINDER_EVENTS = ("incident_opened", "incident_repeated")
+
+
+def due_repeats(session: Session, notifier: str, cutoff: datetime) -> list[IncidentRow]:
+    """Open, unacknowledged incidents that `notifier` was last reminded of (opened or
+    repeated, any outcome) before `cutoff`; never tried: opened before `cutoff`."""
+    candidates = session.scalars(select(IncidentRow).where(
+        IncidentRow.status == "open", IncidentRow.acknowledged_at.is_(None),
+        IncidentRow.opened_at <= cutoff).order_by(IncidentRow.id)).all()
+    if not candidates:
+        return []
+    last = {incident_id: at for incident_id, at in session.execute(
+        select(NotificationAttemptRow.incident_id, func.max(NotificationAttemptRow.created_at))
+        .where(NotificationAttemptRow.notifier == notifier,
+               NotificationAttemptRow.event.in_(REMINDER_EVENTS),
+               NotificationAttemptRow.incident_id.in_([row.id for row in candidates]))
+        .group_by(NotificationAttemptRow.incident_id))}
+    return [row for row in candidates if (last.get(row.id) or row.opened_at) <= cutoff]
+
+
+def mark_notified(session: Session, incident_ids: Sequence[int], at: datetime) -> None:
+    """A reminder (opened or repeated) reached someone: `last_notified_at` moves to `at`."""
+    for row in session.scalars(select(IncidentRow).where(IncidentRow.id.in_(incident_ids))):
+        if row.last_notified_at is None or row.last_notified_at < at:
+            row.last_notified_at = at
+
+
+def latest_unit(session: Session, check: str) -> str:
+    """The unit of the check's newest stored result ('' when none)."""
+    return session.scalar(select(CheckResultRow.unit).where(
+        CheckResultRow.check_name == check).order_by(CheckResultRow.id.desc()).limit(1)) or ""

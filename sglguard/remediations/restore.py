@@ -1,0 +1,116 @@
+"""Stepping lowered launch levels back up (reduce_concurrency's `restore_after`).
+
+The service calls, on a timer (e.g. every minute), for each due target it may act on:
+
+    for due in restore_due(store, catalog, clock()):
+        outcome = restore_level(runner, due)
+
+`restore_due` reads the store only; `restore_level` restarts the server one level up and records
+the run (trigger `restore`) like any other remediation run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from sglguard.config.models import Catalog
+from sglguard.remediations.base import RemediationError
+from sglguard.remediations.levels import Level, restore_is_due
+from sglguard.remediations.reduce_concurrency import ReduceConcurrency, ReduceConcurrencyConfig
+from sglguard.remediations.runner import RemediationRunner, RunOutcome
+from sglguard.store import Store, queries
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RestoreDue:
+    """A target whose lowered levels may step up one level now."""
+
+    target: str
+    remediation: str  # the reduce_concurrency remediation whose factor and timing apply
+    levels: tuple[Level, ...]
+    since: datetime  # healthy since then
+
+
+def governing(catalog: Catalog, target: str) -> ReduceConcurrencyConfig:
+    """The reduce_concurrency config for a target: the first one a check of the target names,
+    else the first in the catalog, else the defaults (a level outlives its catalog entry)."""
+    named = [name for check in catalog.checks if check.target == target
+             for name in check.remediate]
+    configs = [item for item in catalog.remediations
+               if isinstance(item, ReduceConcurrencyConfig)]
+    for config in configs:
+        if config.name in named:
+            return config
+    if configs:
+        return configs[0]
+    return ReduceConcurrencyConfig(name="reduce_concurrency", kind="reduce_concurrency")
+
+
+def restore_due(store: Store, catalog: Catalog, now: datetime) -> list[RestoreDue]:
+    """Targets of the catalog with levels in force and `restore_after` of healthy running
+    (no open incident, none resolved meanwhile) since their last change."""
+    known = {target.name for target in catalog.targets}
+    due: list[RestoreDue] = []
+    with store.session() as session:
+        by_target: dict[str, list[Level]] = defaultdict(list)
+        for row in queries.target_levels(session):
+            by_target[row.target].append(
+                Level(row.setting, row.original, row.current, row.steps, row.changed_at))
+        for target, levels in sorted(by_target.items()):
+            if target not in known:
+                continue
+            config = governing(catalog, target)
+            open_incident, resolved = queries.target_trouble(session, target)
+            if restore_is_due(levels, config.restore_after, now, open_incident=open_incident,
+                              last_resolved=resolved):
+                since = max([level.changed_at for level in levels]
+                            + ([resolved] if resolved else []))
+                due.append(RestoreDue(target, config.name, tuple(levels), since))
+    return due
+
+
+def restore_level(runner: RemediationRunner, due: RestoreDue, *,
+                  dry_run: bool = False) -> RunOutcome:
+    """Restart the target one level up and record it as a run (trigger `restore`)."""
+    config = governing(runner.catalog, due.target)
+    remediation = ReduceConcurrency(config, runner.context(due.target))
+    try:
+        plan = remediation.plan_restore()
+    except RemediationError as exc:
+        return _record(runner, config, due.target, [], "failed", "", str(exc), exc.permanent)
+    if dry_run:
+        return _record(runner, config, due.target, plan, "planned", "", None, False)
+    run_id = _record(runner, config, due.target, plan, "running", "", None, False).run_id
+    outcome, detail, error, permanent = "succeeded", "", None, False
+    try:
+        detail = remediation.restore()
+    except RemediationError as exc:
+        outcome, error, permanent = "failed", str(exc), exc.permanent
+    except Exception as exc:
+        logger.exception("restore of %s raised", due.target)
+        outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
+    for retry in runner.store.retrying():
+        with retry, runner.store.session() as session:
+            queries.finish_run(session, run_id, outcome=outcome, detail=detail, error=error,
+                               at=runner.clock())
+    logger.info("restore of %s: %s %s", due.target, outcome, error or detail)
+    return RunOutcome(run_id, config.name, due.target, outcome, plan, detail, error, permanent)
+
+
+def _record(runner: RemediationRunner, config: ReduceConcurrencyConfig, target: str,
+            plan: list[str], outcome: str, detail: str, error: str | None,
+            permanent: bool) -> RunOutcome:
+    now = runner.clock()
+    with runner.store.session() as session:
+        run = queries.start_run(
+            session, incident_id=None, remediation=config.name, kind=config.kind, target=target,
+            trigger="restore", dry_run=outcome == "planned", plan=plan, outcome=outcome, at=now)
+        if outcome != "running":
+            run.error, run.finished_at = error, now
+        run_id = run.id
+    return RunOutcome(run_id, config.name, target, outcome, plan, detail, error, permanent)

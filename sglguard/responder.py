@@ -1,0 +1,160 @@
+"""Acting on an incident: a check's remediations in order, under every rail, then verified."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sglguard import messages
+from sglguard.checks.base import Check, CheckConfig, Status
+from sglguard.config.models import Catalog
+from sglguard.engine import Decision, IncidentEngine
+from sglguard.notify import Notifications
+from sglguard.rails import Leases, next_run_allowed
+from sglguard.remediations.base import RemediationConfig
+from sglguard.remediations.runner import RemediationRunner, RunOutcome
+from sglguard.store import Store, queries
+
+logger = logging.getLogger(__name__)
+DEFAULT_VERIFY = timedelta(minutes=2)
+
+
+class Responder:
+    """Runs the remediations of one incident: lease, backoff, budget, verification, escalation."""
+
+    def __init__(self, catalog: Catalog, store: Store, engine: IncidentEngine,
+                 runner: RemediationRunner, notifications: Notifications,
+                 checks: Mapping[str, Check[Any]], *, clock: Callable[[], datetime],
+                 stop: threading.Event, dry_run: bool = False,
+                 leases: Leases | None = None,
+                 announce: Callable[[CheckConfig, Decision], None] | None = None) -> None:
+        self.catalog, self.store, self.engine = catalog, store, engine
+        self.runner, self.notifications, self.checks = runner, notifications, checks
+        self.clock, self.stop, self.dry_run = clock, stop, dry_run
+        self.leases = leases or Leases(store)
+        self.announce = announce or (lambda _config, _decision: None)
+        self._noted: dict[int, str] = {}  # the last deferral noted per incident
+
+    def respond(self, config: CheckConfig, incident_id: int) -> None:
+        target = self.catalog.target(config.target)
+        if not self.dry_run and self._deferred(config, incident_id):
+            return
+        ttl = self._lease_time(config)
+        if not self.dry_run and not self.leases.claim(target.name, self.clock(), ttl):
+            holder = self.leases.holder_of(target.name)
+            self._note_once(incident_id, "remediation_deferred",
+                            f"another sglguard ({holder}) is remediating {target.name}")
+            return
+        try:
+            self._run_chain(config, incident_id)
+        finally:
+            if not self.dry_run:
+                self.leases.release(target.name)
+
+    def _run_chain(self, config: CheckConfig, incident_id: int) -> None:
+        target = self.catalog.target(config.target)
+        if target.control is not None and not self.dry_run:
+            self.engine.begin_grace(target.name, self.clock() + target.control.startup_timeout)
+        last: RunOutcome | None = None
+        for name in config.remediate:
+            self.engine.note(incident_id, "remediation_started", name)
+            if not self.dry_run:
+                self.notifications.submit(messages.remediation_started(
+                    self.engine.incident(incident_id), config, target, name))
+            last = self.runner.run(name, target.name, incident_id=incident_id,
+                                   dry_run=self.dry_run)
+            if not self._after(config, incident_id, last):
+                self.engine.end_grace(target.name)
+                return
+        if last is not None and last.outcome == "succeeded":
+            self._verify(config, incident_id, last)
+
+    def _deferred(self, config: CheckConfig, incident_id: int) -> bool:
+        now = self.clock()
+        for name in config.remediate:
+            wait = next_run_allowed(self.store, self.catalog.remediation(name), config.target, now)
+            if wait is not None:
+                self._note_once(incident_id, "remediation_deferred",
+                                f"{name}: {wait.reason}: not before "
+                                f"{wait.until:%H:%M:%S} UTC")
+                return True
+        return False
+
+    def _note_once(self, incident_id: int, kind: str, detail: str) -> None:
+        if self._noted.get(incident_id) != detail:
+            self._noted[incident_id] = detail
+            self.engine.note(incident_id, kind, detail)
+            logger.info("incident #%s: %s", incident_id, detail)
+
+    def _lease_time(self, config: CheckConfig) -> timedelta:
+        target = self.catalog.target(config.target)
+        control = target.control
+        startup = control.startup_timeout + control.stop_timeout if control else timedelta()
+        return startup + self._verify_within(config) + timedelta(minutes=1)
+
+    def _verify_config(self, config: CheckConfig) -> RemediationConfig | None:
+        chain = [self.catalog.remediation(name) for name in config.remediate]
+        return next((item for item in reversed(chain) if item.verify is not None), None)
+
+    def _verify_within(self, config: CheckConfig) -> timedelta:
+        chosen = self._verify_config(config)
+        if chosen is not None and chosen.verify_within is not None:
+            return chosen.verify_within
+        control = self.catalog.target(config.target).control
+        return control.startup_timeout if control is not None else DEFAULT_VERIFY
+
+    def _verify(self, config: CheckConfig, incident_id: int, outcome: RunOutcome) -> None:
+        """The triggering check (or `verify:`) must pass within the start-up budget."""
+        chosen = self._verify_config(config)
+        name = chosen.verify if chosen is not None and chosen.verify else config.name
+        check = self.checks[name]
+        within = self._verify_within(config)
+        deadline = time.monotonic() + within.total_seconds()
+        pause = min(2.0, check.config.interval.total_seconds())
+        last = "no run"
+        while not self.stop.is_set():
+            result = check.execute()
+            self.announce(check.config, self.engine.record(result))
+            last = f"{result.status.label}: {result.message}"
+            if result.status is Status.OK:
+                self._verified(incident_id, outcome, True, f"{name} passed")
+                return
+            if time.monotonic() >= deadline:
+                break
+            self.stop.wait(pause)
+        reason = f"not verified: {name} did not pass within {within} (last {last})"
+        self._verified(incident_id, outcome, False, reason)
+        self._escalate(config, incident_id, reason)
+
+    def _verified(self, incident_id: int, outcome: RunOutcome, ok: bool, detail: str) -> None:
+        with self.store.session() as session:
+            queries.set_verified(session, outcome.run_id, ok, detail)
+        self.engine.note(incident_id, "verified" if ok else "not_verified", detail)
+
+    def _escalate(self, config: CheckConfig, incident_id: int, reason: str) -> None:
+        escalated = self.engine.escalate(incident_id, reason)
+        if escalated is not None:
+            target = self.catalog.target(config.target)
+            self.notifications.submit(messages.incident_escalated(escalated, config, target,
+                                                                  reason))
+
+    def _after(self, config: CheckConfig, incident_id: int, outcome: RunOutcome) -> bool:
+        """Record and announce one outcome; False when the chain should stop."""
+        target = self.catalog.target(config.target)
+        detail = outcome.error or outcome.detail or "; ".join(outcome.plan)
+        self.engine.note(incident_id, f"remediation_{outcome.outcome}",
+                         f"{outcome.remediation}: {detail}")
+        if outcome.outcome == "planned":
+            return True
+        if outcome.budget_spent or outcome.permanent:
+            self._escalate(config, incident_id, detail)
+            return False
+        succeeded = outcome.outcome == "succeeded"
+        self.notifications.submit(messages.remediation_result(
+            self.engine.incident(incident_id), config, target, outcome.remediation, succeeded,
+            detail))
+        return succeeded

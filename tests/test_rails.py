@@ -1,0 +1,215 @@
+"""Safety rails, each shown holding: leases, backoff, verification, flapping, silences."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sglguard.checks.base import CheckResult, Status
+from sglguard.config.models import Catalog
+from sglguard.engine import IncidentEngine
+from sglguard.rails import Leases, next_run_allowed
+from sglguard.receiver import AlertReceiver
+from sglguard.service import Service
+from sglguard.silences import add_silence, expire_silence, list_silences, quiet
+from sglguard.store import Store, queries
+from sglguard.store.models import IncidentEventRow, RemediationRunRow
+
+from conftest import PYTHON, FakeClock, emulator_command, free_port, wait_for
+
+
+def test_only_one_holder_gets_a_target_lease(store: Store, clock: FakeClock) -> None:
+    first, second = Leases(store, "a"), Leases(store, "b")
+    assert first.claim("local", clock(), timedelta(minutes=5))
+    assert not second.claim("local", clock(), timedelta(minutes=5))
+    assert second.holder_of("local") == "a"
+    first.release("local")
+    assert second.claim("local", clock(), timedelta(minutes=5))
+
+
+def test_an_expired_lease_can_be_taken_over(store: Store, clock: FakeClock) -> None:
+    assert Leases(store, "crashed").claim("local", clock(), timedelta(seconds=30))
+    clock.advance(31)
+    assert Leases(store, "b").claim("local", clock(), timedelta(seconds=30))
+
+
+RAILS = """\
+version: 1
+targets: [{name: local, url: "http://127.0.0.1:1"}]
+checks: [{name: liveness, kind: http, target: local}]
+remediations:
+  - {name: fix, kind: restart, backoff: {initial: 10s, max: 40s, reset_after: 10m},
+     cooldown: 15s}
+"""
+
+
+def add_run(store: Store, at: datetime, seconds: float = 1.0) -> None:
+    with store.session() as session:
+        session.add(RemediationRunRow(
+            remediation="fix", kind="restart", target="local", trigger="incident",
+            dry_run=False, plan="[]", outcome="failed", detail="", started_at=at,
+            finished_at=at + timedelta(seconds=seconds)))
+
+
+def test_backoff_doubles_to_its_cap_and_resets_after_a_clean_period(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    config = make_catalog(RAILS).remediation("fix")
+    assert next_run_allowed(store, config, "local", clock()) is None
+    waits = []
+    for _ in range(4):
+        add_run(store, clock(), seconds=0)
+        wait = next_run_allowed(store, config, "local", clock())
+        assert wait is not None
+        waits.append((wait.until - clock()).total_seconds())
+        clock.now = wait.until
+    assert waits == [15, 20, 40, 40]  # cooldown 15 s beats the first 10 s; then 20, 40, cap
+    clock.advance(600)
+    assert next_run_allowed(store, config, "local", clock()) is None
+
+
+def test_flapping_check_is_announced_once_and_not_remediated(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    catalog = make_catalog("""\
+        version: 1
+        targets: [{name: local, url: "http://127.0.0.1:1"}]
+        checks:
+          - {name: liveness, kind: http, target: local, failure_threshold: 1,
+             remediate: [restart]}
+        remediations: [{name: restart, kind: restart}]
+        """.replace("checks:\n", "checks:\n").replace(
+        'url: "http://127.0.0.1:1"}]', 'url: "http://127.0.0.1:1", control: {kind: process, '
+        'start: [x], pidfile: p.pid}}]'))
+    engine = IncidentEngine(catalog, store, clock)
+    remediations, flips = [], []
+    for index in range(16):
+        clock.advance(10)
+        status = Status.CRITICAL if index % 2 == 0 else Status.OK
+        decision = engine.record(CheckResult("liveness", "local", status, None, "s", "",
+                                             1.0, clock()))
+        remediations.append(decision.remediate)
+        if decision.flapping is not None:
+            flips.append((index, decision.flapping))
+    assert [flip for _, flip in flips] == [True]
+    started = flips[0][0]
+    assert all(remediation is None for remediation in remediations[started:])
+    assert any(remediation is not None for remediation in remediations[:started])
+    for _ in range(21):  # it settles: one "stopped" and no more
+        clock.advance(10)
+        decision = engine.record(CheckResult("liveness", "local", Status.OK, None, "s", "",
+                                             1.0, clock()))
+        if decision.flapping is not None:
+            flips.append((0, decision.flapping))
+    assert [flip for _, flip in flips] == [True, False]
+
+
+def test_silences_cover_their_target_and_check_until_they_end_or_expire(
+        store: Store, clock: FakeClock) -> None:
+    first = add_silence(store, target="local", check=None, starts=clock(),
+                        length=timedelta(hours=2), reason="upgrade", by="ana")
+    add_silence(store, target="other", check="queue", starts=clock(),
+                length=timedelta(hours=1), reason="", by="")
+    assert quiet(store, (), "local", "liveness", clock()) is not None
+    assert quiet(store, (), "other", "liveness", clock()) is None
+    assert quiet(store, (), "other", "queue", clock()) is not None
+    assert [row.id for row in list_silences(store, clock(), include_ended=False)] == [first, 2]
+    assert expire_silence(store, first, clock())
+    assert quiet(store, (), "local", "liveness", clock()) is None
+    clock.advance(3601)
+    assert quiet(store, (), "other", "queue", clock()) is None
+
+
+def test_recurring_maintenance_window_follows_its_time_zone(
+        make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    catalog = make_catalog("""\
+        version: 1
+        targets: [{name: local, url: "http://127.0.0.1:1"}]
+        maintenance:
+          - {name: weekly, cron: "0 3 * * sun", duration: 1h, timezone: Europe/Berlin,
+             remediate: true}
+        """)
+    windows = catalog.maintenance
+    sunday_0230_utc = datetime(2026, 11, 22, 2, 30, tzinfo=UTC)  # 03:30 in Berlin
+    found = quiet(store, windows, "local", "liveness", sunday_0230_utc)
+    assert found is not None and found.remediate and not found.notify
+    assert quiet(store, windows, "local", "liveness", sunday_0230_utc + timedelta(hours=1)) is None
+
+
+@pytest.fixture
+def receiver() -> Iterator[AlertReceiver]:
+    server = AlertReceiver().start()
+    yield server
+    server.stop()
+
+
+def service_catalog(tmp_path: Path, port: int, alerts: int, start: list[str],
+                    extra: str = "", verify: str = "") -> str:
+    return f"""\
+version: 1
+targets:
+  - name: local
+    url: http://127.0.0.1:{port}
+    control: {{kind: process, start: {json.dumps(start)}, pidfile: local.pid,
+               startup_timeout: 5s, stop_timeout: 2s}}
+checks:
+  - {{name: liveness, kind: http, target: local, interval: 0.2s, timeout: 1s,
+     failure_threshold: 1, remediate: [restart]}}
+  - {{name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs",
+     critical: "> 200", interval: 30s, timeout: 1s}}
+remediations:
+  - {{name: restart, kind: restart, backoff: {{initial: 0.1s, max: 0.2s}}{verify}}}
+notifiers: [{{name: ops, urls: ["json://127.0.0.1:{alerts}/alerts"]}}]
+{extra}"""
+
+
+def test_a_silenced_target_gets_no_notification(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    catalog = make_catalog(service_catalog(tmp_path, free_port(), receiver.port,
+                                           [PYTHON, "-c", "raise SystemExit(1)"]))
+    add_silence(store, target="local", check=None, starts=datetime.now(UTC),
+                length=timedelta(hours=1), reason="planned work", by="ana")
+    service = Service(catalog, store)
+    service.start()
+    try:
+        wait_for(lambda: _events(store, "silenced"))
+        assert service.notifications.flush(5)
+    finally:
+        service.stop()
+    assert receiver.received() == []
+    assert _events(store, "remediation_withheld")
+    with store.session() as session:
+        assert session.query(RemediationRunRow).count() == 0
+
+
+def test_restart_that_does_not_fix_the_check_is_not_verified_and_escalates(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    catalog = make_catalog(service_catalog(
+        tmp_path, port, receiver.port, emulator_command(port, "--fault", "queue:300"),
+        verify=", verify: queue, verify_within: 1s"))
+    service = Service(catalog, store)
+    service.start()
+    try:
+        wait_for(lambda: _events(store, "not_verified"), 15)
+        wait_for(lambda: any("ESCALATION" in alert["title"] for alert in receiver.received()))
+    finally:
+        service.stop()
+        control = service.runner.control(catalog.targets[0])
+        if control is not None:
+            control.stop()
+    with store.session() as session:
+        runs = session.query(RemediationRunRow).all()
+        assert [(run.outcome, run.verified) for run in runs] == [("succeeded", False)]
+        assert "queue did not pass within" in (runs[0].verification or "")
+        first = queries.incidents(session, open_only=False, limit=5)[-1]
+        assert first.check_name == "liveness" and first.escalated_at is not None
+
+
+def _events(store: Store, kind: str) -> list[str]:
+    with store.session() as session:
+        return [row.detail for row in session.query(IncidentEventRow).filter_by(kind=kind)]
