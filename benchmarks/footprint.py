@@ -173,12 +173,12 @@ def main() -> None:
     parser.add_argument("--steady-from", type=float, default=10.0,
                         help="second from which the steady-state CPU figure is taken")
     parser.add_argument("--catalog", type=Path, default=None,
-                        help="catalog to measure (default: sglguard's catalog.example.yaml)")
+                        help="catalog to measure (default: the reference catalog, demo.yaml)")
     args = parser.parse_args()
     if not 0 <= args.steady_from < args.seconds:
         parser.error("--steady-from must be at least 0 and less than --seconds")
     source = (args.catalog.read_text() if args.catalog else resources.files("sglguard.config")
-              .joinpath("catalog.example.yaml").read_text())
+              .joinpath("demo.yaml").read_text())
     with tempfile.TemporaryDirectory(prefix="sglguard-footprint-") as name:
         directory = Path(name)
         emulator_port, receiver = free_port(), AlertReceiver(port=0).start()

@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import apprise
 from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
 
 from sglguard import messages, reminders
@@ -36,15 +35,9 @@ from sglguard.templates import render
 __all__ = ["DeliveryFailed", "Message", "Notifications", "host_name"]
 logger = logging.getLogger(__name__)
 
-_TYPES = {
-    "critical": apprise.NotifyType.FAILURE,
-    "warning": apprise.NotifyType.WARNING,
-    "unknown": apprise.NotifyType.WARNING,
-    "ok": apprise.NotifyType.SUCCESS,
-    "info": apprise.NotifyType.INFO,
-}
-# Apprise 2.x bounds a whole notify() call; 1.x has only each plugin's socket timeouts.
-_CALL_TIMEOUT = "timeout" in inspect.signature(apprise.Apprise.notify).parameters
+# Apprise costs ~10 MiB of imports: it is loaded at the first delivery, not at start-up.
+_TYPES = {"critical": "failure", "warning": "warning", "unknown": "warning", "ok": "success",
+          "info": "info"}
 
 
 class DeliveryFailed(Exception):
@@ -319,13 +312,15 @@ class Notifications:
 
     def _send(self, notifier: NotifierConfig, severity: str, title: str,
               body: str) -> str | None:
+        import apprise
+
         sender = apprise.Apprise()
         for url in notifier.urls:
             if not sender.add(url.get_secret_value()):
                 return "Apprise could not load one of the notifier's URLs"
         options: dict[str, Any] = {"body": body, "title": title,
-                                   "notify_type": _TYPES.get(severity, apprise.NotifyType.INFO)}
-        if _CALL_TIMEOUT:
+                                   "notify_type": apprise.NotifyType(_TYPES.get(severity, "info"))}
+        if "timeout" in inspect.signature(sender.notify).parameters:  # Apprise 2
             options["timeout"] = (notifier.timeout or self.settings.timeout).total_seconds()
         capture = apprise.LogCapture(  # type: ignore[no-untyped-call]
             level=logging.WARNING, fmt="%(message)s")

@@ -15,7 +15,7 @@ from sglguard.config.models import Catalog
 from sglguard.engine import Decision, IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.rails import Leases, next_run_allowed
-from sglguard.remediations.base import RemediationConfig
+from sglguard.remediations.base import RemediationConfig, RemediationError
 from sglguard.remediations.runner import RemediationRunner, RunOutcome
 from sglguard.store import Store, queries
 
@@ -60,6 +60,20 @@ class Responder:
         if target.control is not None and not self.dry_run:
             self.engine.begin_grace(target.name, self.clock() + target.control.startup_timeout)
         last: RunOutcome | None = None
+        done: list[str] = []
+        try:
+            last = self._run_each(config, incident_id, done)
+        finally:
+            self._after_chain(config, incident_id, done,
+                              last is not None and last.outcome == "succeeded")
+        if last is not None and last.outcome == "succeeded":
+            self._verify(config, incident_id, last)
+
+    def _run_each(self, config: CheckConfig, incident_id: int,
+                  done: list[str]) -> RunOutcome | None:
+        """The chain in order; stops at the first that fails. `done` gets those that ran."""
+        target = self.catalog.target(config.target)
+        last: RunOutcome | None = None
         for name in config.remediate:
             self.engine.note(incident_id, "remediation_started", name)
             if not self.dry_run:
@@ -67,11 +81,25 @@ class Responder:
                     self.engine.incident(incident_id), config, target, name))
             last = self.runner.run(name, target.name, incident_id=incident_id,
                                    dry_run=self.dry_run)
+            if last.outcome == "succeeded":
+                done.append(name)
             if not self._after(config, incident_id, last):
                 self.engine.end_grace(target.name)
-                return
-        if last is not None and last.outcome == "succeeded":
-            self._verify(config, incident_id, last)
+                return last
+        return last
+
+    def _after_chain(self, config: CheckConfig, incident_id: int, done: list[str],
+                     succeeded: bool) -> None:
+        """Let each remediation that ran undo what waits on the chain (drain re-adds)."""
+        if self.dry_run:
+            return
+        for name in done:
+            try:
+                said = self.runner.build(name, config.target).after_chain(succeeded)
+            except RemediationError as exc:
+                said = f"failed: {exc}"
+            if said:
+                self.engine.note(incident_id, "after_chain", f"{name}: {said}")
 
     def _deferred(self, config: CheckConfig, incident_id: int) -> bool:
         now = self.clock()

@@ -21,6 +21,7 @@ from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.engine import Decision, IncidentEngine
 from sglguard.notify import Notifications
+from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.responder import Responder
 from sglguard.store import Store, queries
@@ -136,6 +137,8 @@ class Service:
             )
         self.scheduler.add_job(self.repeat_reminders, IntervalTrigger(seconds=60),
                                id="_reminders", name="reminders")
+        self.scheduler.add_job(self.restore_levels, IntervalTrigger(seconds=60),
+                               id="_restore", name="restore lowered levels")
         self.scheduler.start()
         logger.info("sglguard running: %s checks on %s targets%s", len(self.catalog.checks),
                     len(self.catalog.targets), " (dry run)" if self.dry_run else "")
@@ -199,6 +202,43 @@ class Service:
         self._remediations = [item for item in self._remediations if item.is_alive()]
         self._remediations.append(thread)
         thread.start()
+
+    def restore_levels(self) -> list[str]:
+        """Step launch levels lowered by reduce_concurrency back up, one level per target,
+        after `restore_after` of healthy running; under the same lease as any remediation."""
+        stepped: list[str] = []
+        if self.dry_run or (self.catalog.mode == "passive"):
+            return stepped
+        try:
+            for due in restore_due(self.store, self.catalog, self.clock()):
+                if self._restore(due):
+                    stepped.append(due.target)
+        except Exception:
+            logger.exception("restoring lowered levels failed")
+        return stepped
+
+    def _restore(self, due: RestoreDue) -> bool:
+        with self._busy_lock:
+            if due.target in self._busy or self.stopping.is_set():
+                return False
+            self._busy.add(due.target)
+        try:
+            if not self.responder.leases.claim(due.target, self.clock(), timedelta(minutes=30)):
+                return False
+            try:
+                target = self.catalog.target(due.target)
+                if target.control is not None:
+                    self.engine.begin_grace(target.name,
+                                            self.clock() + target.control.startup_timeout)
+                outcome = restore_level(self.runner, due)
+                logger.info("restore on %s: %s %s", due.target, outcome.outcome,
+                            outcome.error or outcome.detail)
+                return outcome.outcome == "succeeded"
+            finally:
+                self.responder.leases.release(due.target)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(due.target)
 
     def repeat_reminders(self) -> int:
         """Remind of open, unacknowledged incidents (not silenced, not flapping)."""

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 from sglguard.checks.base import CheckResult, Status
 from sglguard.config.models import Catalog
@@ -213,3 +214,50 @@ def test_restart_that_does_not_fix_the_check_is_not_verified_and_escalates(
 def _events(store: Store, kind: str) -> list[str]:
     with store.session() as session:
         return [row.detail for row in session.query(IncidentEventRow).filter_by(kind=kind)]
+
+
+def test_the_service_steps_a_lowered_level_back_up_after_restore_after(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    start = json.dumps(emulator_command(port, "--max-running-requests", "256"))
+    catalog = make_catalog(f"""\
+        version: 1
+        targets:
+          - name: local
+            url: {url}
+            control: {{kind: process, start: {start}, pidfile: local.pid,
+                       startup_timeout: 10s, stop_timeout: 5s}}
+        checks: [{{name: liveness, kind: http, target: local, remediate: [shed]}}]
+        remediations:
+          - {{name: shed, kind: reduce_concurrency, factor: 0.5, restore_after: 30m}}
+        """)
+    service = Service(catalog, store, clock=clock)  # its timers are called by hand here
+    try:
+        assert service.runner.run("shed", "local", trigger="manual").outcome == "failed"
+        service.runner.control(catalog.targets[0]).start()  # type: ignore[union-attr]
+        wait_for(lambda: _answers(url))
+        assert service.runner.run("shed", "local", trigger="manual").outcome == "succeeded"
+        assert _max_running(url) == 128
+        assert service.restore_levels() == []
+        clock.advance(31 * 60)
+        assert service.restore_levels() == ["local"]
+        assert _max_running(url) == 256
+        assert Leases(store).holder_of("local") is None  # the lease was given back
+    finally:
+        service.stop()
+        control = service.runner.control(catalog.targets[0])
+        if control is not None:
+            control.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=1).ok
+    except requests.RequestException:
+        return False
+
+
+def _max_running(url: str) -> int:
+    info = requests.get(f"{url}/server_info", timeout=5).json()
+    return int(info["internal_states"][0]["effective_max_running_requests_per_dp"])

@@ -140,3 +140,20 @@ def test_the_schema_head_known_without_alembic_is_alembics_head() -> None:
     from sglguard.store.db import SCHEMA_HEAD
 
     assert SCHEMA_HEAD == HEAD
+
+
+def test_a_service_migrates_in_a_child_process_and_keeps_alembic_out(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'apart.db'}"
+    probe = ("import sys; from sglguard.store import Store; "
+             f"Store.open({url!r}, migrate_apart=True).close(); "
+             "print(any(name.startswith('alembic') for name in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "False"
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        assert connection.scalar(text("select version_num from alembic_version")) == HEAD
+    engine.dispose()

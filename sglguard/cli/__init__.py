@@ -52,11 +52,11 @@ def load(config_path: str | None) -> tuple[Path, Catalog]:
         fail(str(exc))
 
 
-def open_store(catalog: Catalog) -> Store:
+def open_store(catalog: Catalog, *, migrate_apart: bool = False) -> Store:
     from sglguard.store import Store, StoreError
 
     try:
-        return Store.open(catalog.store.url)
+        return Store.open(catalog.store.url, migrate_apart=migrate_apart)
     except StoreError as exc:
         fail(str(exc))
 

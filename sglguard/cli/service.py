@@ -25,7 +25,7 @@ def run(config_path: str | None, dry_run: bool) -> None:
     from sglguard.service import Service
 
     path, catalog = load(config_path)
-    service = Service(catalog, open_store(catalog), dry_run=dry_run)
+    service = Service(catalog, open_store(catalog, migrate_apart=True), dry_run=dry_run)
     stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
@@ -59,7 +59,7 @@ def reloaded(path: Path, service: Any) -> Any:
     try:
         catalog = load_catalog(path)
         store = (service.store if catalog.store.url == service.catalog.store.url
-                 else Store.open(catalog.store.url))
+                 else Store.open(catalog.store.url, migrate_apart=True))
     except (ConfigError, StoreError) as exc:
         logger.error("reload refused, still running the previous catalog: %s", exc)
         return service

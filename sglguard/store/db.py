@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +54,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets `sglguard history` read while the service writes; busy_timeout waits out locks.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable but for a power cut
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -101,6 +105,18 @@ def migrate(engine: Engine) -> None:
             time.sleep(0.2 * (attempt + 1))  # another process is migrating: look again
 
 
+def _migrate_in_child(url: str) -> None:
+    # The URL may hold a password: it travels in the environment, never on a command line.
+    done = subprocess.run(
+        [sys.executable, "-m", "sglguard.store.db"], env={**os.environ, _URL_VARIABLE: url},
+        capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        raise StoreError(f"schema migration failed: {done.stderr.strip()[-500:]}")
+
+
+_URL_VARIABLE = "SGLGUARD_MIGRATE_URL"
+
+
 class Store:
     """The database sglguard records into."""
 
@@ -109,10 +125,18 @@ class Store:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str) -> Store:
+    def open(cls, url: str, *, migrate_apart: bool = False) -> Store:
+        """Open the store, migrating its schema first if it is behind. `migrate_apart` runs
+        the migration in a child process, so a long-running service never loads Alembic."""
         engine = create_store_engine(url)
         try:
-            migrate(engine)
+            if migrate_apart:
+                with engine.connect() as connection:
+                    behind = _current_revision(connection) != SCHEMA_HEAD
+                if behind:
+                    _migrate_in_child(url)
+            else:
+                migrate(engine)
         except OperationalError as exc:
             engine.dispose()
             raise StoreError(f"cannot open store {_safe_url(engine)}: {exc.orig}") from None
@@ -143,3 +167,11 @@ class Store:
 
 def _safe_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":  # the child of Store.open(migrate_apart=True)
+    try:
+        migrate(create_store_engine(os.environ[_URL_VARIABLE]))
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
