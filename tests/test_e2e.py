@@ -58,6 +58,8 @@ remediations:
     kind: restart
     budget: {{max: {budget}, within: 30m}}
     backoff: {backoff}
+notifications:
+  group_wait: 0.2s
 notifiers:
   - name: ops
     urls: ["json://127.0.0.1:{alerts}/alerts"]

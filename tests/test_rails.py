@@ -162,6 +162,7 @@ checks:
      critical: "> 200", interval: 30s, timeout: 1s}}
 remediations:
   - {{name: restart, kind: restart, backoff: {{initial: 0.1s, max: 0.2s}}{verify}}}
+notifications: {{group_wait: 0.2s}}
 notifiers: [{{name: ops, urls: ["json://127.0.0.1:{alerts}/alerts"]}}]
 {extra}"""
 

@@ -38,7 +38,7 @@ def results(store: Store, check: str) -> int:
 
 def test_one_job_per_check_with_jitter_and_no_overlap(service: Service) -> None:
     service.start()
-    jobs = {job.id: job for job in service.scheduler.get_jobs() if job.id != "_reminders"}
+    jobs = {job.id: job for job in service.scheduler.get_jobs() if not job.id.startswith("_")}
     assert set(jobs) == {"liveness", "queue"}
     assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
     assert jobs["liveness"].trigger.interval.total_seconds() == pytest.approx(0.2)
