@@ -4,8 +4,8 @@ The first `incident_opened` of a target starts a window of `group_wait` (real ti
 delivery delay, not a schedule). Until the window closes, further openings of that target join
 the group, and any other message about the target (a remediation started, a resolution) waits
 behind it, so a person never reads "restart succeeded" before "incident opened". An
-escalation ("a person is needed") does not wait: it closes its target's window at once, the
-group goes out, then the escalation. When a window closes a timer thread hands the group to
+escalation ("a person is needed"), or the resolution of an incident in the group, does not
+wait: it closes its target's window at once, the group goes out, then the message. When a window closes a timer thread hands the group to
 `release`; `release_all()` (flush, stop) hands over every group at once.
 """
 
@@ -30,6 +30,17 @@ class Held:
     due: float
     opened: list[Message] = field(default_factory=list)
     after: list[Message] = field(default_factory=list)
+
+
+def _closes(message: Message, held: Held) -> bool:
+    """An escalation, or the resolution of an incident in the group, closes the window: the
+    group goes out now (announcing as open later what has already resolved would mislead)."""
+    if message.event in ESCALATIONS:
+        return True
+    if message.event != "incident_resolved":
+        return False
+    opened = {number for item in held.opened for number in item.incident_ids}
+    return bool(opened & set(message.incident_ids))
 
 
 class Grouper:
@@ -62,7 +73,7 @@ class Grouper:
                     self._cond.notify()
                 held.opened.append(message)
                 return True
-            if held is not None and message.event not in ESCALATIONS:
+            if held is not None and not _closes(message, held):
                 held.after.append(message)
                 return True
             if held is None and target not in self._releasing:

@@ -413,3 +413,22 @@ notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
     assert [alert["title"] for alert in inbox.received()] == [
         "[CRITICAL] a/a-live: incident opened"]
     assert [outcome for *_, outcome in attempts(store)] == ["sent"]
+
+
+def test_a_resolution_inside_the_window_releases_the_group_first() -> None:
+    from sglguard.grouping import Grouper, Held
+    from sglguard.notice import Message
+
+    released: list[list[str]] = []
+
+    def release(held: Held) -> None:
+        released.append([item.event for item in held.opened + held.after])
+
+    grouper = Grouper(60.0, release)
+    opened = Message("incident_opened", "t", "b", "critical", 1, target="local")
+    assert grouper.hold(opened)
+    assert grouper.hold(Message("remediation_started", "t", "b", "info", 1, target="local"))
+    assert released == []
+    resolved = Message("incident_resolved", "t", "b", "ok", 1, target="local")
+    assert grouper.hold(resolved)
+    assert released == [["incident_opened", "remediation_started"], ["incident_resolved"]]
