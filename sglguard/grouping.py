@@ -5,8 +5,9 @@ delivery delay, not a schedule). Until the window closes, further openings of th
 the group, and any other message about the target (a remediation started, a resolution) waits
 behind it, so a person never reads "restart succeeded" before "incident opened". An
 escalation ("a person is needed"), or the resolution of an incident in the group, does not
-wait: it closes its target's window at once, the group goes out, then the message. When a window closes a timer thread hands the group to
-`release`; `release_all()` (flush, stop) hands over every group at once.
+wait: it closes its target's window at once, the group goes out, then the message. When a
+window closes a timer thread hands the group to `release`; `release_all()` (flush, stop) hands
+over every group at once.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -40,6 +41,14 @@ def judge(generation: Generation, what: str) -> str | None:
     return None
 
 
+def answered(probe: Callable[[], Measurement]) -> Measurement:
+    """A probe that cannot get an answer (refused, timed out) has failed: CRITICAL."""
+    try:
+        return probe()
+    except TargetError as exc:
+        return Measurement(None, str(exc), Status.CRITICAL, "s")
+
+
 class GenerateCheck(Check[GenerateCheckConfig]):
     """Sends one generation; CRITICAL on an error status, an abort, empty output or timeout."""
 
@@ -47,10 +56,7 @@ class GenerateCheck(Check[GenerateCheckConfig]):
     config_model = GenerateCheckConfig
 
     def run(self) -> Measurement:
-        try:
-            return self._probe()
-        except TargetError as exc:  # a probe that cannot get an answer has failed
-            return Measurement(None, str(exc), Status.CRITICAL, "s")
+        return answered(self._probe)
 
     def _probe(self) -> Measurement:
         config = self.config

@@ -9,8 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
-from sglguard.checks.generate import judge
-from sglguard.client import TargetError
+from sglguard.checks.generate import answered, judge
 
 
 class StructuredOutputCheckConfig(CheckConfig):
@@ -60,10 +59,7 @@ class StructuredOutputCheck(Check[StructuredOutputCheckConfig]):
     config_model = StructuredOutputCheckConfig
 
     def run(self) -> Measurement:
-        try:
-            return self._probe()
-        except TargetError as exc:  # a probe that cannot get an answer has failed
-            return Measurement(None, str(exc), Status.CRITICAL, "s")
+        return answered(self._probe)
 
     def _probe(self) -> Measurement:
         config = self.config
