@@ -249,3 +249,43 @@ def test_sighup_reloads_a_good_catalog_and_keeps_running_on_a_bad_one(
     assert b"reload refused, still running the previous catalog" in stderr
     assert b"unknown check kind 'htp'" in stderr
     assert b"reloaded" in stderr
+
+
+def test_silence_add_list_expire(tmp_path: Path) -> None:
+    path = catalog_for(tmp_path, "http://127.0.0.1:1")
+    added = invoke("silence", "add", "--config", str(path), "--target", "local", "--check",
+                   "queue", "--for", "2h", "--reason", "upgrade", "--by", "ana")
+    assert added.exit_code == 0 and added.output.startswith("silence #1: local/queue until")
+    listed = json.loads(invoke("silence", "list", "--config", str(path), "--json").output)
+    assert [(item["id"], item["check"], item["active"], item["by"]) for item in listed] == [
+        (1, "queue", True, "ana")]
+    assert invoke("silence", "expire", "--config", str(path), "1").exit_code == 0
+    assert json.loads(invoke("silence", "list", "--config", str(path), "--json").output) == []
+    bad = invoke("silence", "add", "--config", str(path), "--target", "nope", "--for", "1h",
+                 "--reason", "x")
+    assert bad.exit_code == 2 and "unknown target 'nope'" in bad.output
+    assert invoke("silence", "expire", "--config", str(path), "9").exit_code == 2
+
+
+def test_incidents_show_prints_the_timeline(tmp_path: Path) -> None:
+    from sglguard.checks.base import CheckResult, Status
+    from sglguard.config.loader import load_catalog
+    from sglguard.engine import IncidentEngine
+    from sglguard.store import Store
+
+    path = catalog_for(tmp_path, "http://127.0.0.1:1")
+    catalog = load_catalog(path)
+    store = Store.open(catalog.store.url)
+    engine = IncidentEngine(catalog, store)
+    from sglguard.clock import utcnow
+
+    for _ in range(3):
+        engine.record(CheckResult("liveness", "local", Status.CRITICAL, None, "s", "refused",
+                                  1.0, utcnow()))
+    engine.record(CheckResult("liveness", "local", Status.OK, 0.1, "s", "fine", 1.0, utcnow()))
+    store.close()
+    shown = invoke("incidents", "--config", str(path), "--show", "1")
+    assert shown.exit_code == 0, shown.output
+    assert "incident #1 local/liveness resolved" in shown.output
+    assert "opened" in shown.output and "3 consecutive failed runs" in shown.output
+    assert invoke("incidents", "--config", str(path), "--show", "7").exit_code == 2

@@ -511,3 +511,45 @@ def test_every_remediation_kind_builds_from_the_catalog_and_plans(
     with store.session() as session:
         [run] = queries.manual_runs(session, 5)
     assert (run.kind, run.dry_run, json.loads(run.plan)) == (kind, True, outcome.plan)
+
+
+def test_the_service_drains_restarts_and_adds_the_worker_back(
+        make_catalog: Callable[[str], Catalog], store: Store,
+        recorders: Callable[..., Recorder]) -> None:
+    from sglguard.checks.base import CheckResult, Status
+    from sglguard.clock import utcnow
+    from sglguard.service import Service
+    from sglguard.store.models import IncidentEventRow
+
+    port = free_port()
+    worker = f"http://127.0.0.1:{port}"
+    gateway = Gateway({"w-1": worker})
+    server = recorders(gateway.respond)
+    start = json.dumps(emulator_command(port))
+    catalog = make_catalog(target(worker, "{kind: process, start: " + start + ", pidfile: "
+                                          "local.pid, startup_timeout: 10s}") + f"""\
+        checks: [{{name: liveness, kind: http, target: local, failure_threshold: 1,
+                   remediate: [drain, restart]}}]
+        remediations:
+          - {{name: drain, kind: drain, gateway: {server.url}}}
+          - {{name: restart, kind: restart}}
+        """)
+    service = Service(catalog, store)
+    try:
+        decision = service.engine.record(CheckResult(
+            "liveness", "local", Status.CRITICAL, None, "s", "refused", 1.0, utcnow()))
+        assert decision.remediate is not None
+        service.responder.respond(catalog.check("liveness"), decision.remediate)
+    finally:
+        service.stop()
+        control = service.runner.control(catalog.targets[0])
+        if control is not None:
+            control.stop()
+    assert [call[:2] for call in server.calls] == [
+        ("GET", "/workers"), ("DELETE", "/workers/w-1"), ("GET", "/workers"),
+        ("GET", "/workers"), ("POST", "/workers")]
+    assert worker in gateway.workers.values()
+    with store.session() as session:
+        kinds = [row.kind for row in session.query(IncidentEventRow).order_by(IncidentEventRow.id)]
+    assert kinds.index("after_chain") > kinds.index("remediation_succeeded")
+    assert "verified" in kinds

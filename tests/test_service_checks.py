@@ -261,3 +261,40 @@ def test_progress_calls_a_stall_a_hang(run: Callable[[str, str], CheckResult],
     assert early.status is Status.UNKNOWN and not early.counts  # 20 s is too short to judge
     assert result.status is Status.CRITICAL
     assert result.message.startswith("hung: no token generated in 40 s while")
+
+
+def test_bad_output_from_the_server_is_invalid_output(run: Callable[[str, str], CheckResult],
+                                                      emulator: Emulator) -> None:
+    emulator.set_fault("bad_output")
+    result = run(emulator.url, f"kind: structured_output, {SCHEMA}")
+    assert result.status is Status.CRITICAL and result.message.startswith("invalid output:")
+    regex = run(emulator.url, 'kind: structured_output, regex: "(yes|no)"')
+    assert regex.status is Status.CRITICAL
+    assert "does not fully match the regex" in regex.message
+
+
+def test_slow_first_token_breaches_the_ttft_threshold(run: Callable[[str, str], CheckResult],
+                                                      emulator: Emulator) -> None:
+    emulator.set_fault("slow_ttft:0.3")
+    result = run(emulator.url, "kind: generate, measure: ttft, warning: '> 0.2'")
+    assert result.status is Status.WARNING and result.value is not None
+    assert result.value >= 0.3
+
+
+def test_memory_growth_shows_as_change_over(run: Callable[[str, str], CheckResult],
+                                            clock: FakeClock) -> None:
+    ticks = [0.0]
+    server = Emulator(EmulatorOptions(port=0, health_latency=0.01), clock=lambda: ticks[0])
+    server.start()
+    try:
+        server.set_fault("memory_growth:300")
+        fields = ("kind: server_info, path: internal_states.0.memory_usage.kvcache, unit: GB, "
+                  "change_over: 3m, critical: '> 0.25'")
+        run(server.url, fields)
+        ticks[0] += 60.0  # the emulator's clock: one minute, 300 MiB more
+        clock.advance(60)
+        result = run(server.url, fields)
+    finally:
+        server.stop()
+    assert result.value == pytest.approx(300 / 1024)
+    assert result.status is Status.CRITICAL
