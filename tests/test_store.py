@@ -157,3 +157,20 @@ def test_a_service_migrates_in_a_child_process_and_keeps_alembic_out(tmp_path: P
     with engine.connect() as connection:
         assert connection.scalar(text("select version_num from alembic_version")) == HEAD
     engine.dispose()
+
+
+def test_postgresql_lease_goes_to_one_of_two_processes(postgres_url: str) -> None:
+    from sglguard.rails import Leases
+
+    first, second = Store.open(postgres_url), Store.open(postgres_url)
+    now = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    try:
+        won = [Leases(first, "a").claim("local", now, timedelta(minutes=5)),
+               Leases(second, "b").claim("local", now, timedelta(minutes=5))]
+        assert won == [True, False]
+        assert Leases(second, "b").holder_of("local") == "a"
+        assert Leases(second, "b").claim("local", now + timedelta(minutes=6),
+                                         timedelta(minutes=5))
+    finally:
+        first.close()
+        second.close()
