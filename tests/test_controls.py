@@ -291,3 +291,27 @@ def test_plans_hide_api_keys_in_start_arguments(make_catalog: Callable[[str], Ca
     shown = " ".join(control.plan_restart({"--max-running-requests": "64"}))
     assert "k3y" not in shown and "adm1n" not in shown
     assert "--api-key *** --admin-api-key=*** --max-running-requests 64" in shown
+
+
+def test_a_pidfile_that_cannot_be_written_stops_the_started_server(tmp_path: Path) -> None:
+    """A server sglguard cannot find again is not left running (it would be started twice)."""
+    from sglguard.config.loader import parse_catalog
+    from sglguard.controls.base import ControlError
+    from sglguard.controls.registry import CONTROLS
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "local.pid").mkdir()  # a folder where the pidfile should go
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(
+        "version: 1\ntargets:\n  - name: local\n    url: http://127.0.0.1:1\n"
+        f"    control: {{kind: process, start: [{PYTHON!r}, -c, 'import time; time.sleep(60)'],"
+        " pidfile: locked/local.pid}\n")
+    catalog = parse_catalog(path.read_text(), path)
+    target = catalog.targets[0]
+    assert target.control is not None
+    control = CONTROLS[target.control.kind](target.control, target)
+    with pytest.raises(ControlError, match="cannot write the pidfile") as caught:
+        control.start()  # type: ignore[attr-defined]
+    assert caught.value.permanent
+    child = control._child  # type: ignore[attr-defined]
+    assert child is not None and child.poll() is not None

@@ -14,7 +14,7 @@ import psutil
 from pydantic import Field
 
 from sglguard.config.base import RelativePath
-from sglguard.controls.base import Control, ControlConfig, Overrides
+from sglguard.controls.base import Control, ControlConfig, ControlError, Overrides
 from sglguard.controls.launch import (
     apply_flags,
     check_flags,
@@ -110,7 +110,15 @@ class ProcessControl(Control[ProcessControlConfig]):
         child = start_detached(self.arguments(overrides), cwd=config.workdir, env=config.env,
                                log=config.log_path)
         self._child = child
-        write_pidfile(config.pidfile, child.pid)
+        try:
+            write_pidfile(config.pidfile, child.pid)
+        except OSError as exc:
+            # A server sglguard cannot find again would be started twice next time: stop it.
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+            raise ControlError(f"cannot write the pidfile {config.pidfile}: "
+                               f"{exc.strerror or exc}; the started process was stopped",
+                               permanent=True) from None
         logger.info("target %s: started pid %s", self.target.name, child.pid)
         return child.pid
 
@@ -141,6 +149,9 @@ class ProcessControl(Control[ProcessControlConfig]):
                 os.killpg(group, signum)
         except ProcessLookupError:
             pass
+        except PermissionError:
+            raise ControlError(f"not allowed to signal pid {pid} (it belongs to another user)",
+                               permanent=True) from None
 
     def _reap(self) -> None:
         if self._child is not None:
