@@ -270,6 +270,8 @@ class Notifications:
                 return self.notifiers[spare]
         logger.info("not sending %s of #%s to %s: 'opened' never reached it", message.event,
                     incident_id, notifier.name)
+        self._record(notifier.name, message, 0, "withheld",
+                     "not sent: the incident's 'opened' never reached this notifier")
         return None
 
     def _fallback_of(self, notifier: NotifierConfig,

@@ -164,6 +164,8 @@ def test_resolved_is_sent_only_where_opened_was_delivered(store: Store,
     assert notifications.deliver(notifications.notifiers["ops"], resolved)
     assert [alert["title"] for alert in receiver.received()] == ["[CRITICAL] t/c",
                                                                 "[RESOLVED] t/c"]
+    withheld = [row for row in attempts(store) if row.outcome == "withheld"]
+    assert [(row.event, row.notifier) for row in withheld] == [("incident_resolved", "ops")]
 
 
 CATALOG = """\
