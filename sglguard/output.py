@@ -102,6 +102,8 @@ def incident_dict(incident: IncidentRow, runs: Sequence[RemediationRunRow],
         "status": incident.status, "severity": incident.severity,
         "opened_at": _time(incident.opened_at), "resolved_at": _time(incident.resolved_at),
         "escalated_at": _time(incident.escalated_at),
+        "acknowledged_at": _time(incident.acknowledged_at),
+        "acknowledged_by": incident.acknowledged_by,
         "first_value": incident.first_value, "last_value": incident.last_value,
         "message": incident.last_message,
         "remediations": [run_dict(run) for run in runs],
@@ -147,6 +149,12 @@ def incident_timeline(console: Console, item: dict[str, Any]) -> None:
     console.print(f"  opened {_short_time(item['opened_at'])} UTC, resolved "
                   f"{_short_time(item['resolved_at'])}; first value {item['first_value']}, "
                   f"last {item['last_value']}")
+    if item["acknowledged_by"]:
+        console.print(f"  acknowledged by {item['acknowledged_by']} at "
+                      f"{_short_time(item['acknowledged_at'])} UTC", markup=False)
+    if item["escalated_at"]:
+        console.print(f"  escalated at {_short_time(item['escalated_at'])} UTC: automatic "
+                      "action stopped", markup=False)
     console.print(f"  {item['message']}", markup=False)
     events = [(event["at"], event["event"], event["detail"]) for event in item["timeline"]]
     events += [(attempt["at"], f"notified {attempt['outcome']}",
