@@ -88,20 +88,32 @@ def make_catalog(tmp_path: Path) -> Callable[[str], Catalog]:
     return make
 
 
-class FixtureServer:
-    """Serves a recorded file on every GET, each answer in one write."""
+Reply = tuple[int, str, bytes]  # status, content type, body
+Request = tuple[str, str, dict[str, str], bytes]  # method, path, headers, body
 
-    def __init__(self, body: bytes, status: int = 200) -> None:
-        self.body, self.status = body, status
+
+class Loopback:
+    """A real HTTP/1.1 server on loopback for tests: `respond` answers each request, and every
+    answer goes out in one write (no delayed-ACK stalls); `requests` records what came in."""
+
+    def __init__(self, respond: Callable[[Request], Reply]) -> None:
+        self.requests: list[Request] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:
-                head = (f"HTTP/1.1 {owner.status} X\r\nContent-Type: text/plain\r\n"
-                        f"Content-Length: {len(owner.body)}\r\n\r\n").encode()
-                self.wfile.write(head + owner.body)
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                request = (self.command, self.path, dict(self.headers),
+                           self.rfile.read(length) if length else b"")
+                owner.requests.append(request)
+                status, content_type, body = respond(request)
+                head = (f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode()
+                self.wfile.write(head + body)
+
+            do_GET = do_POST = do_DELETE = do_PUT = _any
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -118,6 +130,14 @@ class FixtureServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FixtureServer(Loopback):
+    """Serves a recorded file (its `body`, which a test may change) on every request."""
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        self.body, self.status = body, status
+        super().__init__(lambda _request: (self.status, "text/plain", self.body))
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,7 +18,7 @@ from sglguard.client import (
 )
 from sglguard.emulator import Emulator, EmulatorOptions
 
-from conftest import free_port
+from conftest import Loopback, free_port
 
 KEY = "sk-test-0123456789abcdef"
 ADMIN_KEY = "sk-admin-fedcba9876543210"
@@ -29,41 +27,17 @@ HANG_TIMEOUT = 0.3
 Route = tuple[int, str, bytes]  # status, content type, body
 
 
-class ScriptedServer:
-    """Answers each path from a table (404 otherwise), in one write; records what it was sent."""
+class ScriptedServer(Loopback):
+    """Answers each path from a table (404 otherwise)."""
 
     def __init__(self, routes: dict[str, Route]) -> None:
-        self.seen: list[tuple[str, str | None]] = []  # (path, Authorization header)
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                owner.seen.append((self.path, self.headers.get("Authorization")))
-                status, content_type, body = routes.get(
-                    self.path, (404, "application/json", b'{"detail": "Not Found"}')
-                )
-                head = (f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n"
-                        f"Content-Length: {len(body)}\r\n\r\n").encode()
-                self.wfile.write(head + body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
+        missing = (404, "application/json", b'{"detail": "Not Found"}')
+        super().__init__(lambda request: routes.get(request[1], missing))
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def seen(self) -> list[tuple[str, str | None]]:
+        """(path, Authorization header) of each request."""
+        return [(path, headers.get("Authorization")) for _, path, headers, _ in self.requests]
 
 
 def json_route(body: Any) -> Route:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -34,7 +32,7 @@ from sglguard.service import build_clients
 from sglguard.store import Store, queries
 from sglguard.store.models import IncidentRow
 
-from conftest import PYTHON, FakeClock, emulator_command, free_port
+from conftest import PYTHON, FakeClock, Loopback, Reply, Request, emulator_command, free_port
 
 
 @pytest.fixture
@@ -289,46 +287,25 @@ def test_abort_requests_sheds_the_queue(make_runner: Callable[[str], Remediation
 
 # drain ----------------------------------------------------------------------------------------
 
-class Recorder:
-    """A loopback HTTP server that records every request and answers through `respond`,
-    each answer in one write."""
+class Recorder(Loopback):
+    """Records every request and answers through `respond` (JSON both ways)."""
 
     def __init__(self, respond: Callable[[str, str, Any], tuple[int, Any]]) -> None:
-        self.calls: list[tuple[str, str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        owner = self
+        def answer(request: Request) -> Reply:
+            method, path, _, raw = request
+            status, body = respond(method, unquote(path), json.loads(raw) if raw else None)
+            return status, "application/json", json.dumps(body).encode()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                owner.calls.append((self.command, unquote(self.path), body))
-                owner.headers.append(dict(self.headers))
-                status, answer = respond(self.command, unquote(self.path), body)
-                payload = json.dumps(answer).encode()
-                head = (f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(payload)}\r\n\r\n").encode()
-                self.wfile.write(head + payload)
-
-            do_GET = do_POST = do_DELETE = _any
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
+        super().__init__(answer)
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def calls(self) -> list[tuple[str, str, Any]]:
+        return [(method, unquote(path), json.loads(raw) if raw else None)
+                for method, path, _, raw in self.requests]
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        return [headers for _, _, headers, _ in self.requests]
 
 
 class Gateway:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from sglguard.service import build_clients
 from sglguard.store import Store
 from sglguard.store.samples import StoreSamples
 
-from conftest import FakeClock
+from conftest import FakeClock, Loopback
 
 SCHEMA = ("json_schema: {type: object, properties: {status: {type: string}}, "
           "required: [status]}")
@@ -42,32 +40,11 @@ def run(make_catalog: Callable[[str], Catalog], store: Store,
     return go
 
 
-class Stub:
-    """A loopback server answering every POST with one canned reply, in one write."""
+class Stub(Loopback):
+    """Answers every request with one canned reply."""
 
     def __init__(self, status: int, body: bytes, content_type: str = "application/json"):
-        reply = (f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self.wfile.write(reply)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(lambda _request: (status, content_type, body))
 
 
 @pytest.fixture
