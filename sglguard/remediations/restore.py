@@ -86,20 +86,7 @@ def restore_level(runner: RemediationRunner, due: RestoreDue, *,
     if dry_run:
         return _record(runner, config, due.target, plan, "planned", "", None, False)
     run_id = _record(runner, config, due.target, plan, "running", "", None, False).run_id
-    outcome, detail, error, permanent = "succeeded", "", None, False
-    try:
-        detail = remediation.restore()
-    except RemediationError as exc:
-        outcome, error, permanent = "failed", str(exc), exc.permanent
-    except Exception as exc:
-        logger.exception("restore of %s raised", due.target)
-        outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
-    for retry in runner.store.retrying():
-        with retry, runner.store.session() as session:
-            queries.finish_run(session, run_id, outcome=outcome, detail=detail, error=error,
-                               at=runner.clock())
-    logger.info("restore of %s: %s %s", due.target, outcome, error or detail)
-    return RunOutcome(run_id, config.name, due.target, outcome, plan, detail, error, permanent)
+    return runner.perform(remediation.restore, run_id, config.name, due.target, plan)
 
 
 def _record(runner: RemediationRunner, config: ReduceConcurrencyConfig, target: str,

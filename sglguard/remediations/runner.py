@@ -115,13 +115,14 @@ class RemediationRunner:
                 outcome="running", at=now)
             run_id = run.id
         logger.info("remediation %s on %s: running (run %s)", name, target_name, run_id)
-        return self._execute(remediation, run_id, name, target_name, plan)
+        return self.perform(remediation.execute, run_id, name, target_name, plan)
 
-    def _execute(self, remediation: Remediation[Any], run_id: int, name: str, target: str,
-                 plan: list[str]) -> RunOutcome:
+    def perform(self, action: Callable[[], str], run_id: int, name: str, target: str,
+                plan: list[str]) -> RunOutcome:
+        """Do a recorded run's action and record how it ended (never raises for its errors)."""
         outcome, detail, error, permanent = "succeeded", "", None, False
         try:
-            detail = remediation.execute()
+            detail = action()
         except RemediationError as exc:
             outcome, error, permanent = "failed", str(exc), exc.permanent
         except Exception as exc:
