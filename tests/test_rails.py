@@ -262,3 +262,31 @@ def _answers(url: str) -> bool:
 def _max_running(url: str) -> int:
     info = requests.get(f"{url}/server_info", timeout=5).json()
     return int(info["internal_states"][0]["effective_max_running_requests_per_dp"])
+
+
+def test_the_service_says_once_that_a_check_flaps_and_once_that_it_stopped(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
+        receiver: AlertReceiver) -> None:
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "http://127.0.0.1:1"}}]
+        checks: [{{name: liveness, kind: http, target: local, failure_threshold: 1}}]
+        notifications: {{group_wait: 0s}}
+        notifiers: [{{name: ops, urls: ["json://127.0.0.1:{receiver.port}/alerts"]}}]
+        """)
+    service = Service(catalog, store, clock=clock)
+    service.notifications.start()
+    statuses = [Status.CRITICAL, Status.OK] * 8 + [Status.OK] * 22
+    try:
+        for status in statuses:
+            clock.advance(10)
+            result = CheckResult("liveness", "local", status, None, "s", "", 1.0, clock())
+            service._act(catalog.check("liveness"), service.engine.record(result))
+        assert service.notifications.flush(10)
+    finally:
+        service.stop()
+    flaps = [alert["title"] for alert in receiver.received() if "FLAPPING" in alert["title"]
+             or "STABLE" in alert["title"]]
+    assert len(flaps) == 2, flaps
+    assert flaps[0].startswith("[FLAPPING] local/liveness")
+    assert flaps[1].startswith("[STABLE] local/liveness")
