@@ -118,6 +118,7 @@ class Service:
                                    self.checks, clock=clock, stop=self.stopping,
                                    dry_run=dry_run, announce=self._announce_now)
         self._busy: set[str] = set()
+        self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
         self._busy_lock = threading.Lock()
         self._remediations: list[threading.Thread] = []
         self.scheduler = BackgroundScheduler(
@@ -173,6 +174,7 @@ class Service:
                       else self.checks[name].execute())
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             decision = self.engine.record(result)
+            self._latest[name] = result.shown_status
             self._act(config, decision)
             return result
         except Exception:
@@ -288,13 +290,13 @@ class Service:
 
     def _blocking_dependency(self, config: CheckConfig) -> str | None:
         """Why this check is skipped: a dependency that is not OK now, or None."""
-        if not config.depends_on:
-            return None
-        with self.store.session() as session:
-            for name in config.depends_on:
-                status = queries.latest_status(session, name)
-                if status not in (None, "ok"):
-                    return f"{name} is {status}"
+        for name in config.depends_on:
+            status = self._latest.get(name)
+            if status is None:  # not run by this process yet: what the store last saw
+                with self.store.session() as session:
+                    status = queries.latest_status(session, name)
+            if status not in (None, "ok"):
+                return f"{name} is {status}"
         return None
 
     def _is_busy(self, target: str) -> bool:

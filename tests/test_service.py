@@ -74,3 +74,28 @@ def test_a_run_that_raises_does_not_stop_the_service(service: Service, store: St
     before = results(store, "liveness")
     wait_for(lambda: results(store, "liveness") > before + 2)
     assert service.scheduler.running
+
+
+def test_a_dependent_check_is_skipped_while_its_dependency_fails(
+        make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    from conftest import free_port
+
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "http://127.0.0.1:{free_port()}"}}]
+        checks:
+          - {{name: liveness, kind: http, target: local}}
+          - {{name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs",
+              depends_on: liveness}}
+        """)
+    service = Service(catalog, store)
+    try:
+        first = service.run_check("queue")  # the dependency has not run yet: nothing known
+        assert first is not None and not first.skipped
+        liveness = service.run_check("liveness")
+        assert liveness is not None and liveness.status.label == "critical"
+        skipped = service.run_check("queue")
+        assert skipped is not None and skipped.skipped
+        assert skipped.message == "skipped: liveness is critical"
+    finally:
+        service.stop()
