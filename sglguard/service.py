@@ -145,6 +145,9 @@ class Service:
                                id="_reminders", name="reminders")
         self.scheduler.add_job(self.restore_levels, IntervalTrigger(seconds=60),
                                id="_restore", name="restore lowered levels")
+        self.scheduler.add_job(self.prune, IntervalTrigger(hours=1),
+                               next_run_time=self.clock() + timedelta(minutes=1),
+                               id="_prune", name="retention")
         self.scheduler.start()
         logger.info("sglguard running: %s checks on %s targets%s", len(self.catalog.checks),
                     len(self.catalog.targets), " (dry run)" if self.dry_run else "")
@@ -246,6 +249,21 @@ class Service:
         finally:
             with self._busy_lock:
                 self._busy.discard(due.target)
+
+    def prune(self) -> int:
+        """Apply the store's retention: old results, and incidents long resolved."""
+        retention = self.catalog.store.retention
+        now = self.clock()
+        try:
+            with self.store.session() as session:
+                gone = queries.prune(session, results_before=now - retention.results,
+                                     incidents_before=now - retention.incidents)
+        except Exception:
+            logger.exception("retention failed")
+            return 0
+        if gone:
+            logger.info("retention: deleted %s old rows", gone)
+        return gone
 
     def repeat_reminders(self) -> int:
         """Remind of open, unacknowledged incidents (not silenced, not flapping)."""

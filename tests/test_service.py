@@ -99,3 +99,55 @@ def test_a_dependent_check_is_skipped_while_its_dependency_fails(
         assert skipped.message == "skipped: liveness is critical"
     finally:
         service.stop()
+
+
+def test_retention_deletes_old_results_and_long_resolved_incidents_only(
+        make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    from datetime import timedelta
+
+    from sglguard.checks.base import CheckResult, Status
+    from sglguard.store.models import (
+        CheckResultRow,
+        IncidentEventRow,
+        IncidentRow,
+        NotificationAttemptRow,
+    )
+
+    from conftest import FakeClock
+
+    clock = FakeClock()
+    catalog = make_catalog("""\
+        version: 1
+        store: {retention: {results: 14d, incidents: 180d}}
+        targets: [{name: local, url: "http://127.0.0.1:1"}]
+        checks: [{name: liveness, kind: http, target: local}]
+        """)
+    old, recent = clock() - timedelta(days=200), clock() - timedelta(days=1)
+    with store.session() as session:
+        for at in (old, recent):
+            queries.add_result(session, CheckResult("liveness", "local", Status.OK, 0.1, "s",
+                                                    "", 1.0, at))
+        incidents = [IncidentRow(check_name="liveness", target="local", status=status,
+                                 severity="critical", opened_at=at, resolved_at=resolved,
+                                 first_message="", last_message="")
+                     for status, at, resolved in (("resolved", old, old),
+                                                  ("resolved", recent, recent),
+                                                  ("open", old, None))]
+        session.add_all(incidents)
+        session.flush()
+        for incident in incidents:
+            queries.add_event(session, incident.id, incident.opened_at, "opened", "")
+            queries.add_attempt(session, incident_id=incident.id, event="incident_opened",
+                                notifier="ops", attempt=1, outcome="sent", error=None,
+                                title="t", body="b", at=incident.opened_at)
+        kept = [incident.id for incident in incidents[1:]]
+    service = Service(catalog, store, clock=clock)
+    try:
+        assert service.prune() == 1 + 3  # one result; one incident with its event and attempt
+    finally:
+        service.stop()
+    with store.session() as session:
+        assert [row.started_at for row in session.query(CheckResultRow)] == [recent]
+        assert sorted(row.id for row in session.query(IncidentRow)) == kept
+        assert sorted(row.incident_id for row in session.query(IncidentEventRow)) == kept
+        assert session.query(NotificationAttemptRow).count() == 2

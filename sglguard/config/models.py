@@ -130,10 +130,18 @@ class NotificationsConfig(ConfigModel):
         return None if text is None else check_template(text)
 
 
+class Retention(ConfigModel):
+    """How long records are kept: raw results briefly, incidents and their audit trail long."""
+
+    results: Duration = timedelta(days=14)
+    incidents: Duration = timedelta(days=180)
+
+
 class StoreConfig(ConfigModel):
     """Where results, incidents and audit records are kept (an SQLAlchemy URL)."""
 
     url: str = "sqlite:///sglguard.db"
+    retention: Retention = Retention()
 
 
 class Catalog(ConfigModel):

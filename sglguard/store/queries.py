@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from sglguard.checks.base import CheckResult
@@ -219,3 +219,18 @@ def latest_unit(session: Session, check: str) -> str:
     """The unit of the check's newest stored result ('' when none)."""
     return session.scalar(select(CheckResultRow.unit).where(
         CheckResultRow.check_name == check).order_by(CheckResultRow.id.desc()).limit(1)) or ""
+
+
+def prune(session: Session, *, results_before: datetime, incidents_before: datetime) -> int:
+    """Delete results older than `results_before`, and resolved incidents (with their timeline,
+    runs and deliveries) resolved before `incidents_before`; how many rows went."""
+    gone = session.execute(delete(CheckResultRow).where(
+        CheckResultRow.started_at < results_before)).rowcount or 0  # type: ignore[attr-defined]
+    old = select(IncidentRow.id).where(IncidentRow.status == "resolved",
+                                       IncidentRow.resolved_at < incidents_before)
+    for table in (IncidentEventRow, RemediationRunRow, NotificationAttemptRow):
+        gone += session.execute(delete(table).where(
+            table.incident_id.in_(old))).rowcount or 0  # type: ignore[attr-defined]
+    gone += session.execute(delete(IncidentRow).where(
+        IncidentRow.id.in_(old))).rowcount or 0  # type: ignore[attr-defined]
+    return int(gone)
