@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor as Pool
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,27 +64,30 @@ def skipped_result(config: CheckConfig, why: str, at: datetime) -> CheckResult:
                        started_at=at, skipped=True)
 
 
+def blocking_dependency(config: CheckConfig, latest: Mapping[str, str],
+                        store: Store) -> str | None:
+    """Why a check is skipped: a dependency not OK now, from `latest` (statuses this process
+    saw), else from the newest stored result; None when it may run."""
+    for name in config.depends_on:
+        status = latest.get(name)
+        if status is None:
+            with store.session() as session:
+                status = queries.latest_status(session, name)
+        if status not in (None, "ok"):
+            return f"{name} is {status}"
+    return None
+
+
 def run_once(catalog: Catalog, store: Store, names: list[str],
              clock: Callable[[], datetime] = utcnow) -> list[CheckResult]:
     """Run the named checks once, concurrently, dependencies first (`sglguard check`)."""
     checks = build_checks(catalog, build_clients(catalog), store, clock)
     done: dict[str, CheckResult] = {}
 
-    def blocker(config: CheckConfig) -> str | None:
-        for name in config.depends_on:
-            if name in done:
-                if done[name].status is not Status.OK or done[name].skipped:
-                    return f"{name} is {done[name].shown_status}"
-                continue
-            with store.session() as session:
-                status = queries.latest_status(session, name)
-            if status not in (None, "ok"):
-                return f"{name} is {status}"
-        return None
-
     def one(name: str) -> CheckResult:
         config = catalog.check(name)
-        why = blocker(config)
+        seen = {check: result.shown_status for check, result in done.items()}
+        why = blocking_dependency(config, seen, store)
         return skipped_result(config, why, clock()) if why else checks[name].execute()
 
     pending = list(names)
@@ -172,7 +175,7 @@ class Service:
                 logger.debug("check %s paused: target %s is being remediated", name,
                              config.target)
                 return None
-            blocker = self._blocking_dependency(config)
+            blocker = blocking_dependency(config, self._latest, self.store)
             result = (skipped_result(config, blocker, self.clock()) if blocker
                       else self.checks[name].execute())
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
@@ -305,17 +308,6 @@ class Service:
     def _open_incident(self, config: CheckConfig) -> int | None:
         with self.store.session() as session:
             return queries.check_state(session, config.name, config.target).incident_id
-
-    def _blocking_dependency(self, config: CheckConfig) -> str | None:
-        """Why this check is skipped: a dependency that is not OK now, or None."""
-        for name in config.depends_on:
-            status = self._latest.get(name)
-            if status is None:  # not run by this process yet: what the store last saw
-                with self.store.session() as session:
-                    status = queries.latest_status(session, name)
-            if status not in (None, "ok"):
-                return f"{name} is {status}"
-        return None
 
     def _is_busy(self, target: str) -> bool:
         with self._busy_lock:

@@ -22,10 +22,10 @@ from sglguard.controls.launch import (
     apply_flags,
     check_flags,
     read_pidfile,
+    record_started,
     run_tool,
     shown_command,
     start_detached,
-    write_pidfile,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class CommandControl(Control[CommandControlConfig]):
                                log=self._log)
         self._child = child
         if config.pidfile is not None:
-            write_pidfile(config.pidfile, child.pid)
+            record_started(child, config.pidfile)
         logger.info("target %s: started pid %s", self.target.name, child.pid)
         return child.pid
 

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,18 @@ def write_pidfile(path: Path, pid: int) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(f"{pid}\n")
     temporary.replace(path)
+
+
+def record_started(child: subprocess.Popen[bytes], pidfile: Path) -> None:
+    """Write the started server's pidfile; if that fails, stop the server again, since one that
+    sglguard cannot find would be started a second time at the next restart."""
+    try:
+        write_pidfile(pidfile, child.pid)
+    except OSError as exc:
+        os.killpg(child.pid, signal.SIGKILL)  # started in its own session: pgid == pid
+        child.wait(timeout=10)
+        raise ControlError(f"cannot write the pidfile {pidfile}: {exc.strerror or exc}; "
+                           "the started process was stopped", permanent=True) from None
 
 
 def resolve_program(program: str) -> str:

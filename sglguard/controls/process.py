@@ -18,9 +18,9 @@ from sglguard.controls.base import Control, ControlConfig, ControlError, Overrid
 from sglguard.controls.launch import (
     apply_flags,
     check_flags,
+    record_started,
     shown_command,
     start_detached,
-    write_pidfile,
 )
 from sglguard.controls.launch import read_pidfile as read_pidfile
 
@@ -110,15 +110,7 @@ class ProcessControl(Control[ProcessControlConfig]):
         child = start_detached(self.arguments(overrides), cwd=config.workdir, env=config.env,
                                log=config.log_path)
         self._child = child
-        try:
-            write_pidfile(config.pidfile, child.pid)
-        except OSError as exc:
-            # A server sglguard cannot find again would be started twice next time: stop it.
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait(timeout=10)
-            raise ControlError(f"cannot write the pidfile {config.pidfile}: "
-                               f"{exc.strerror or exc}; the started process was stopped",
-                               permanent=True) from None
+        record_started(child, config.pidfile)
         logger.info("target %s: started pid %s", self.target.name, child.pid)
         return child.pid
 
