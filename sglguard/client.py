@@ -148,6 +148,11 @@ class SGLangClient:
         self._api_key = api_key
         self._admin_api_key = admin_api_key
         self._session = requests.Session()
+        # The server is reached directly: proxy variables and ~/.netrc are for the host's
+        # outbound traffic, not for a local inference server (and reading them every request
+        # was a third of a probe's CPU).
+        self._session.trust_env = False
+        self._prepared: dict[tuple[str, str, bool], requests.PreparedRequest] = {}
 
     def __repr__(self) -> str:  # never shows the keys
         return f"SGLangClient({self.base_url!r})"
@@ -167,15 +172,23 @@ class SGLangClient:
         stream: bool = False,
     ) -> requests.Response:
         """Send one request; network failures become TargetError subclasses."""
-        url = f"{self.base_url}{path}"
         limit = self.timeout if timeout is None else timeout
+        if json is None and not params:
+            prepared = self._prepared.get((method, path, admin))
+            if prepared is None:  # probes repeat the same bodiless request: prepare it once
+                prepared = self._prepared[(method, path, admin)] = self._prepare(
+                    method, path, admin, None, None)
+        else:
+            prepared = self._prepare(method, path, admin, json, params)
+        with _network_errors(method, path, limit, self.base_url):
+            return self._session.send(prepared, timeout=limit, stream=stream)
+
+    def _prepare(self, method: str, path: str, admin: bool, json: Any,
+                 params: Mapping[str, str] | None) -> requests.PreparedRequest:
         key = self._admin_api_key if admin and self._admin_api_key else self._api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        with _network_errors(method, path, limit, self.base_url):
-            return self._session.request(
-                method, url, headers=headers, json=json, params=params,
-                timeout=limit, stream=stream,
-            )
+        return self._session.prepare_request(requests.Request(
+            method, f"{self.base_url}{path}", headers=headers, json=json, params=params))
 
     def metrics_text(self, timeout: float | None = None) -> str:
         """The Prometheus text of `/metrics`."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -16,6 +18,7 @@ from sglguard.config.models import Catalog
 from sglguard.notify import Message
 from sglguard.store import Store, queries
 from sglguard.store.models import CheckStateRow, IncidentRow
+from sglguard.store.writer import ResultWriter
 
 logger = logging.getLogger(__name__)
 
@@ -33,63 +36,162 @@ class Decision:
     messages: list[Message] = field(default_factory=list)
 
 
+@dataclass
+class StateView:
+    """The engine's copy of a check's stored state, as of its last transaction."""
+
+    status: str
+    consecutive_failures: int
+    consecutive_successes: int
+    last_result_at: datetime | None
+    last_change_at: datetime | None
+    grace_until: datetime | None
+    failing_since: datetime | None
+    recent: str
+    flapping: bool
+    incident_id: int | None
+
+    @classmethod
+    def of(cls, row: CheckStateRow) -> StateView:
+        return cls(**{item.name: getattr(row, item.name) for item in fields(cls)})
+
+    @property
+    def quiet(self) -> bool:
+        """OK with nothing going on: the only state in which results are written in batches."""
+        return (self.status == "ok" and self.incident_id is None and self.grace_until is None
+                and not self.flapping)
+
+    def counters(self) -> dict[str, Any]:
+        """What a quiet result may change."""
+        return {"status": self.status, "consecutive_failures": self.consecutive_failures,
+                "consecutive_successes": self.consecutive_successes,
+                "last_result_at": self.last_result_at, "last_change_at": self.last_change_at,
+                "failing_since": self.failing_since, "recent": self.recent}
+
+
+State = CheckStateRow | StateView
+
+
 class IncidentEngine:
-    """Soft/hard state per check, one incident per held breach, resolution on recovery."""
+    """Soft/hard state per check, one incident per held breach, resolution on recovery.
+
+    With a `writer`, a result that keeps a quiet check quiet (OK after OK, no incident, no
+    grace, no flapping change) is queued there and written with others in one transaction;
+    every other result is written at once, after what is queued."""
 
     def __init__(self, catalog: Catalog, store: Store,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, *,
+                 writer: ResultWriter | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.clock = clock
+        self.writer = writer
+        self._views: dict[str, StateView] = {}
+        self._views_lock = threading.Lock()
+        if writer is not None:
+            writer.on_stale = self.forget
 
     def record(self, result: CheckResult) -> Decision:
         """Store the result and move the check's state; one transaction, retried if locked."""
-        for retry in self.store.retrying():
-            with retry:
-                return self._record(result)
+        if self.writer is not None:
+            quiet = self._record_quietly(result, self.writer)
+            if quiet is not None:
+                return quiet
+            self.writer.flush()
+        try:
+            for retry in self.store.retrying():
+                with retry:
+                    return self._record(result)
+        except Exception:
+            self.forget(result.check)
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def forget(self, check: str) -> None:
+        """Read the check's state from the store next time: it changed behind the engine."""
+        with self._views_lock:
+            self._views.pop(check, None)
+
+    def _record_quietly(self, result: CheckResult, writer: ResultWriter) -> Decision | None:
+        """Queue a result that changes nothing but counters; None when it must be written now."""
+        if result.skipped:  # a dependency is down: recorded, never counted
+            if writer.add(queries.result_values(result, evaluated=False)):
+                writer.flush()
+            return Decision(evaluated=False)
+        with self._views_lock:
+            view = self._views.get(result.check)
+        if view is None or not view.quiet or result.status is not Status.OK:
+            return None
+        trial, decision = replace(view), Decision(evaluated=result.counts)
+        self._count(trial, result, decision.evaluated, self.clock())
+        if decision.evaluated:
+            self._flap(self.catalog.check(result.check), trial, decision)
+        if decision.flapping is not None:
+            return None
+        with self._views_lock:
+            self._views[result.check] = trial
+        if writer.add(queries.result_values(result, evaluated=decision.evaluated),
+                      (result.check, trial.counters())):
+            writer.flush()  # here, in the run's thread: no wake-up of its own
+        return decision
+
     def _record(self, result: CheckResult) -> Decision:
+        with self.store.session() as session:
+            decision, state = self._apply(session, result)
+            view = None if state is None else StateView.of(state)
+        if view is not None:  # committed: the engine's copy may be trusted
+            with self._views_lock:
+                self._views[result.check] = view
+        return decision
+
+    def _apply(self, session: Session, result: CheckResult,
+               ) -> tuple[Decision, CheckStateRow | None]:
         check = self.catalog.check(result.check)
         now = self.clock()
         decision = Decision()
-        with self.store.session() as session:
-            if result.skipped:  # a dependency is down: recorded, never counted
-                queries.add_result(session, result, evaluated=False)
-                decision.evaluated = False
-                return decision
-            state = queries.check_state(session, check.name, check.target)
-            in_grace = state.grace_until is not None and now < state.grace_until
-            failing = result.status is not Status.OK
-            decision.evaluated = result.counts and not (failing and in_grace)
-            self._count(state, result, decision.evaluated, now)
-            if decision.evaluated:
-                self._flap(check, state, decision)
-            queries.add_result(session, result, evaluated=decision.evaluated)
-            if state.incident_id is None:
-                if failing and decision.evaluated and self._held(check, state, now):
-                    incident = self._open(session, state, result, now)
-                    decision.opened = incident.id
-                    decision.remediate = None if state.flapping else incident.id
-                    if not state.flapping:  # a flapping check says so once, not each flip
-                        decision.messages.append(messages.incident_opened(
-                            incident, check, self.catalog.target(check.target)))
-                return decision
-            incident = session.get_one(IncidentRow, state.incident_id)
-            if not failing and state.consecutive_successes >= check.success_threshold:
-                self._resolve(session, state, incident, now)
-                decision.resolved = incident.id
-                if not state.flapping:
-                    decision.messages.append(messages.incident_resolved(
+        if result.skipped:  # a dependency is down: recorded, never counted
+            queries.add_result(session, result, evaluated=False)
+            decision.evaluated = False
+            return decision, None
+        state = queries.check_state(session, check.name, check.target)
+        in_grace = state.grace_until is not None and now < state.grace_until
+        failing = result.status is not Status.OK
+        decision.evaluated = result.counts and not (failing and in_grace)
+        self._count(state, result, decision.evaluated, now)
+        if decision.evaluated:
+            self._flap(check, state, decision)
+        queries.add_result(session, result, evaluated=decision.evaluated)
+        if state.incident_id is None:
+            if failing and decision.evaluated and self._held(check, state, now):
+                incident = self._open(session, state, result, now)
+                decision.opened = incident.id
+                decision.remediate = None if state.flapping else incident.id
+                if not state.flapping:  # a flapping check says so once, not each flip
+                    decision.messages.append(messages.incident_opened(
                         incident, check, self.catalog.target(check.target)))
-            elif failing and decision.evaluated:
-                self._update(incident, result)
-                if incident.escalated_at is None and not state.flapping:
-                    decision.remediate = incident.id
-        return decision
+        else:
+            self._follow(session, check, state, result, decision, now)
+        return decision, state
+
+    def _follow(self, session: Session, check: CheckConfig, state: CheckStateRow,
+                result: CheckResult, decision: Decision, now: datetime) -> None:
+        """A result of a check whose incident is open: resolve it, or keep it current."""
+        assert state.incident_id is not None
+        incident = session.get_one(IncidentRow, state.incident_id)
+        failing = result.status is not Status.OK
+        if not failing and state.consecutive_successes >= check.success_threshold:
+            self._resolve(session, state, incident, now)
+            decision.resolved = incident.id
+            if not state.flapping:
+                decision.messages.append(messages.incident_resolved(
+                    incident, check, self.catalog.target(check.target)))
+        elif failing and decision.evaluated:
+            self._update(incident, result)
+            if incident.escalated_at is None and not state.flapping:
+                decision.remediate = incident.id
 
     @staticmethod
-    def _held(check: CheckConfig, state: CheckStateRow, now: datetime) -> bool:
+    def _held(check: CheckConfig, state: State, now: datetime) -> bool:
         """The breach has lasted long enough: `for:`, `failures:` X of Y, or
         failure_threshold consecutive runs."""
         if check.hold is not None:
@@ -100,7 +202,7 @@ class IncidentEngine:
         return state.consecutive_failures >= check.failure_threshold
 
     @staticmethod
-    def _flap(check: CheckConfig, state: CheckStateRow, decision: Decision) -> None:
+    def _flap(check: CheckConfig, state: State, decision: Decision) -> None:
         if not check.flapping.enabled:
             return
         now_flapping = flapping.next_flapping(state.recent, state.flapping,
@@ -111,7 +213,7 @@ class IncidentEngine:
             state.flapping = now_flapping
 
     @staticmethod
-    def _count(state: CheckStateRow, result: CheckResult, evaluated: bool,
+    def _count(state: State, result: CheckResult, evaluated: bool,
                now: datetime) -> None:
         if result.status.label != state.status:
             state.last_change_at = now
@@ -169,14 +271,18 @@ class IncidentEngine:
 
     def begin_grace(self, target: str, until: datetime) -> None:
         """Failures of the target's checks do not count until `until` or until they pass."""
+        self._set_grace(target, until)
+
+    def end_grace(self, target: str) -> None:
+        self._set_grace(target, None)
+
+    def _set_grace(self, target: str, until: datetime | None) -> None:
+        if self.writer is not None:
+            self.writer.flush()  # queued counters first: their update needs a state with no grace
         with self.store.session() as session:
             for state in queries.target_states(session, target):
                 state.grace_until = until
-
-    def end_grace(self, target: str) -> None:
-        with self.store.session() as session:
-            for state in queries.target_states(session, target):
-                state.grace_until = None
+                self.forget(state.check_name)
 
     def note(self, incident_id: int, kind: str, detail: str) -> None:
         with self.store.session() as session:

@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor as Pool
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -28,8 +28,14 @@ from sglguard.responder import Responder
 from sglguard.store import Store, queries
 from sglguard.store.models import IncidentRow
 from sglguard.store.samples import StoreSamples
+from sglguard.store.writer import ResultWriter
 
 logger = logging.getLogger(__name__)
+
+
+def every(seconds: float, *, jitter: float | None = None) -> IntervalTrigger:
+    """An interval trigger in UTC (left alone, APScheduler would use the host's zone)."""
+    return IntervalTrigger(seconds=seconds, jitter=jitter, timezone=UTC)
 
 
 def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
@@ -113,7 +119,9 @@ class Service:
         self.stopping = threading.Event()
         self.clients = build_clients(catalog)
         self.checks = build_checks(catalog, self.clients, store, clock)
-        self.engine = IncidentEngine(catalog, store, clock)
+        flush = catalog.store.flush_interval.total_seconds()
+        self.writer = ResultWriter(store, interval=flush) if flush > 0 else None
+        self.engine = IncidentEngine(catalog, store, clock, writer=self.writer)
         self.notifications = Notifications.from_catalog(catalog, store, clock=clock)
         self.runner = RemediationRunner(catalog, store, self.clients, stop=self.stopping,
                                         clock=clock)
@@ -125,7 +133,7 @@ class Service:
         self._busy_lock = threading.Lock()
         self._remediations: list[threading.Thread] = []
         self.scheduler = BackgroundScheduler(
-            timezone="UTC",
+            timezone=UTC,  # the object: a zone name costs a lookup at every wake-up
             executors={"default": ThreadPoolExecutor(max(4, len(catalog.checks)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
         )
@@ -137,18 +145,24 @@ class Service:
         gc.freeze()
         self._close_interrupted_runs()
         self.notifications.start()
+        flush = self.catalog.store.flush_interval.total_seconds()
         for config in self.catalog.checks:
             self.scheduler.add_job(
-                self.run_check, IntervalTrigger(
-                    seconds=config.interval.total_seconds(), jitter=config.jitter_seconds or None),
+                self.run_check, every(config.interval.total_seconds(),
+                                      jitter=config.jitter_seconds or None),
                 args=[config.name], id=config.name, name=config.name,
                 next_run_time=self.clock() + timedelta(seconds=0.1),
             )
-        self.scheduler.add_job(self.repeat_reminders, IntervalTrigger(seconds=60),
+        self.scheduler.add_job(self.repeat_reminders, every(60),
                                id="_reminders", name="reminders")
-        self.scheduler.add_job(self.restore_levels, IntervalTrigger(seconds=60),
+        self.scheduler.add_job(self.restore_levels, every(60),
                                id="_restore", name="restore lowered levels")
-        self.scheduler.add_job(self.prune, IntervalTrigger(hours=1),
+        if self.writer is not None:
+            # Runs flush when their result finds the queue due; this timer only catches rows
+            # left when no check runs for a while.
+            self.scheduler.add_job(self.writer.flush_if_due, every(max(flush, 60.0)),
+                                   id="_flush", name="write queued results")
+        self.scheduler.add_job(self.prune, every(3600),
                                next_run_time=self.clock() + timedelta(minutes=1),
                                id="_prune", name="retention")
         self.scheduler.start()
@@ -160,6 +174,8 @@ class Service:
         self.stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.writer is not None:
+            self.writer.flush()
         for thread in list(self._remediations):
             thread.join(timeout=timeout)
         self.notifications.stop(timeout=timeout)

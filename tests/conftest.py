@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from sglguard.config.loader import parse_catalog
 from sglguard.config.models import Catalog
@@ -23,6 +26,8 @@ from sglguard.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PYTHON = sys.executable
+POSTGRES = os.environ.get("SGLGUARD_TEST_POSTGRES",
+                          "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -74,6 +79,25 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store.open(f"sqlite:///{tmp_path / 'sglguard.db'}")
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh schema in the local PostgreSQL server, dropped afterwards."""
+    admin = create_engine(POSTGRES)
+    schema = f"sglguard_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f"create schema {schema}"))
+    except OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("SGLGUARD_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}: {exc.orig}")
+    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(text(f"drop schema {schema} cascade"))
+    admin.dispose()
 
 
 @pytest.fixture

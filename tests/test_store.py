@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,15 +10,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import OperationalError, StatementError
+from sqlalchemy.exc import StatementError
 
 from sglguard.checks.base import CheckResult, Status
 from sglguard.store import Store, StoreError, queries
 from sglguard.store.db import MIGRATIONS
 from sglguard.store.models import CheckResultRow
 
-POSTGRES = os.environ.get("SGLGUARD_TEST_POSTGRES",
-                          "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 TABLES = {"check_samples", "check_results", "check_states", "incidents", "incident_events",
           "remediation_runs",
@@ -99,25 +94,6 @@ def test_unreachable_store_is_a_clear_error(tmp_path: Path) -> None:
 def test_unknown_driver_is_a_clear_error() -> None:
     with pytest.raises(StoreError, match="invalid store url"):
         Store.open("nosuchdb://somewhere/x")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh schema in the local PostgreSQL server, dropped afterwards."""
-    admin = create_engine(POSTGRES)
-    schema = f"sglguard_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f"create schema {schema}"))
-    except OperationalError as exc:
-        admin.dispose()
-        if os.environ.get("SGLGUARD_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}: {exc.orig}")
-    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.execute(text(f"drop schema {schema} cascade"))
-    admin.dispose()
 
 
 def test_postgresql_store_migrates_and_round_trips(postgres_url: str) -> None:

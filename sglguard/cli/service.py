@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,26 +26,28 @@ def run(config_path: str | None, dry_run: bool) -> None:
 
     path, catalog = load(config_path)
     service = Service(catalog, open_store(catalog, migrate_apart=True), dry_run=dry_run)
-    stop, reload, wake = threading.Event(), threading.Event(), threading.Event()
+    asked: set[str] = set()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-        wake.set()
+        asked.add("stop")
 
     def on_reload(_signum: int, _frame: FrameType | None) -> None:
-        reload.set()
-        wake.set()
+        asked.add("reload")
 
+    # The main thread sleeps in a read of this pipe, into which every signal writes a byte:
+    # no polling while nothing happens, and no signal lost between a check and the wait.
+    wake, woken = os.pipe()
+    os.set_blocking(woken, False)
+    signal.set_wakeup_fd(woken)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_reload)
     service.start()
-    while not stop.is_set():
-        wake.wait(1.0)
-        wake.clear()
-        if reload.is_set() and not stop.is_set():
-            reload.clear()
+    while "stop" not in asked:
+        os.read(wake, 64)
+        if "reload" in asked and "stop" not in asked:
+            asked.discard("reload")
             service = reloaded(path, service)
     service.stop()
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import (
-    BeforeValidator,
     Field,
-    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
@@ -21,7 +19,7 @@ import sglguard.controls.registry
 import sglguard.remediations.registry  # noqa: F401  (the registries bind the kinds)
 from sglguard.checks.base import CheckConfig
 from sglguard.config.base import ConfigModel, Name
-from sglguard.config.types import Duration, format_duration, parse_duration
+from sglguard.config.types import Duration, DurationOrZero
 from sglguard.controls.base import ControlConfig
 from sglguard.remediations.base import RemediationConfig
 from sglguard.routing import notifier_problems
@@ -43,19 +41,6 @@ Event = Literal[
     "test",
 ]
 EVENTS: tuple[Event, ...] = get_args(Event)
-
-
-def _duration_or_zero(value: Any) -> timedelta:
-    if value == 0 or (isinstance(value, str) and value.strip().rstrip("mshd") in ("0", "0.0")):
-        return timedelta(0)
-    return parse_duration(value)
-
-
-DurationOrZero = Annotated[
-    timedelta,
-    BeforeValidator(_duration_or_zero),
-    PlainSerializer(lambda value: format_duration(value) if value else "0s", return_type=str),
-]
 
 
 class TargetConfig(ConfigModel):
@@ -142,6 +127,11 @@ class StoreConfig(ConfigModel):
 
     url: str = "sqlite:///sglguard.db"
     retention: Retention = Retention()
+    flush_interval: DurationOrZero = Field(
+        default=timedelta(seconds=10), le=timedelta(minutes=5),
+        description="results that change nothing (OK after OK) are written together this often; "
+                    "anything that changes a check's state is written at once; 0s: every "
+                    "result at once")
 
 
 class Catalog(ConfigModel):

@@ -33,8 +33,18 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def parse_duration_or_zero(value: Any) -> timedelta:
+    """As parse_duration, and `0` (any unit) for "none"."""
+    zero = (isinstance(value, int | float) and not isinstance(value, bool) and value == 0) or (
+        isinstance(value, str) and (match := _DURATION.match(value)) is not None
+        and float(match.group(1)) == 0)
+    return timedelta(0) if zero else parse_duration(value)
+
+
 def format_duration(value: timedelta) -> str:
     seconds = value.total_seconds()
+    if seconds == 0:
+        return "0s"
     for unit in ("d", "h", "m", "s"):
         size = _UNIT_SECONDS[unit]
         if seconds >= size and seconds % size == 0:
@@ -45,6 +55,13 @@ def format_duration(value: timedelta) -> str:
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+# Where zero means "none" (e.g. no batching): 0s is allowed.
+DurationOrZero = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration_or_zero),
     PlainSerializer(format_duration, return_type=str),
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -21,13 +22,16 @@ from sglguard.store.models import (
 )
 
 
+def result_values(result: CheckResult, *, evaluated: bool = True) -> dict[str, Any]:
+    """The columns of a result's row."""
+    return {"check_name": result.check, "target": result.target, "status": result.shown_status,
+            "value": result.value, "unit": result.unit, "message": result.message,
+            "duration_ms": result.duration_ms, "started_at": result.started_at,
+            "evaluated": evaluated and not result.skipped}
+
+
 def add_result(session: Session, result: CheckResult, *, evaluated: bool = True) -> None:
-    evaluated = evaluated and not result.skipped
-    session.add(CheckResultRow(
-        check_name=result.check, target=result.target, status=result.shown_status,
-        value=result.value, unit=result.unit, message=result.message,
-        duration_ms=result.duration_ms, started_at=result.started_at, evaluated=evaluated,
-    ))
+    session.add(CheckResultRow(**result_values(result, evaluated=evaluated)))
 
 
 def check_state(session: Session, check: str, target: str) -> CheckStateRow:

@@ -1,0 +1,128 @@
+"""Batched writes of the results that change nothing: one transaction per flush, not per run.
+
+A healthy server produces a stream of OK results whose only effect is a new row and a few
+counters of its check's state. Writing each in its own transaction was most of a check run's
+CPU. The engine hands such results here; everything that changes state (a failure, a recovery,
+an incident) still goes to the store at once, after a flush, so the order of rows holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, update
+
+from sglguard.store.db import Store
+from sglguard.store.models import CheckResultRow, CheckStateRow
+
+logger = logging.getLogger(__name__)
+
+# Held while the store cannot be written; beyond it the oldest results are dropped, counted
+# and logged (about 300 bytes each).
+DEFAULT_LIMIT = 20_000
+# Core statements on the tables: the rows need no ORM bookkeeping.
+_RESULTS = cast(Table, CheckResultRow.__table__)
+_STATES = cast(Table, CheckStateRow.__table__)
+
+
+class ResultWriter:
+    """Holds quiet results and the state counters they move, and writes them together.
+
+    A state update applies only while the stored state is still quiet (OK, no incident, no
+    grace, not flapping); where another writer changed it meanwhile, `on_stale(check)` is
+    called so the engine reads the stored state again instead of trusting its copy."""
+
+    def __init__(self, store: Store, *, interval: float = 10.0, limit: int = DEFAULT_LIMIT,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.interval = interval
+        self.limit = limit
+        self.monotonic = monotonic
+        self._since: float | None = None  # monotonic time of the oldest queued row
+        self.on_stale: Callable[[str], None] = lambda _check: None
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._states: dict[str, dict[str, Any]] = {}
+        self.dropped = 0
+
+    def add(self, row: dict[str, Any], state: tuple[str, dict[str, Any]] | None = None) -> bool:
+        """Queue one result row and, optionally, the new counters of its check's state; True
+        when the oldest queued row has waited `interval`: time for the caller to flush."""
+        now = self.monotonic()
+        with self._lock:
+            self._rows.append(row)
+            if state is not None:
+                self._states[state[0]] = state[1]
+            self._trim()
+            if self._since is None:
+                self._since = now
+            return now - self._since >= self.interval
+
+    def flush_if_due(self) -> bool:
+        """Flush when the oldest queued row has waited `interval` (a timer's backstop)."""
+        with self._lock:
+            due = self._since is not None and self.monotonic() - self._since >= self.interval
+        return self.flush() if due else True
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    def flush(self) -> bool:
+        """Write what is queued in one transaction (retried); False if the store refused, in
+        which case everything stays queued for the next flush."""
+        with self._flushing:
+            with self._lock:
+                rows, states, since = self._rows, self._states, self._since
+                self._rows, self._states, self._since = [], {}, None
+            if not rows and not states:
+                return True
+            try:
+                stale = self._write(rows, states)
+            except Exception as exc:
+                with self._lock:
+                    self._rows[:0] = rows
+                    self._states = {**states, **self._states}
+                    self._since = since
+                    self._trim()
+                    held = len(self._rows)
+                logger.error("could not write %s check results, %s held for the next attempt: "
+                             "%s", len(rows), held, exc)
+                return False
+        for check in stale:
+            self.on_stale(check)
+        return True
+
+    def _write(self, rows: list[dict[str, Any]], states: dict[str, dict[str, Any]]) -> list[str]:
+        for retry in self.store.retrying():
+            with retry, self.store.session() as session:
+                if rows:
+                    session.execute(insert(_RESULTS), rows)
+                stale = []
+                for check, values in states.items():
+                    done = session.execute(
+                        update(_STATES)
+                        .where(_STATES.c.check_name == check, _STATES.c.status == "ok",
+                               _STATES.c.incident_id.is_(None), _STATES.c.grace_until.is_(None),
+                               _STATES.c.flapping.is_(False))
+                        .values(**values))
+                    if done.rowcount == 0:  # type: ignore[attr-defined]
+                        stale.append(check)
+                return stale
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _trim(self) -> None:
+        extra = len(self._rows) - self.limit
+        if extra > 0:
+            del self._rows[:extra]
+            before, self.dropped = self.dropped, self.dropped + extra
+            if before == 0 or before // 1000 != self.dropped // 1000:  # now and then, not always
+                logger.error("the store has not been writable for a while: %s oldest check "
+                             "results dropped (%s in all), %s held", extra, self.dropped,
+                             len(self._rows))
