@@ -52,7 +52,8 @@ class CheckResultRow(Base):
     """One run of one check."""
 
     __tablename__ = "check_results"
-    __table_args__ = (Index("ix_check_results_check_started", "check_name", "started_at"),)
+    __table_args__ = (Index("ix_check_results_check_started", "check_name", "started_at"),
+                      Index("ix_check_results_started", "started_at"))
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     check_name: Mapped[str] = mapped_column(String(128))

@@ -21,6 +21,9 @@ from sglguard.store.models import (
     TargetLevelRow,
 )
 
+# Results by when they ran: quiet ones are written in batches, after others that ran later.
+NEWEST_FIRST = (CheckResultRow.started_at.desc(), CheckResultRow.id.desc())
+
 
 def result_values(result: CheckResult, *, evaluated: bool = True) -> dict[str, Any]:
     """The columns of a result's row."""
@@ -109,7 +112,7 @@ def was_delivered(session: Session, incident_id: int, event: str, notifier: str)
 
 
 def recent_results(session: Session, check: str | None, limit: int) -> Sequence[CheckResultRow]:
-    query = select(CheckResultRow).order_by(CheckResultRow.id.desc()).limit(limit)
+    query = select(CheckResultRow).order_by(*NEWEST_FIRST).limit(limit)
     if check is not None:
         query = query.where(CheckResultRow.check_name == check)
     return session.scalars(query).all()
@@ -151,7 +154,7 @@ def running_runs(session: Session) -> Sequence[RemediationRunRow]:
 def latest_status(session: Session, check: str) -> str | None:
     """The status of the check's newest stored result (from the service or `sglguard check`)."""
     return session.scalar(select(CheckResultRow.status).where(
-        CheckResultRow.check_name == check).order_by(CheckResultRow.id.desc()).limit(1))
+        CheckResultRow.check_name == check).order_by(*NEWEST_FIRST).limit(1))
 
 
 def set_verified(session: Session, run_id: int, verified: bool, detail: str) -> None:
@@ -222,7 +225,7 @@ def mark_notified(session: Session, incident_ids: Sequence[int], at: datetime) -
 def latest_unit(session: Session, check: str) -> str:
     """The unit of the check's newest stored result ('' when none)."""
     return session.scalar(select(CheckResultRow.unit).where(
-        CheckResultRow.check_name == check).order_by(CheckResultRow.id.desc()).limit(1)) or ""
+        CheckResultRow.check_name == check).order_by(*NEWEST_FIRST).limit(1)) or ""
 
 
 def prune(session: Session, *, results_before: datetime, incidents_before: datetime) -> int:

@@ -1,0 +1,231 @@
+"""Batched writes of quiet results: what is queued, when it reaches the store, and that nothing
+is lost or misjudged on the way (a failing store, another process changing the state)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from sglguard.checks.base import CheckResult, Status
+from sglguard.config.loader import ConfigError
+from sglguard.config.models import Catalog
+from sglguard.emulator import Emulator
+from sglguard.engine import IncidentEngine
+from sglguard.service import Service
+from sglguard.store import Store, queries
+from sglguard.store.models import CheckResultRow
+from sglguard.store.writer import ResultWriter
+
+from conftest import FakeClock, wait_for
+
+CATALOG = """\
+version: 1
+targets: [{name: local, url: "http://127.0.0.1:1"}]
+checks:
+  - {name: liveness, kind: http, target: local}
+  - {name: sticky, kind: http, target: local, failure_threshold: 1, success_threshold: 2}
+"""
+
+
+class Ticks:
+    """The writer's monotonic clock, moved by hand (the one faked boundary here)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ticks() -> Ticks:
+    return Ticks()
+
+
+@pytest.fixture
+def writer(store: Store, ticks: Ticks) -> ResultWriter:
+    return ResultWriter(store, interval=10.0, monotonic=ticks)
+
+
+@pytest.fixture
+def engine(make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
+           writer: ResultWriter) -> IncidentEngine:
+    return IncidentEngine(make_catalog(CATALOG), store, clock, writer=writer)
+
+
+def feed(engine: IncidentEngine, clock: FakeClock, status: Status,
+         check: str = "liveness") -> Any:
+    clock.advance(2)
+    return engine.record(CheckResult(check, "local", status, 1.0, "s", status.label, 1.0,
+                                     clock()))
+
+
+def stored(store: Store, check: str = "liveness") -> list[str]:
+    """Statuses of the check's stored results, oldest first."""
+    with store.session() as session:
+        return [row.status for row in reversed(queries.recent_results(session, check, 1000))]
+
+
+def state(store: Store, check: str = "liveness") -> Any:
+    with store.session() as session:
+        return queries.check_state(session, check, "local")
+
+
+def test_quiet_results_are_queued_and_written_together(engine: IncidentEngine, store: Store,
+                                                       clock: FakeClock,
+                                                       writer: ResultWriter) -> None:
+    feed(engine, clock, Status.OK)  # the first result reads and writes the state at once
+    assert stored(store) == ["ok"] and writer.pending == 0
+    for _ in range(5):
+        assert feed(engine, clock, Status.OK).evaluated
+    assert writer.pending == 5
+    assert stored(store) == ["ok"] and state(store).consecutive_successes == 1
+    assert writer.flush()
+    assert writer.pending == 0 and stored(store) == ["ok"] * 6
+    written = state(store)
+    assert written.consecutive_successes == 6 and written.recent == "oooooo"
+    assert written.last_result_at == clock()
+
+
+def test_the_run_that_finds_the_queue_due_writes_it(engine: IncidentEngine, store: Store,
+                                                    clock: FakeClock, writer: ResultWriter,
+                                                    ticks: Ticks) -> None:
+    feed(engine, clock, Status.OK)
+    feed(engine, clock, Status.OK)
+    ticks.now += 9.9
+    feed(engine, clock, Status.OK)
+    assert writer.pending == 2
+    ticks.now += 0.2  # the oldest queued row has now waited the interval
+    feed(engine, clock, Status.OK)
+    assert writer.pending == 0 and stored(store) == ["ok"] * 4
+
+
+def test_a_failure_is_written_at_once_after_what_was_queued(engine: IncidentEngine,
+                                                            store: Store, clock: FakeClock,
+                                                            writer: ResultWriter) -> None:
+    for _ in range(3):
+        feed(engine, clock, Status.OK)
+    decision = feed(engine, clock, Status.CRITICAL, "liveness")
+    assert writer.pending == 0
+    assert stored(store) == ["ok", "ok", "ok", "critical"]
+    with store.session() as session:  # row order is run order
+        rows = session.query(CheckResultRow).order_by(CheckResultRow.id).all()
+        assert [row.started_at for row in rows] == sorted(row.started_at for row in rows)
+    assert state(store).consecutive_failures == 1 and decision.evaluated
+    feed(engine, clock, Status.OK)  # back to OK: written at once, the state was not quiet
+    assert writer.pending == 0 and state(store).status == "ok"
+
+
+def test_an_incident_opens_and_resolves_as_without_batching(engine: IncidentEngine,
+                                                            store: Store, clock: FakeClock,
+                                                            writer: ResultWriter) -> None:
+    for _ in range(3):
+        feed(engine, clock, Status.OK, "sticky")
+    opened = feed(engine, clock, Status.CRITICAL, "sticky").opened
+    assert opened is not None
+    assert feed(engine, clock, Status.OK, "sticky").resolved is None  # success_threshold: 2
+    assert feed(engine, clock, Status.OK, "sticky").resolved == opened
+    assert writer.pending == 0 and stored(store, "sticky") == ["ok"] * 3 + ["critical"] + [
+        "ok"] * 2
+
+
+def test_rows_are_kept_while_the_store_refuses_them(engine: IncidentEngine, store: Store,
+                                                   clock: FakeClock, writer: ResultWriter,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    feed(engine, clock, Status.OK)
+    for _ in range(3):
+        feed(engine, clock, Status.OK)
+    with store.engine.begin() as connection:
+        connection.execute(text("alter table check_results rename to check_results_gone"))
+    with caplog.at_level(logging.ERROR, logger="sglguard.store.writer"):
+        assert not writer.flush()
+    assert writer.pending == 3
+    assert "could not write 3 check results, 3 held" in caplog.text
+    feed(engine, clock, Status.OK)  # a run while the store is down still queues
+    with store.engine.begin() as connection:
+        connection.execute(text("alter table check_results_gone rename to check_results"))
+    assert writer.flush() and writer.pending == 0
+    assert stored(store) == ["ok"] * 5 and state(store).consecutive_successes == 5
+
+
+def test_the_oldest_rows_go_first_when_the_store_stays_down(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    writer = ResultWriter(store, limit=3)
+    with caplog.at_level(logging.ERROR, logger="sglguard.store.writer"):
+        for number in range(5):
+            writer.add({"message": str(number)})
+    assert writer.pending == 3 and writer.dropped == 2
+    assert "oldest check results dropped" in caplog.text
+
+
+def test_a_state_changed_by_another_process_is_read_again(
+        engine: IncidentEngine, make_catalog: Callable[[str], Catalog], store: Store,
+        clock: FakeClock, writer: ResultWriter) -> None:
+    feed(engine, clock, Status.OK, "sticky")
+    feed(engine, clock, Status.OK, "sticky")  # queued, on the engine's copy of the state
+    other = IncidentEngine(make_catalog(CATALOG), store, clock)  # a second sglguard
+    opened = feed(other, clock, Status.CRITICAL, "sticky").opened
+    assert opened is not None
+    assert writer.flush()  # the queued counters no longer apply: the stored state is not quiet
+    assert state(store, "sticky").incident_id == opened
+    assert feed(engine, clock, Status.OK, "sticky").resolved is None  # read from the store
+    assert feed(engine, clock, Status.OK, "sticky").resolved == opened
+
+
+def test_stopping_the_service_writes_what_is_queued(
+        make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
+    service = Service(make_catalog(f"""\
+        version: 1
+        store: {{flush_interval: 5m}}
+        targets: [{{name: local, url: "{emulator.url}"}}]
+        checks: [{{name: liveness, kind: http, target: local, interval: 0.2s, timeout: 1s}}]
+        """), store)
+    assert service.writer is not None
+    service.start()
+    wait_for(lambda: service.writer is not None and service.writer.pending >= 3)
+    service.stop()
+    assert service.writer.pending == 0 and len(stored(store)) >= 4
+
+
+def test_a_zero_flush_interval_writes_every_result_at_once(
+        make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
+    service = Service(make_catalog(f"""\
+        version: 1
+        store: {{flush_interval: 0s}}
+        targets: [{{name: local, url: "{emulator.url}"}}]
+        checks: [{{name: liveness, kind: http, target: local}}]
+        """), store)
+    assert service.writer is None and service.engine.writer is None
+    for _ in range(3):
+        service.run_check("liveness")
+    assert stored(store) == ["ok"] * 3
+
+
+def test_a_flush_interval_over_five_minutes_is_refused(
+        make_catalog: Callable[[str], Catalog]) -> None:
+    with pytest.raises(ConfigError, match=r"store\.flush_interval.*5 minutes"):
+        make_catalog("version: 1\nstore: {flush_interval: 10m}\n")
+
+
+def test_batches_and_stale_states_on_postgresql(postgres_url: str,
+                                                make_catalog: Callable[[str], Catalog],
+                                                clock: FakeClock) -> None:
+    store = Store.open(postgres_url)
+    try:
+        writer = ResultWriter(store, interval=3600.0)
+        engine = IncidentEngine(make_catalog(CATALOG), store, clock, writer=writer)
+        for _ in range(3):
+            feed(engine, clock, Status.OK, "sticky")
+        assert writer.pending == 2
+        other = IncidentEngine(make_catalog(CATALOG), store, clock)
+        opened = feed(other, clock, Status.CRITICAL, "sticky").opened  # flushes nothing of ours
+        assert writer.flush() and stored(store, "sticky") == ["ok", "ok", "ok", "critical"]
+        assert state(store, "sticky").incident_id == opened  # the stale counters were not applied
+        feed(engine, clock, Status.OK, "sticky")
+        assert feed(engine, clock, Status.OK, "sticky").resolved == opened
+    finally:
+        store.close()
