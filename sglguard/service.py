@@ -138,12 +138,16 @@ class Service:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
         )
 
-    def start(self) -> None:
+    def start(self, *, reloaded: bool = False) -> None:
+        """Schedule every check. `reloaded`: this process ran the previous catalog, so a run
+        left `running` belongs to a remediation thread of it that is still finishing (it records
+        its own outcome), not to a process that died."""
         # Everything loaded so far lives as long as the process: keep it out of the cyclic
         # collector's way, so later collections only look at what the runs allocate.
         gc.collect()
         gc.freeze()
-        self._close_interrupted_runs()
+        if not reloaded:
+            self._close_interrupted_runs()
         self.notifications.start()
         flush = self.catalog.store.flush_interval.total_seconds()
         for config in self.catalog.checks:

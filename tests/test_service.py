@@ -11,6 +11,7 @@ from sglguard.config.models import Catalog
 from sglguard.emulator import Emulator
 from sglguard.service import Service
 from sglguard.store import Store, queries
+from sglguard.store.models import RemediationRunRow
 
 from conftest import wait_for
 
@@ -153,3 +154,35 @@ def test_retention_deletes_old_results_and_long_resolved_incidents_only(
         assert sorted(row.id for row in session.query(IncidentRow)) == kept
         assert sorted(row.incident_id for row in session.query(IncidentEventRow)) == kept
         assert session.query(NotificationAttemptRow).count() == 2
+
+
+def test_a_run_left_running_is_interrupted_at_start_but_not_at_a_reload(
+        make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
+    from sglguard.clock import utcnow
+
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "{emulator.url}"}}]
+        checks: [{{name: liveness, kind: http, target: local, interval: 1h}}]
+        """)
+
+    def left_running() -> int:
+        with store.session() as session:
+            return queries.start_run(session, incident_id=None, remediation="restart",
+                                     kind="restart", target="local", trigger="manual",
+                                     dry_run=False, plan=[], outcome="running",
+                                     at=utcnow()).id
+
+    def outcome(run_id: int) -> str:
+        with store.session() as session:
+            return session.get_one(RemediationRunRow, run_id).outcome
+
+    still_finishing = left_running()
+    reloaded = Service(catalog, store)
+    reloaded.start(reloaded=True)  # SIGHUP: the old catalog's remediation thread still runs
+    reloaded.stop()
+    assert outcome(still_finishing) == "running"
+    fresh = Service(catalog, store)
+    fresh.start()  # a new process: whoever ran it died
+    fresh.stop()
+    assert outcome(still_finishing) == "interrupted"

@@ -68,7 +68,7 @@ def reloaded(path: Path, service: Any) -> Any:
     service.stop()
     fresh = Service(catalog, store, dry_run=service.dry_run)
     fresh.runner.adopt(service.runner)
-    fresh.start()
+    fresh.start(reloaded=True)
     logger.info("reloaded %s", path)
     return fresh
 
