@@ -101,18 +101,18 @@ class ResultWriter:
 
     def _write(self, rows: list[dict[str, Any]], states: dict[str, dict[str, Any]]) -> list[str]:
         for retry in self.store.retrying():
-            with retry, self.store.session() as session:
+            with retry, self.store.engine.begin() as connection:  # Core: no ORM session
                 if rows:
-                    session.execute(insert(_RESULTS), rows)
+                    connection.execute(insert(_RESULTS), rows)
                 stale = []
                 for check, values in states.items():
-                    done = session.execute(
+                    done = connection.execute(
                         update(_STATES)
                         .where(_STATES.c.check_name == check, _STATES.c.status == "ok",
                                _STATES.c.incident_id.is_(None), _STATES.c.grace_until.is_(None),
                                _STATES.c.flapping.is_(False))
                         .values(**values))
-                    if done.rowcount == 0:  # type: ignore[attr-defined]
+                    if done.rowcount == 0:
                         stale.append(check)
                 return stale
         raise AssertionError("unreachable")  # pragma: no cover
