@@ -19,9 +19,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from sglguard.checks.base import CheckResult, Status
 from sglguard.config.loader import parse_catalog
 from sglguard.config.models import Catalog
 from sglguard.emulator import Emulator, EmulatorOptions
+from sglguard.engine import Decision, IncidentEngine
 from sglguard.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -59,6 +61,14 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def feed(engine: IncidentEngine, clock: FakeClock, status: Status,
+         check: str = "liveness") -> Decision:
+    """Move the clock 2 s and hand the engine one result of `check` on target `local`."""
+    clock.advance(2)
+    return engine.record(CheckResult(check, "local", status, 1.0, "s", status.label, 1.0,
+                                     clock()))
 
 
 @pytest.fixture

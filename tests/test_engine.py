@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
@@ -14,7 +13,7 @@ from sglguard.engine import IncidentEngine
 from sglguard.store import Store, queries
 from sglguard.store.writer import ResultWriter
 
-from conftest import FakeClock
+from conftest import FakeClock, feed
 
 CATALOG = """\
 version: 1
@@ -34,13 +33,6 @@ def engine(request: pytest.FixtureRequest, make_catalog: Callable[[str], Catalog
     results reach the store, never what is decided."""
     writer = ResultWriter(store, interval=3600.0) if request.param.endswith("batched") else None
     return IncidentEngine(make_catalog(CATALOG), store, clock, writer=writer)
-
-
-def feed(engine: IncidentEngine, clock: FakeClock, status: Status,
-         check: str = "liveness") -> Any:
-    clock.advance(2)
-    return engine.record(CheckResult(check, "local", status, 1.0, "s", status.label, 1.0,
-                                     clock()))
 
 
 def open_incidents(store: Store) -> list[int]:

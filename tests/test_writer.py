@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from sglguard.checks.base import CheckResult, Status
+from sglguard.checks.base import Status
 from sglguard.config.loader import ConfigError
 from sglguard.config.models import Catalog
 from sglguard.emulator import Emulator
@@ -20,7 +20,7 @@ from sglguard.store import Store, queries
 from sglguard.store.models import CheckResultRow
 from sglguard.store.writer import ResultWriter
 
-from conftest import FakeClock, wait_for
+from conftest import FakeClock, feed, wait_for
 
 CATALOG = """\
 version: 1
@@ -55,13 +55,6 @@ def writer(store: Store, ticks: Ticks) -> ResultWriter:
 def engine(make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
            writer: ResultWriter) -> IncidentEngine:
     return IncidentEngine(make_catalog(CATALOG), store, clock, writer=writer)
-
-
-def feed(engine: IncidentEngine, clock: FakeClock, status: Status,
-         check: str = "liveness") -> Any:
-    clock.advance(2)
-    return engine.record(CheckResult(check, "local", status, 1.0, "s", status.label, 1.0,
-                                     clock()))
 
 
 def stored(store: Store, check: str = "liveness") -> list[str]:
