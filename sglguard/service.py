@@ -149,7 +149,6 @@ class Service:
         if not reloaded:
             self._close_interrupted_runs()
         self.notifications.start()
-        flush = self.catalog.store.flush_interval.total_seconds()
         for config in self.catalog.checks:
             self.scheduler.add_job(
                 self.run_check, every(config.interval.total_seconds(),
@@ -164,7 +163,7 @@ class Service:
         if self.writer is not None:
             # Runs flush when their result finds the queue due; this timer only catches rows
             # left when no check runs for a while.
-            self.scheduler.add_job(self.writer.flush_if_due, every(max(flush, 60.0)),
+            self.scheduler.add_job(self.writer.flush_if_due, every(max(self.writer.interval, 60.0)),
                                    id="_flush", name="write queued results")
         self.scheduler.add_job(self.prune, every(3600),
                                next_run_time=self.clock() + timedelta(minutes=1),

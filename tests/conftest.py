@@ -84,6 +84,35 @@ def emulator() -> Iterator[Emulator]:
     server.stop()
 
 
+StartEmulator = Callable[..., Emulator]
+
+
+@pytest.fixture
+def start_emulator() -> Iterator[StartEmulator]:
+    """Start emulators on free loopback ports; stop them all after the test."""
+    started: list[Emulator] = []
+
+    def start(
+        exit_fn: Callable[[int], object] | None = None,
+        clock: Callable[[], float] | None = None,
+        **options: Any,
+    ) -> Emulator:
+        settings: dict[str, Any] = {"port": 0, "health_latency": 0.02, **options}
+        extra: dict[str, Any] = {"health_check_timeout": 0.2}
+        if exit_fn is not None:
+            extra["exit_fn"] = exit_fn
+        if clock is not None:
+            extra["clock"] = clock
+        emulator = Emulator(EmulatorOptions(**settings), **extra)
+        emulator.start()
+        started.append(emulator)
+        return emulator
+
+    yield start
+    for emulator in started:
+        emulator.stop()
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store.open(f"sqlite:///{tmp_path / 'sglguard.db'}")

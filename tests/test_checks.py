@@ -22,36 +22,19 @@ from sglguard.checks.http import HttpCheckConfig
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
 from sglguard.config.models import Catalog, TargetConfig
-from sglguard.emulator import Emulator, EmulatorOptions
+from sglguard.emulator import Emulator
 from sglguard.store import Store, queries
 from sglguard.store.samples import StoreSamples
 
-from conftest import FakeClock, FixtureServer, free_port
+from conftest import FakeClock, FixtureServer, StartEmulator, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTURE = "sglang-metrics-v0.5.10-capture.txt"
 DOCS_SAMPLE = "sglang-metrics-docs-sample.txt"
 HANG_TIMEOUT = 0.3
 
-StartEmulator = Callable[..., Emulator]
 ServeFixture = Callable[[str], FixtureServer]
 Recorded = dict[str, FixtureServer]
-
-
-@pytest.fixture
-def start_emulator() -> Iterator[StartEmulator]:
-    """Start emulators with given options on free ports; stop them all after the test."""
-    started: list[Emulator] = []
-
-    def start(**options: Any) -> Emulator:
-        emulator = Emulator(EmulatorOptions(**{"port": 0, "health_latency": 0.01, **options}))
-        emulator.start()
-        started.append(emulator)
-        return emulator
-
-    yield start
-    for emulator in started:
-        emulator.stop()
 
 
 def run_check(url: str, **config: Any) -> CheckResult:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from sglguard.emulator import Emulator, EmulatorOptions, Fault, parse_fault
 from sglguard.emulator.__main__ import build_parser
 from sglguard.emulator.profiles import METRICS_VERSIONS
 
+from conftest import StartEmulator
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 5.0
 MODEL = "emulated/Llama-3.1-8B-Instruct"
@@ -38,35 +40,6 @@ SCHEDULER_LABELS = {
     "pp_rank": "0",
     "moe_ep_rank": "0",
 }
-
-StartEmulator = Callable[..., Emulator]
-
-
-@pytest.fixture
-def start_emulator() -> Iterator[StartEmulator]:
-    """Start emulators on free loopback ports; stop them all after the test."""
-    started: list[Emulator] = []
-
-    def start(
-        exit_fn: Callable[[int], object] | None = None,
-        clock: Callable[[], float] | None = None,
-        **options: Any,
-    ) -> Emulator:
-        settings: dict[str, Any] = {"port": 0, "health_latency": 0.02, **options}
-        extra: dict[str, Any] = {"health_check_timeout": 0.2}
-        if exit_fn is not None:
-            extra["exit_fn"] = exit_fn
-        if clock is not None:
-            extra["clock"] = clock
-        emulator = Emulator(EmulatorOptions(**settings), **extra)
-        emulator.start()
-        started.append(emulator)
-        return emulator
-
-    yield start
-    for emulator in started:
-        emulator.stop()
-
 
 @pytest.fixture
 def emulator(start_emulator: StartEmulator) -> Emulator:

@@ -169,14 +169,20 @@ def test_a_state_changed_by_another_process_is_read_again(
     assert feed(engine, clock, Status.OK, "sticky").resolved == opened
 
 
-def test_stopping_the_service_writes_what_is_queued(
-        make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
-    service = Service(make_catalog(f"""\
+def liveness_service(make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator,
+                     flush_interval: str) -> Service:
+    """A service with one `liveness` check every 0.2 s on the emulator."""
+    return Service(make_catalog(f"""\
         version: 1
-        store: {{flush_interval: 5m}}
+        store: {{flush_interval: {flush_interval}}}
         targets: [{{name: local, url: "{emulator.url}"}}]
         checks: [{{name: liveness, kind: http, target: local, interval: 0.2s, timeout: 1s}}]
         """), store)
+
+
+def test_stopping_the_service_writes_what_is_queued(
+        make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
+    service = liveness_service(make_catalog, store, emulator, "5m")
     assert service.writer is not None
     service.start()
     wait_for(lambda: service.writer is not None and service.writer.pending >= 3)
@@ -186,12 +192,7 @@ def test_stopping_the_service_writes_what_is_queued(
 
 def test_a_zero_flush_interval_writes_every_result_at_once(
         make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
-    service = Service(make_catalog(f"""\
-        version: 1
-        store: {{flush_interval: 0s}}
-        targets: [{{name: local, url: "{emulator.url}"}}]
-        checks: [{{name: liveness, kind: http, target: local}}]
-        """), store)
+    service = liveness_service(make_catalog, store, emulator, "0s")
     assert service.writer is None and service.engine.writer is None
     for _ in range(3):
         service.run_check("liveness")

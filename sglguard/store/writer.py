@@ -61,18 +61,22 @@ class ResultWriter:
             self._trim()
             if self._since is None:
                 self._since = now
-            return now - self._since >= self.interval
+            return self._due(now)
 
     def flush_if_due(self) -> bool:
         """Flush when the oldest queued row has waited `interval` (a timer's backstop)."""
         with self._lock:
-            due = self._since is not None and self.monotonic() - self._since >= self.interval
+            due = self._due(self.monotonic())
         return self.flush() if due else True
 
     @property
     def pending(self) -> int:
         with self._lock:
             return len(self._rows)
+
+    def _due(self, now: float) -> bool:
+        """Whether the oldest queued row has waited `interval` (call holding the lock)."""
+        return self._since is not None and now - self._since >= self.interval
 
     def flush(self) -> bool:
         """Write what is queued in one transaction (retried); False if the store refused, in
