@@ -78,6 +78,15 @@ def attempts(store: Store) -> list[tuple[int | None, str, str, str]]:
         return [(row.incident_id, row.notifier, row.event, row.outcome) for row in rows]
 
 
+def to_inbox(make_catalog: Callable[[str], Catalog], inbox: AlertReceiver,
+             group_wait: str) -> Catalog:
+    """CHECKS with one notifier, `ops`, delivering to `inbox`; openings held `group_wait`."""
+    return make_catalog(CHECKS + f"""\
+notifications: {{group_wait: {group_wait}}}
+notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
+""")
+
+
 def notifications(catalog: Catalog, store: Store, **options: Any) -> Notifications:
     options.setdefault("retry_wait", 0.01)
     sender = Notifications.from_catalog(catalog, store, **options)
@@ -89,10 +98,7 @@ def test_three_incidents_of_one_target_within_group_wait_are_one_message(
         make_catalog: Callable[[str], Catalog], store: Store,
         receivers: Callable[[], AlertReceiver]) -> None:
     inbox = receivers()
-    catalog = make_catalog(CHECKS + f"""\
-notifications: {{group_wait: 60s}}
-notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
-""")
+    catalog = to_inbox(make_catalog, inbox, "60s")
     incidents = [open_incident(store, "a-live", "a"),
                  open_incident(store, "a-queue", "a", "warning", 80.0),
                  open_incident(store, "a-models", "a")]
@@ -117,10 +123,7 @@ def test_incidents_of_two_targets_are_two_messages(
         make_catalog: Callable[[str], Catalog], store: Store,
         receivers: Callable[[], AlertReceiver]) -> None:
     inbox = receivers()
-    catalog = make_catalog(CHECKS + f"""\
-notifications: {{group_wait: 60s}}
-notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
-""")
+    catalog = to_inbox(make_catalog, inbox, "60s")
     sender = notifications(catalog, store)
     for check, target in (("a-live", "a"), ("b-live", "b"), ("a-queue", "a")):
         sender.submit(opened(catalog, open_incident(store, check, target)))
@@ -136,10 +139,7 @@ def test_a_group_goes_out_when_its_window_closes(
         make_catalog: Callable[[str], Catalog], store: Store,
         receivers: Callable[[], AlertReceiver]) -> None:
     inbox = receivers()
-    catalog = make_catalog(CHECKS + f"""\
-notifications: {{group_wait: 200ms}}
-notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
-""")
+    catalog = to_inbox(make_catalog, inbox, "200ms")
     sender = notifications(catalog, store)
     sender.submit(opened(catalog, open_incident(store, "a-live", "a")))
     sender.submit(opened(catalog, open_incident(store, "a-queue", "a")))
@@ -153,10 +153,7 @@ def test_messages_about_a_held_target_wait_behind_its_opening(
         make_catalog: Callable[[str], Catalog], store: Store,
         receivers: Callable[[], AlertReceiver]) -> None:
     inbox = receivers()
-    catalog = make_catalog(CHECKS + f"""\
-notifications: {{group_wait: 60s}}
-notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
-""")
+    catalog = to_inbox(make_catalog, inbox, "60s")
     incident = open_incident(store, "a-live", "a")
     check, target = catalog.check("a-live"), catalog.target("a")
     sender = notifications(catalog, store)
@@ -380,10 +377,7 @@ def test_an_escalation_closes_the_window_and_follows_the_opening(
         make_catalog: Callable[[str], Catalog], store: Store,
         receivers: Callable[[], AlertReceiver]) -> None:
     inbox = receivers()
-    catalog = make_catalog(CHECKS + f"""\
-notifications: {{group_wait: 60s}}
-notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
-""")
+    catalog = to_inbox(make_catalog, inbox, "60s")
     incident = open_incident(store, "a-live", "a")
     check, target = catalog.check("a-live"), catalog.target("a")
     sender = notifications(catalog, store)
@@ -403,10 +397,7 @@ def test_stop_sends_held_groups_instead_of_dropping_them(
         make_catalog: Callable[[str], Catalog], store: Store,
         receivers: Callable[[], AlertReceiver]) -> None:
     inbox = receivers()
-    catalog = make_catalog(CHECKS + f"""\
-notifications: {{group_wait: 1h}}
-notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
-""")
+    catalog = to_inbox(make_catalog, inbox, "1h")
     sender = notifications(catalog, store)
     sender.submit(opened(catalog, open_incident(store, "a-live", "a")))
     sender.stop(timeout=5)
