@@ -482,17 +482,18 @@ def test_hang_fault_answers_nothing_until_cleared(start_emulator: StartEmulator)
     assert get(emulator, "/health").status_code == 200
 
 
-def test_stop_returns_promptly_while_requests_hang(start_emulator: StartEmulator) -> None:
-    emulator = start_emulator(fault="hang")
-    errors: list[Exception] = []
+def stop_during(emulator: Emulator, ask: Callable[[], object]) -> list[object]:
+    """Stop the emulator while `ask` is in flight in a thread; the stop must take under 1 s.
+    What `ask` returned or raised, once its thread has ended."""
+    outcomes: list[object] = []
 
-    def hung_request() -> None:
+    def request() -> None:
         try:
-            get(emulator, "/model_info")
+            outcomes.append(ask())
         except requests.RequestException as exc:
-            errors.append(exc)
+            outcomes.append(exc)
 
-    client = threading.Thread(target=hung_request)
+    client = threading.Thread(target=request)
     client.start()
     poll(lambda: emulator.active_requests == 1)
     began = time.monotonic()
@@ -500,6 +501,12 @@ def test_stop_returns_promptly_while_requests_hang(start_emulator: StartEmulator
     assert time.monotonic() - began < 1.0
     client.join(TIMEOUT)
     assert not client.is_alive()
+    return outcomes
+
+
+def test_stop_returns_promptly_while_requests_hang(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(fault="hang")
+    stop_during(emulator, lambda: get(emulator, "/model_info"))
 
 
 def test_crash_fault_calls_the_exit_function_and_stops_serving(
@@ -739,22 +746,7 @@ def test_stall_stops_synthetic_load_from_completing(start_emulator: StartEmulato
 
 def test_stop_returns_promptly_while_generate_is_stalled(start_emulator: StartEmulator) -> None:
     emulator = start_emulator(fault="stall")
-    outcomes: list[object] = []
-
-    def stalled_request() -> None:
-        try:
-            outcomes.append(generate(emulator))
-        except requests.RequestException as exc:
-            outcomes.append(exc)
-
-    client = threading.Thread(target=stalled_request)
-    client.start()
-    poll(lambda: emulator.active_requests == 1)
-    began = time.monotonic()
-    emulator.stop()
-    assert time.monotonic() - began < 1.0
-    client.join(TIMEOUT)
-    assert outcomes
+    assert stop_during(emulator, lambda: generate(emulator))
 
 
 def test_errors_fault_fails_an_exact_share_in_an_even_pattern(emulator: Emulator) -> None:
