@@ -9,11 +9,18 @@ import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import requests
-from urllib3.exceptions import ReadTimeoutError
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +111,34 @@ def _network_errors(method: str, path: str, limit: float, where: str) -> Iterato
         raise TargetError(f"{method} {path}: connection failed: {_short(exc)}") from None
     except requests.RequestException as exc:
         raise TargetError(f"{method} {path}: request failed: {_short(exc)}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # a probe: urllib3 directly
+        raise _transport_error(exc, method, path, limit, where) from None
+
+
+def _transport_error(exc: BaseException, method: str, path: str, limit: float,
+                     where: str) -> TargetError:
+    """What urllib3 raised for a probe, told apart the way requests tells it apart."""
+    cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+    if _is_refused(cause):
+        return ConnectionRefused(f"{method} {path}: connection refused at {where} "
+                                 "(nothing is listening: the server process is gone)")
+    if isinstance(cause, ConnectTimeoutError) and not isinstance(cause, NewConnectionError):
+        return TargetTimeout(f"{method} {path}: connect timed out after {limit:g} s")
+    if isinstance(cause, ReadTimeoutError | TimeoutError):
+        return TargetTimeout(f"{method} {path}: timed out, no answer within {limit:g} s")
+    return TargetError(f"{method} {path}: connection failed: {_short(exc)}")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The answer to a probe, read whole."""
+
+    status: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -152,13 +187,20 @@ class SGLangClient:
         # outbound traffic, not for a local inference server (and reading them every request
         # was a third of a probe's CPU).
         self._session.trust_env = False
+        self._adapter = HTTPAdapter()  # requests' default, kept at hand for `probe`
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, self._adapter)
         self._prepared: dict[tuple[str, str, bool], requests.PreparedRequest] = {}
+        self._pool: urllib3.HTTPConnectionPool | None = None
+        self._timeouts: dict[float, urllib3.Timeout] = {}
+        self._retries = urllib3.Retry(0, read=False)  # as requests' adapter: never retried
 
     def __repr__(self) -> str:  # never shows the keys
         return f"SGLangClient({self.base_url!r})"
 
     def close(self) -> None:
         self._session.close()
+        self._pool = None
 
     def request(
         self,
@@ -174,14 +216,50 @@ class SGLangClient:
         """Send one request; network failures become TargetError subclasses."""
         limit = self.timeout if timeout is None else timeout
         if json is None and not params:
-            prepared = self._prepared.get((method, path, admin))
-            if prepared is None:  # probes repeat the same bodiless request: prepare it once
-                prepared = self._prepared[(method, path, admin)] = self._prepare(
-                    method, path, admin, None, None)
+            prepared = self._bodiless(method, path, admin)
         else:
             prepared = self._prepare(method, path, admin, json, params)
         with _network_errors(method, path, limit, self.base_url):
             return self._session.send(prepared, timeout=limit, stream=stream)
+
+    def probe(self, method: str, path: str, *, timeout: float | None = None) -> Probe:
+        """A bodiless request that a check repeats every few seconds, read whole.
+
+        It goes through the session's own urllib3 connection pool, as `request` does, but
+        without building a `requests.Response` (hooks, cookie jars, redirect handling): that
+        was about a third of a probe's CPU. Errors are the same TargetErrors."""
+        limit = self.timeout if timeout is None else timeout
+        prepared = self._bodiless(method, path, False)
+        bound = self._timeouts.get(limit)
+        if bound is None:
+            bound = self._timeouts[limit] = urllib3.Timeout(connect=limit, read=limit)
+        with _network_errors(method, path, limit, self.base_url):
+            pool = self._pool
+            if pool is None:
+                # One host per client: the session's pool manager never evicts this pool.
+                pool = self._pool = cast(urllib3.HTTPConnectionPool, self._adapter
+                                         .get_connection_with_tls_context(prepared, verify=True))
+            response = pool.urlopen(
+                method, prepared.path_url, headers=prepared.headers, redirect=False,
+                assert_same_host=False, preload_content=False, retries=self._retries,
+                timeout=bound)
+        try:
+            with _network_errors(method, path, limit, self.base_url):
+                body = response.read(decode_content=True)
+        except TargetTimeout:  # the headers came in time, the body did not
+            raise TargetTimeout(f"{method} {path}: timed out reading the answer after "
+                                f"{limit:g} s") from None
+        finally:
+            response.release_conn()
+        return Probe(response.status, body)
+
+    def _bodiless(self, method: str, path: str, admin: bool) -> requests.PreparedRequest:
+        """Probes repeat the same bodiless request: prepare it once."""
+        prepared = self._prepared.get((method, path, admin))
+        if prepared is None:
+            prepared = self._prepared[(method, path, admin)] = self._prepare(
+                method, path, admin, None, None)
+        return prepared
 
     def _prepare(self, method: str, path: str, admin: bool, json: Any,
                  params: Mapping[str, str] | None) -> requests.PreparedRequest:
@@ -192,11 +270,11 @@ class SGLangClient:
 
     def metrics_text(self, timeout: float | None = None) -> str:
         """The Prometheus text of `/metrics`."""
-        response = self.request("GET", "/metrics", timeout=timeout)
-        if response.status_code == 404:
+        response = self.probe("GET", "/metrics", timeout=timeout)
+        if response.status == 404:
             raise TargetError("GET /metrics: 404 (launch the server with --enable-metrics)")
-        if response.status_code != 200:
-            raise TargetError(f"GET /metrics: HTTP {response.status_code}")
+        if response.status != 200:
+            raise TargetError(f"GET /metrics: HTTP {response.status}")
         return response.text
 
     def generate(self, body: dict[str, Any], *, timeout: float) -> Generation:

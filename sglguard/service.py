@@ -10,8 +10,12 @@ from concurrent.futures import ThreadPoolExecutor as Pool
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.executors.debug import DebugExecutor
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sglguard import messages, silences
@@ -36,6 +40,15 @@ logger = logging.getLogger(__name__)
 def every(seconds: float, *, jitter: float | None = None) -> IntervalTrigger:
     """An interval trigger in UTC (left alone, APScheduler would use the host's zone)."""
     return IntervalTrigger(seconds=seconds, jitter=jitter, timezone=UTC)
+
+
+def scheduler(executor: BaseExecutor) -> BackgroundScheduler:
+    """A scheduler whose jobs coalesce missed runs and never overlap themselves."""
+    return BackgroundScheduler(
+        timezone=UTC,  # the object: a zone name costs a lookup at every wake-up
+        executors={"default": executor},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
+    )
 
 
 def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
@@ -132,11 +145,13 @@ class Service:
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
         self._busy_lock = threading.Lock()
         self._remediations: list[threading.Thread] = []
-        self.scheduler = BackgroundScheduler(
-            timezone=UTC,  # the object: a zone name costs a lookup at every wake-up
-            executors={"default": ThreadPoolExecutor(max(4, len(catalog.checks)))},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 60},
-        )
+        # Each check has a scheduler of its own, whose thread runs it where it wakes up
+        # (APScheduler's in-thread executor): a hand-over to a pool thread cost about as much
+        # CPU as the check itself, and a run that hangs until its timeout holds up no other
+        # check. Housekeeping shares one scheduler and a small pool.
+        self.scheduler = scheduler(ThreadPoolExecutor(2))
+        self.check_schedulers = {config.name: scheduler(DebugExecutor())
+                                 for config in catalog.checks}
 
     def start(self, *, reloaded: bool = False) -> None:
         """Schedule every check. `reloaded`: this process ran the previous catalog, so a run
@@ -150,33 +165,42 @@ class Service:
             self._close_interrupted_runs()
         self.notifications.start()
         for config in self.catalog.checks:
-            self.scheduler.add_job(
+            self.check_schedulers[config.name].add_job(
                 self.run_check, every(config.interval.total_seconds(),
                                       jitter=config.jitter_seconds or None),
                 args=[config.name], id=config.name, name=config.name,
                 next_run_time=self.clock() + timedelta(seconds=0.1),
             )
-        self.scheduler.add_job(self.repeat_reminders, every(60),
+        # Housekeeping catches up at start (after a restart of sglguard, a reminder or a
+        # restore may be overdue), then keeps its pace.
+        soon = self.clock() + timedelta(seconds=1)
+        self.scheduler.add_job(self.repeat_reminders, every(60), next_run_time=soon,
                                id="_reminders", name="reminders")
-        self.scheduler.add_job(self.restore_levels, every(60),
+        self.scheduler.add_job(self.restore_levels, every(60), next_run_time=soon,
                                id="_restore", name="restore lowered levels")
         if self.writer is not None:
             # Runs flush when their result finds the queue due; this timer only catches rows
             # left when no check runs for a while.
             self.scheduler.add_job(self.writer.flush_if_due, every(max(self.writer.interval, 60.0)),
                                    id="_flush", name="write queued results")
-        self.scheduler.add_job(self.prune, every(3600),
-                               next_run_time=self.clock() + timedelta(minutes=1),
+        self.scheduler.add_job(self.prune, every(3600), next_run_time=soon,
                                id="_prune", name="retention")
         self.scheduler.start()
+        for one in self.check_schedulers.values():
+            one.start()
         logger.info("sglguard running: %s checks on %s targets%s", len(self.catalog.checks),
                     len(self.catalog.targets), " (dry run)" if self.dry_run else "")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Finish the check runs in flight, interrupt waits of remediations, flush notices."""
         self.stopping.set()
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
+        schedulers = [*self.check_schedulers.values(), self.scheduler]
+        for one in schedulers:  # no new run anywhere while the ones in flight finish
+            if one.state == STATE_RUNNING:
+                one.pause()
+        for one in schedulers:
+            if one.state != STATE_STOPPED:
+                one.shutdown(wait=True)
         if self.writer is not None:
             self.writer.flush()
         for thread in list(self._remediations):
@@ -185,6 +209,15 @@ class Service:
         for client in self.clients.values():
             client.close()
         logger.info("sglguard stopped")
+
+    def jobs(self) -> list[Job]:
+        """Every scheduled job: one per check, then housekeeping."""
+        return [job for one in [*self.check_schedulers.values(), self.scheduler]
+                for job in one.get_jobs()]
+
+    @property
+    def running(self) -> bool:
+        return all(one.running for one in [*self.check_schedulers.values(), self.scheduler])
 
     def run_check(self, name: str) -> CheckResult | None:
         """One scheduled run; never raises, so a failing job never stops the service."""

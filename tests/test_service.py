@@ -40,7 +40,7 @@ def results(store: Store, check: str) -> int:
 
 def test_one_job_per_check_with_jitter_and_no_overlap(service: Service) -> None:
     service.start()
-    jobs = {job.id: job for job in service.scheduler.get_jobs() if not job.id.startswith("_")}
+    jobs = {job.id: job for job in service.jobs() if not job.id.startswith("_")}
     assert set(jobs) == {"liveness", "queue"}
     assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
     assert jobs["liveness"].trigger.interval.total_seconds() == pytest.approx(0.2)
@@ -76,7 +76,7 @@ def test_a_run_that_raises_does_not_stop_the_service(service: Service, store: St
         connection.execute(text("alter table check_results_gone rename to check_results"))
     before = results(store, "liveness")
     wait_for(lambda: results(store, "liveness") > before + 2)
-    assert service.scheduler.running
+    assert service.running
 
 
 def test_a_dependent_check_is_skipped_while_its_dependency_fails(

@@ -34,25 +34,24 @@ class HttpCheck(Check[HttpCheckConfig]):
         config = self.config
         began = time.perf_counter()
         try:
-            response = self.client.request(config.method, config.path, timeout=self.timeout)
+            response = self.client.probe(config.method, config.path, timeout=self.timeout)
         except ConnectionRefused as exc:
             return Measurement(None, str(exc), Status.CRITICAL, "s")
         except TargetTimeout as exc:
             return Measurement(None, str(exc), Status.from_label(config.on_timeout), "s")
         latency = time.perf_counter() - began
-        response.close()
         expected = ", ".join(str(code) for code in config.expect_status)
-        if response.status_code not in config.expect_status:
+        if response.status not in config.expect_status:
             return Measurement(
                 latency,
-                f"{config.method} {config.path} answered {response.status_code} "
+                f"{config.method} {config.path} answered {response.status} "
                 f"(expected {expected}) in {latency:.3f} s",
                 Status.CRITICAL,
                 "s",
             )
         return Measurement(
             latency,
-            f"{config.method} {config.path} answered {response.status_code} in {latency:.3f} s",
+            f"{config.method} {config.path} answered {response.status} in {latency:.3f} s",
             Status.OK,
             "s",
         )
