@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Table, Update, bindparam, insert, update
 
 from sglguard.store.db import Store
 from sglguard.store.models import CheckResultRow, CheckStateRow
@@ -27,6 +27,11 @@ DEFAULT_LIMIT = 20_000
 # Core statements on the tables: the rows need no ORM bookkeeping.
 _RESULTS = cast(Table, CheckResultRow.__table__)
 _STATES = cast(Table, CheckStateRow.__table__)
+# Built once: building a statement and its cache key costs as much as running it.
+_INSERT = insert(_RESULTS)
+_QUIET = (_STATES.c.check_name == bindparam("_check"), _STATES.c.status == "ok",
+          _STATES.c.incident_id.is_(None), _STATES.c.grace_until.is_(None),
+          _STATES.c.flapping.is_(False))
 
 
 class ResultWriter:
@@ -49,6 +54,7 @@ class ResultWriter:
         self._rows: list[dict[str, Any]] = []
         self._states: dict[str, dict[str, Any]] = {}
         self.dropped = 0
+        self._updates: dict[tuple[str, ...], Update] = {}
 
     def add(self, row: dict[str, Any], state: tuple[str, dict[str, Any]] | None = None) -> bool:
         """Queue one result row and, optionally, the new counters of its check's state; True
@@ -107,19 +113,23 @@ class ResultWriter:
         for retry in self.store.retrying():
             with retry, self.store.engine.begin() as connection:  # Core: no ORM session
                 if rows:
-                    connection.execute(insert(_RESULTS), rows)
+                    connection.execute(_INSERT, rows)
                 stale = []
                 for check, values in states.items():
-                    done = connection.execute(
-                        update(_STATES)
-                        .where(_STATES.c.check_name == check, _STATES.c.status == "ok",
-                               _STATES.c.incident_id.is_(None), _STATES.c.grace_until.is_(None),
-                               _STATES.c.flapping.is_(False))
-                        .values(**values))
+                    done = connection.execute(self._update(tuple(values)),
+                                              {"_check": check, **values})
                     if done.rowcount == 0:
                         stale.append(check)
                 return stale
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _update(self, columns: tuple[str, ...]) -> Update:
+        """The state update for these counters, applied only where the state is still quiet."""
+        statement = self._updates.get(columns)
+        if statement is None:
+            statement = self._updates[columns] = update(_STATES).where(*_QUIET).values(
+                {column: bindparam(column) for column in columns})
+        return statement
 
     def _trim(self) -> None:
         extra = len(self._rows) - self.limit
