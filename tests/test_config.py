@@ -55,6 +55,18 @@ def test_reference_catalog_validates_exactly_as_written(tmp_path: Path) -> None:
     assert catalog.remediation("restart").budget.max == 3
 
 
+@pytest.mark.parametrize(("store", "database"), [
+    ("", "sglguard.db"),
+    ("store: {flush_interval: 1s}\n", "sglguard.db"),
+    ("store: {url: 'sqlite:///data/results.db'}\n", "data/results.db"),
+])
+def test_the_sqlite_database_sits_relative_to_the_catalog(tmp_path: Path, store: str,
+                                                          database: str) -> None:
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(f"version: 1\n{store}targets: [{{name: local, url: 'http://127.0.0.1:1'}}]\n")
+    assert load_catalog(path).store.url == f"sqlite:///{tmp_path.resolve() / database}"
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("250ms", 0.25), ("1.5s", 1.5), (2, 2.0),
 ])

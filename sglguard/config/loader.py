@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sglguard.config.models import Catalog
+from sglguard.config.models import Catalog, StoreConfig
 from sglguard.config.references import reference_problems
 
 Loc = tuple[str | int, ...]
@@ -162,10 +162,13 @@ def parse_catalog(text: str, source: Path) -> Catalog:
     ]
     data = _substitute(document.data, (), found)
     base_dir = source.resolve().parent
-    if isinstance(data.get("store"), dict) and isinstance(data["store"].get("url"), str):
-        data["store"]["url"] = _resolve_store_url(data["store"]["url"], base_dir)
-    elif "store" not in data:
-        data["store"] = {"url": _resolve_store_url("sqlite:///sglguard.db", base_dir)}
+    default_url = StoreConfig.model_fields["url"].default
+    if "store" not in data:
+        data["store"] = {"url": _resolve_store_url(default_url, base_dir)}
+    elif isinstance(data["store"], dict):  # the default database also sits by the catalog
+        url = data["store"].get("url", default_url)
+        if isinstance(url, str):
+            data["store"]["url"] = _resolve_store_url(url, base_dir)
 
     catalog: Catalog | None = None
     try:

@@ -128,7 +128,7 @@ class StoreConfig(ConfigModel):
     url: str = "sqlite:///sglguard.db"
     retention: Retention = Retention()
     flush_interval: DurationOrZero = Field(
-        default=timedelta(seconds=10), le=timedelta(minutes=5),
+        default=timedelta(seconds=30), le=timedelta(minutes=5),
         description="results that change nothing (OK after OK) are written together this often; "
                     "anything that changes a check's state is written at once; 0s: every "
                     "result at once")

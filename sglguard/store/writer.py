@@ -41,7 +41,7 @@ class ResultWriter:
     grace, not flapping); where another writer changed it meanwhile, `on_stale(check)` is
     called so the engine reads the stored state again instead of trusting its copy."""
 
-    def __init__(self, store: Store, *, interval: float = 10.0, limit: int = DEFAULT_LIMIT,
+    def __init__(self, store: Store, *, interval: float = 30.0, limit: int = DEFAULT_LIMIT,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.interval = interval
