@@ -94,30 +94,31 @@ def _network_errors(method: str, path: str, limit: float, where: str) -> Iterato
     """Turn what requests raises into TargetError subclasses that say what happened."""
     try:
         yield
-    except requests.ConnectTimeout:
-        raise TargetTimeout(f"{method} {path}: connect timed out after {limit:g} s") from None
-    except requests.ReadTimeout:
-        raise TargetTimeout(f"{method} {path}: timed out, no answer within {limit:g} s"
-                            ) from None
+    except (requests.ConnectTimeout, requests.ReadTimeout) as exc:
+        raise _transport_error(_wrapped(exc), method, path, limit, where) from None
     except requests.ConnectionError as exc:
         if _in_chain(exc, ReadTimeoutError):  # the body, not the headers, was late
-            raise TargetTimeout(
-                f"{method} {path}: timed out reading the answer after {limit:g} s") from None
-        if _is_refused(exc):
-            raise ConnectionRefused(
-                f"{method} {path}: connection refused at {where} "
-                "(nothing is listening: the server process is gone)"
-            ) from None
-        raise TargetError(f"{method} {path}: connection failed: {_short(exc)}") from None
+            raise _late_body(method, path, limit) from None
+        raise _transport_error(_wrapped(exc), method, path, limit, where) from None
     except requests.RequestException as exc:
         raise TargetError(f"{method} {path}: request failed: {_short(exc)}") from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:  # a probe: urllib3 directly
         raise _transport_error(exc, method, path, limit, where) from None
 
 
+def _wrapped(exc: requests.RequestException) -> BaseException:
+    """The urllib3 error that requests wrapped."""
+    inner = exc.args[0] if exc.args else None
+    return inner if isinstance(inner, BaseException) else exc
+
+
+def _late_body(method: str, path: str, limit: float) -> TargetTimeout:
+    return TargetTimeout(f"{method} {path}: timed out reading the answer after {limit:g} s")
+
+
 def _transport_error(exc: BaseException, method: str, path: str, limit: float,
                      where: str) -> TargetError:
-    """What urllib3 raised for a probe, told apart the way requests tells it apart."""
+    """What urllib3 raised (directly for a probe, wrapped by requests otherwise)."""
     cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
     if _is_refused(cause):
         return ConnectionRefused(f"{method} {path}: connection refused at {where} "
@@ -247,8 +248,7 @@ class SGLangClient:
             with _network_errors(method, path, limit, self.base_url):
                 body = response.read(decode_content=True)
         except TargetTimeout:  # the headers came in time, the body did not
-            raise TargetTimeout(f"{method} {path}: timed out reading the answer after "
-                                f"{limit:g} s") from None
+            raise _late_body(method, path, limit) from None
         finally:
             response.release_conn()
         return Probe(response.status, body)
