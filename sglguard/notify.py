@@ -1,43 +1,51 @@
-"""Notifications through Apprise: routing, grouping, a bounded queue and a worker, retries,
-fallback, reminders; every attempt recorded.
+"""Notifications through Apprise, kept in the store until delivered.
 
-Nothing here blocks the caller for long: `submit()` routes and queues (or holds an opening for
-its target's group) and returns; one worker thread sends, each delivery bounded by the
-notifier's `timeout` and retried with tenacity.
+A message is first a row of the outbox, one per notifier it is routed to, written in the same
+transaction as the decision that owes it (`stage`). A dispatcher thread plans what is due and
+claims it; each notifier has a worker thread of its own, so a stalled notifier delays nobody
+else. A delivery that fails (after its quick retries and the notifier's fallback) goes back to
+the outbox with a growing delay until it is delivered or `expire` has passed; a process killed
+at any point leaves its claimed rows to be taken over when it is seen dead.
+
+Grouping is a query over the outbox: an `incident_opened` is due `group_wait` after it was
+written, openings of its target that arrive meanwhile go out with it as one message, and every
+later message about that target waits behind them. An escalation or a resolution makes the
+target's openings due at once.
 """
 
 from __future__ import annotations
 
-import inspect
+import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from sglguard import messages, reminders
+from sglguard.agents import Agents
+from sglguard.apprise_send import send as apprise_send
 from sglguard.client import REDACTED
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
-from sglguard.grouping import Grouper, Held
-from sglguard.notice import FOLLOW_UPS, REMINDS, Message, host_name
+from sglguard.notice import ESCALATIONS, FOLLOW_UPS, REMINDS, TELLS, Message, host_name
 from sglguard.routing import Router
 from sglguard.store import Store, queries
-from sglguard.store.models import IncidentRow
+from sglguard.store import outbox as owed
+from sglguard.store.models import IncidentRow, NotificationAttemptRow, OutboxRow
 from sglguard.templates import render
 
 __all__ = ["DeliveryFailed", "Message", "Notifications", "host_name"]
 logger = logging.getLogger(__name__)
-
-# Apprise costs ~10 MiB of imports: it is loaded at the first delivery, not at start-up.
-_TYPES = {"critical": "failure", "warning": "warning", "unknown": "warning", "ok": "success",
-          "info": "info"}
+POLL = 15.0  # seconds between looks for rows written by other processes
+MAX_BACKOFF = timedelta(minutes=5)
 
 
 class DeliveryFailed(Exception):
@@ -45,12 +53,31 @@ class DeliveryFailed(Exception):
 
 
 @dataclass(frozen=True)
-class Job:
-    """One message for one notifier; `direct` names every notifier the message was routed to."""
+class Owed:
+    """One claimed outbox row, as the worker needs it after the claim's transaction."""
 
-    notifier: NotifierConfig
+    id: int
+    event: str
+    target: str | None
+    check: str | None
     message: Message
-    direct: frozenset[str] = frozenset()
+    direct: frozenset[str]
+    attempts: int
+    interrupted: bool  # an earlier claim of it ended with its holder: maybe delivered already
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one notifier sends as one message: a row, or openings of one target together."""
+
+    key: str
+    rows: tuple[Owed, ...]
+
+    def message(self) -> Message:
+        if len(self.rows) == 1:
+            return self.rows[0].message
+        return messages.grouped([row.message for row in self.rows])
 
 
 def url_secrets(notifiers: Sequence[NotifierConfig]) -> list[str]:
@@ -66,13 +93,48 @@ def url_secrets(notifiers: Sequence[NotifierConfig]) -> list[str]:
     return [item for item in found if item]
 
 
+def backoff(attempts: int) -> timedelta:
+    """5 s, 10 s, 20 s ... up to 5 minutes between tries of one undelivered message."""
+    return min(MAX_BACKOFF, timedelta(seconds=5 * 2 ** max(0, attempts - 1)))
+
+
+class _Sender:
+    """One notifier's worker thread: its batches in order, one at a time."""
+
+    def __init__(self, owner: Notifications, notifier: NotifierConfig) -> None:
+        self.owner = owner
+        self.notifier = notifier
+        self.queue: queue.Queue[list[Batch] | None] = queue.Queue()
+        self.busy = threading.Event()
+        self.thread = threading.Thread(target=self._work, name=f"notify-{notifier.name}",
+                                       daemon=True)
+
+    def give(self, batches: list[Batch]) -> None:
+        self.busy.set()
+        self.queue.put(batches)
+
+    def _work(self) -> None:
+        while True:
+            batches = self.queue.get()
+            if batches is None:
+                return
+            try:
+                self.owner.send_batches(self.notifier, batches)
+            except Exception:
+                logger.exception("notifier %s: delivery worker error", self.notifier.name)
+            finally:
+                self.busy.clear()
+                self.owner.poke()
+
+
 class Notifications:
-    """Sends messages to the catalog's notifiers without ever blocking the caller for long."""
+    """Stages messages in the outbox and delivers them; never blocks the caller for long."""
 
     def __init__(self, notifiers: Sequence[NotifierConfig], store: Store, *,
                  settings: NotificationsConfig | None = None, catalog: Catalog | None = None,
                  secrets: Sequence[str] = (), clock: Callable[[], datetime] = utcnow,
-                 queue_size: int = 256, attempts: int = 3, retry_wait: float = 0.5) -> None:
+                 attempts: int = 2, retry_wait: float = 0.5, agents: Agents | None = None,
+                 poll: float = POLL) -> None:
         self.notifiers = {notifier.name: notifier for notifier in notifiers}
         self.store = store
         self.catalog = catalog
@@ -82,12 +144,16 @@ class Notifications:
         self.clock = clock
         self.attempts = attempts
         self.retry_wait = retry_wait
+        self.agents = agents or Agents(store, role="cli", clock=clock)
+        self.holder = self.agents.name
+        self.poll = poll
         self.router = Router(notifiers)
-        self.grouper = Grouper(self.settings.group_wait.total_seconds(), self._release)
-        self._queue: queue.Queue[Job | None] = queue.Queue(queue_size)
-        self._worker: threading.Thread | None = None
-        self._pending: set[tuple[str, int]] = set()  # queued reminders, not yet attempted
-        self._pending_lock = threading.Lock()
+        self._senders = {name: _Sender(self, notifier) for name, notifier in self.notifiers.items()}
+        self._wake = threading.Event()
+        self._release_all = threading.Event()
+        self._stopping = threading.Event()
+        self._idle = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def from_catalog(cls, catalog: Catalog, store: Store, *,
@@ -96,69 +162,251 @@ class Notifications:
         return cls(catalog.notifiers, store, catalog=catalog, settings=catalog.notifications,
                    secrets=catalog.secrets(), clock=clock, **options)
 
-    def start(self) -> None:
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="notify", daemon=True)
-            self._worker.start()
-        self.grouper.start()
+    # -- writing what is owed ---------------------------------------------------------------
+
+    def stage(self, session: Session, message: Message, now: datetime) -> int:
+        """Write the message's outbox rows (one per notifier it goes to) in `session`'s
+        transaction; how many rows. A resolution also goes to whoever was told of its
+        incident, even where the routing would not send it."""
+        chosen = self.router.recipients(message)
+        names = [notifier.name for notifier in chosen]
+        if message.event in FOLLOW_UPS and message.incident_ids:
+            names += [name for name in self._told(session, message.incident_ids[0])
+                      if name not in names and name in self.notifiers]
+        direct = sorted(notifier.name for notifier in chosen)
+        wait = self.settings.group_wait
+        due = now + wait if (message.event == "incident_opened" and message.target
+                             and wait > timedelta(0)) else now
+        if message.target and (message.event in ESCALATIONS or message.event in FOLLOW_UPS):
+            owed.hasten(session, message.target, now)  # the group goes out first, then this
+        for name in names:
+            owed.add(session, kind=owed.MESSAGE, event=message.event, notifier=name,
+                     target=message.target, check=message.check,
+                     incident_id=message.incident_ids[0] if message.incident_ids else None,
+                     payload={"message": message.payload(), "direct": direct}, now=now, due=due,
+                     expires=now + self.settings.expire)
+        return len(names)
+
+    def _told(self, session: Session, incident_id: int) -> list[str]:
+        """Notifiers told of the incident, or with a telling message still on its way."""
+        sent = session.scalars(select(NotificationAttemptRow.notifier).where(
+            NotificationAttemptRow.incident_id == incident_id,
+            NotificationAttemptRow.event.in_(TELLS),
+            NotificationAttemptRow.outcome == "sent").distinct()).all()
+        waiting = session.scalars(select(OutboxRow.notifier).where(
+            OutboxRow.incident_id == incident_id, OutboxRow.event.in_(TELLS),
+            OutboxRow.status.in_(owed.ACTIVE)).distinct()).all()
+        return sorted({name for name in (*sent, *waiting) if name})
 
     def submit(self, message: Message) -> None:
-        """Route the message and queue it for each notifier that takes it; never blocks.
+        """Stage the message in a transaction of its own and wake the dispatcher."""
+        for retry in self.store.retrying():
+            with retry, self.store.session() as session:
+                self.stage(session, message, self.clock())
+        self.poke()
 
-        An `incident_opened` waits up to `group_wait` for other openings of its target, and
-        other messages about that target wait behind it (see sglguard.grouping)."""
-        if not self.grouper.hold(message):
-            self._dispatch(message)
+    def poke(self) -> None:
+        self._wake.set()
+
+    # -- running -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        for sender in self._senders.values():
+            if not sender.thread.is_alive():
+                sender.thread.start()
+        self._thread = threading.Thread(target=self._dispatch_loop, name="notify", daemon=True)
+        self._thread.start()
 
     def flush(self, timeout: float) -> bool:
-        """Release held groups now and wait until everything queued has been attempted;
-        False if time ran out."""
-        self.grouper.release_all()
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-        return True
+        """Send what is owed now, group windows closed; wait until each owed message has been
+        tried at least once. False if time ran out. Messages waiting to be retried stay owed."""
+        started = self._thread is not None
+        if not started:
+            self.start()
+        self._release_all.set()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                self._idle.clear()
+                self.poke()
+                self._idle.wait(min(0.2, max(0.01, deadline - time.monotonic())))
+                if self._settled():
+                    return True
+            return False
+        finally:
+            self._release_all.clear()
+
+    def _settled(self) -> bool:
+        if any(sender.busy.is_set() for sender in self._senders.values()):
+            return False
+        with self.store.session() as session:
+            untried = session.scalar(select(func.count()).select_from(OutboxRow).where(
+                OutboxRow.kind == owed.MESSAGE, OutboxRow.status.in_(owed.ACTIVE),
+                OutboxRow.notifier.in_(list(self.notifiers)),
+                (OutboxRow.attempts == 0) | (OutboxRow.status == "claimed")))
+        return not untried
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Release held groups, deliver what is queued within `timeout`; record the rest as
-        dropped."""
-        self.grouper.stop()
-        if self._worker is not None:
+        """Send what is due within `timeout`; whatever is left stays owed in the store and goes
+        out at the next start."""
+        if self._thread is not None:
             self.flush(timeout)
-        while True:
+        self._stopping.set()
+        self.poke()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=max(timeout, 1.0))
+        for sender in self._senders.values():
+            if sender.thread.is_alive():
+                sender.queue.put(None)
+                sender.thread.join(timeout=max(timeout, 1.0))
+        self._senders = {name: _Sender(self, notifier) for name, notifier in self.notifiers.items()}
+
+    def _dispatch_loop(self) -> None:
+        sleep = 0.0
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=sleep)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self._record(job.notifier.name, job.message, 0, "dropped",
-                             "sglguard stopped before delivery")
-            self._queue.task_done()
-        if self._worker is not None:
-            self._queue.put(None)
-            self._worker.join(timeout=max(timeout, 1.0))
-            self._worker = None
+                sleep = self.dispatch()
+            except Exception:
+                logger.exception("notification dispatcher error")
+                sleep = 5.0
+            self._idle.set()
 
-    def repeat_open_incidents(self, now: datetime | None = None, *,
-                              skip: reminders.Skip | None = None) -> int:
-        """Queue "still open" for each open, unacknowledged incident whose notifier has not
-        been told about it for its `repeat_interval`; returns how many were queued.
-
-        Call it on a timer (every minute is plenty). `skip(incident)` -> True leaves an
-        incident out (silenced, flapping)."""
-        if self.catalog is None:
-            raise RuntimeError("repeat_open_incidents needs Notifications.from_catalog(...)")
-        now = now or self.clock()
-        held = self.grouper.held_incidents()
-        queued = 0
-        plan = reminders.due(self.store, self.notifiers.values(), self.settings, now)
-        for incident, notifiers in plan.values():
-            if incident.id in held or (skip is not None and skip(incident)):
+    def dispatch(self) -> float:
+        """Plan and hand out what is due, per notifier; seconds until something falls due."""
+        now = self.clock()
+        release = self._release_all.is_set()
+        with self.store.session() as session:
+            rows = [row for row in owed.active(session, owed.MESSAGE)
+                    if row.notifier in self.notifiers]
+        wake = self.poll
+        for name, sender in self._senders.items():
+            if sender.busy.is_set():
                 continue
-            queued += self._remind(incident, notifiers, now)
-        return queued
+            batches, due_in = self._plan([row for row in rows if row.notifier == name], now,
+                                         release)
+            wake = min(wake, due_in)
+            if batches:
+                sender.give(batches)
+        return max(0.05, wake)
+
+    def _claimable(self, row: OutboxRow, now: datetime) -> tuple[bool, str | None]:
+        """(may be taken now, the dead holder it is taken from)."""
+        if row.status == "pending":
+            return True, None
+        if row.claimed_by == self.holder:
+            return False, None  # this process is on it
+        if row.claim_until is not None and row.claim_until < now:
+            return True, None
+        if self.agents.dead(row.claimed_by):
+            return True, row.claimed_by
+        return False, None
+
+    def _plan(self, rows: list[OutboxRow], now: datetime,
+              release: bool) -> tuple[list[Batch], float]:
+        """Batches due for one notifier, oldest first; a message waits behind anything owed
+        before it about the same target."""
+        batches: list[Batch] = []
+        blocked: set[str] = set()
+        used: set[int] = set()
+        wake = self.poll
+        for index, row in enumerate(rows):
+            key = row.target or f"#{row.id}"
+            if key in blocked or row.id in used:
+                continue
+            may, dead = self._claimable(row, now)
+            if not may:
+                blocked.add(key)
+                continue
+            if row.due_at > now and not release:
+                blocked.add(key)
+                wake = min(wake, (row.due_at - now).total_seconds())
+                continue
+            group = [row]
+            if row.event == "incident_opened" and row.target:
+                for later in rows[index + 1:]:
+                    if later.target != row.target:
+                        continue
+                    if later.event != "incident_opened" or later.status != "pending":
+                        break
+                    group.append(later)
+            taken = self._claim(group, now, dead)
+            if taken is None:
+                blocked.add(key)
+                continue
+            used.update(item.id for item in group)
+            batches.append(Batch(key, taken))
+        return batches, wake
+
+    def _claim_time(self, notifier: str) -> timedelta:
+        timeout = self.notifiers[notifier].timeout or self.settings.timeout
+        return timeout * (self.attempts * 2 + 1) + timedelta(seconds=30)
+
+    def _claim(self, group: list[OutboxRow], now: datetime,
+               dead: str | None) -> tuple[Owed, ...] | None:
+        until = now + self._claim_time(group[0].notifier or "")
+        with self.store.session() as session:
+            for row in group:
+                if not owed.claim(session, row.id, self.holder, until, now, dead):
+                    session.rollback()
+                    return None
+        taken = []
+        for row in group:
+            data = json.loads(row.payload)
+            taken.append(Owed(
+                id=row.id, event=row.event, target=row.target, check=row.check_name,
+                message=Message.from_payload(data["message"]),
+                direct=frozenset(data.get("direct", ())), attempts=row.attempts + 1,
+                interrupted=row.status == "claimed", expires_at=row.expires_at))
+        return tuple(taken)
+
+    # -- delivering ------------------------------------------------------------------------
+
+    def send_batches(self, notifier: NotifierConfig, batches: list[Batch]) -> None:
+        """Deliver the batches in order; after a failure, later ones of its target wait."""
+        failed: set[str] = set()
+        for batch in batches:
+            if batch.key in failed:
+                with self.store.session() as session:
+                    for row in batch.rows:
+                        owed.release(session, row.id, self.holder, self.clock(), attempted=False)
+                continue
+            self._send_batch(notifier, batch, failed)
+
+    def _send_batch(self, notifier: NotifierConfig, batch: Batch, failed: set[str]) -> None:
+        message = batch.message()
+        direct = frozenset().union(*(row.direct for row in batch.rows))
+        note = ("redelivered: an earlier attempt was cut off mid-delivery"
+                if any(row.interrupted for row in batch.rows) else "")
+        ids = tuple(row.id for row in batch.rows)
+        outcome = self._deliver(notifier, message, direct=direct, outbox_ids=ids, note=note)
+        now = self.clock()
+        with self.store.session() as session:
+            for row in batch.rows:
+                if outcome in ("sent", "withheld"):
+                    owed.finish(session, row.id, self.holder, "done" if outcome == "sent"
+                                else "withheld", note or None, now)
+                elif row.expires_at is not None and now >= row.expires_at:
+                    owed.finish(session, row.id, self.holder, "expired",
+                                f"not delivered after {row.attempts} tries", now)
+                else:
+                    owed.release(session, row.id, self.holder, now + backoff(row.attempts))
+        if outcome == "failed":
+            failed.add(batch.key)
+            expired = [row for row in batch.rows
+                       if row.expires_at is not None and now >= row.expires_at]
+            if expired:
+                logger.error("notifier %s: %s given up after %s tries (expired)",
+                             notifier.name, message.event, expired[0].attempts)
+                self._record(notifier.name, message, expired[0].attempts, "expired",
+                             "not delivered before it expired", outbox_id=expired[0].id)
 
     def send_test(self, name: str) -> tuple[bool, str | None]:
         """Send a test message to one notifier now (no fallback); (sent, last error)."""
@@ -175,104 +423,71 @@ class Notifications:
     def deliver(self, notifier: NotifierConfig, message: Message, *,
                 direct: frozenset[str] = frozenset(), fallback: bool = True) -> bool:
         """Send now, retrying with backoff, then to the notifier's fallback if it still failed;
-        every attempt is recorded. True when someone got it.
+        every attempt is recorded. True when someone got it."""
+        return self._deliver(notifier, message, direct=direct, fallback=fallback) == "sent"
 
-        Follow-ups (resolved, acknowledged) go only where the incident's "opened" went: this
-        notifier, or its fallback if the opening reached only the fallback."""
-        to = self._follow_up_route(notifier, message, direct)
+    def _deliver(self, notifier: NotifierConfig, message: Message, *,
+                 direct: frozenset[str] = frozenset(), fallback: bool = True,
+                 outbox_ids: tuple[int, ...] = (), note: str = "") -> str:
+        """sent | withheld | failed. Follow-ups go only where the incident's telling went:
+        this notifier, or its fallback if only the fallback was told."""
+        to = self._follow_up_route(notifier, message, direct, outbox_ids)
         if to is None:
-            return False
+            return "withheld"
+        first = outbox_ids[0] if outbox_ids else None
         if to is not notifier:
-            return self._attempt_all(to, message)[0]
-        sent, error = self._attempt_all(notifier, message)
+            return "sent" if self._attempt_all(to, message, outbox_id=first,
+                                               status_note=note)[0] else "failed"
+        sent, error = self._attempt_all(notifier, message, outbox_id=first, status_note=note)
         if sent or not fallback:
-            return sent
+            return "sent" if sent else "failed"
         spare = self._fallback_of(notifier, direct)
         if spare is None:
-            return False
+            return "failed"
         logger.warning("notifier %s failed; sending %s to its fallback %s", notifier.name,
                        message.event, spare.name)
-        note = f"(sent to fallback: notifier '{notifier.name}' failed: {error})"
-        return self._attempt_all(spare, message, note=note)[0]
-
-    def _dispatch(self, message: Message) -> None:
-        chosen = self.router.recipients(message)
-        direct = frozenset(notifier.name for notifier in chosen)
-        for notifier in chosen:
-            self._enqueue(Job(notifier, message, direct))
-
-    def _release(self, held: Held) -> None:
-        """A group's window closed: one message per notifier for the openings it takes."""
-        per_notifier = {notifier.name: [item for item in held.opened
-                                        if self.router.accepts(notifier, item)]
-                        for notifier in self.notifiers.values()}
-        direct = frozenset(name for name, items in per_notifier.items() if items)
-        for name, items in per_notifier.items():
-            if items:
-                self._enqueue(Job(self.notifiers[name], messages.grouped(items), direct))
-        for message in held.after:
-            self._dispatch(message)
-
-    def _remind(self, incident: IncidentRow, notifiers: list[NotifierConfig],
-                now: datetime) -> int:
-        assert self.catalog is not None
-        message = reminders.reminder(self.store, self.catalog, incident, now)
-        with self._pending_lock:
-            chosen = [notifier for notifier in notifiers
-                      if (notifier.name, incident.id) not in self._pending
-                      and self.router.accepts(notifier, message)]
-            self._pending.update((notifier.name, incident.id) for notifier in chosen)
-        direct = frozenset(notifier.name for notifier in chosen)
-        for notifier in chosen:
-            self._enqueue(Job(notifier, message, direct))
-        return len(chosen)
-
-    def _enqueue(self, job: Job) -> None:
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            logger.error("notification queue full: dropping %s for %s", job.message.event,
-                         job.notifier.name)
-            self._record(job.notifier.name, job.message, 0, "dropped",
-                         "notification queue full")
-            self._done(job)
-
-    def _done(self, job: Job) -> None:
-        with self._pending_lock:
-            for number in job.message.incident_ids:
-                self._pending.discard((job.notifier.name, number))
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self.deliver(job.notifier, job.message, direct=job.direct)
-            except Exception:
-                logger.exception("notification worker error")
-            finally:
-                if job is not None:
-                    self._done(job)
-                self._queue.task_done()
+        text = f"(sent to fallback: notifier '{notifier.name}' failed: {error})"
+        return "sent" if self._attempt_all(spare, message, note=text, outbox_id=first,
+                                           status_note=note)[0] else "failed"
 
     def _follow_up_route(self, notifier: NotifierConfig, message: Message,
-                         direct: frozenset[str]) -> NotifierConfig | None:
+                         direct: frozenset[str],
+                         outbox_ids: tuple[int, ...] = ()) -> NotifierConfig | None:
+        first = outbox_ids[0] if outbox_ids else None
+        if message.event == "flapping_stopped" and message.check:
+            with self.store.session() as session:
+                if self._told_flapping(session, message.check, notifier.name):
+                    return notifier
+            self._record(notifier.name, message, 0, "withheld",
+                         "not sent: 'flapping started' never reached this notifier",
+                         outbox_id=first)
+            return None
         if message.event not in FOLLOW_UPS or not message.incident_ids:
             return notifier
         incident_id = message.incident_ids[0]
         with self.store.session() as session:
-            if queries.was_delivered(session, incident_id, "incident_opened", notifier.name):
+            if queries.was_told(session, incident_id, TELLS, notifier.name):
                 return notifier
             spare = notifier.fallback
-            if spare is not None and spare not in direct and queries.was_delivered(
-                    session, incident_id, "incident_opened", spare):
+            if spare is not None and spare not in direct and queries.was_told(
+                    session, incident_id, TELLS, spare):
                 return self.notifiers[spare]
-        logger.info("not sending %s of #%s to %s: 'opened' never reached it", message.event,
-                    incident_id, notifier.name)
+        logger.info("not sending %s of #%s to %s: it was never told of the incident",
+                    message.event, incident_id, notifier.name)
         self._record(notifier.name, message, 0, "withheld",
-                     "not sent: the incident's 'opened' never reached this notifier")
+                     "not sent: this notifier was never told of the incident", outbox_id=first)
         return None
+
+    @staticmethod
+    def _told_flapping(session: Session, check: str, notifier: str) -> bool:
+        """The newest flapping notice this notifier got for the check says it started."""
+        last = session.scalar(select(NotificationAttemptRow.event).where(
+            NotificationAttemptRow.check_name == check,
+            NotificationAttemptRow.notifier == notifier,
+            NotificationAttemptRow.outcome == "sent",
+            NotificationAttemptRow.event.in_(("flapping_started", "flapping_stopped")),
+        ).order_by(NotificationAttemptRow.id.desc()).limit(1))
+        return last == "flapping_started"
 
     def _fallback_of(self, notifier: NotifierConfig,
                      direct: frozenset[str]) -> NotifierConfig | None:
@@ -284,9 +499,12 @@ class Notifications:
             return None
         return self.notifiers.get(notifier.fallback)
 
-    def _attempt_all(self, notifier: NotifierConfig, message: Message,
-                     note: str = "") -> tuple[bool, str | None]:
-        """Send with retries; every attempt recorded. (sent, last error)."""
+    def _attempt_all(self, notifier: NotifierConfig, message: Message, note: str = "", *,
+                     outbox_id: int | None = None,
+                     status_note: str = "") -> tuple[bool, str | None]:
+        """Send with quick retries; every attempt recorded. (sent, last error)."""
+        from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
+
         values = {"title": message.title, "body": message.body, "event": message.event,
                   **message.fields}
         title = render(notifier.title or self.settings.title, values, message.title)
@@ -299,7 +517,7 @@ class Notifications:
             counter[0] += 1
             error = errors[0] = self._send(notifier, message.severity, title, body)
             self._record(notifier.name, message, counter[0], "failed" if error else "sent",
-                         error, title, body)
+                         error or (status_note or None), title, body, outbox_id=outbox_id)
             if error:
                 raise DeliveryFailed(error)
 
@@ -314,29 +532,13 @@ class Notifications:
 
     def _send(self, notifier: NotifierConfig, severity: str, title: str,
               body: str) -> str | None:
-        import apprise
-
-        sender = apprise.Apprise()
-        for url in notifier.urls:
-            if not sender.add(url.get_secret_value()):
-                return "Apprise could not load one of the notifier's URLs"
-        options: dict[str, Any] = {"body": body, "title": title,
-                                   "notify_type": apprise.NotifyType(_TYPES.get(severity, "info"))}
-        if "timeout" in inspect.signature(sender.notify).parameters:  # Apprise 2
-            options["timeout"] = (notifier.timeout or self.settings.timeout).total_seconds()
-        capture = apprise.LogCapture(  # type: ignore[no-untyped-call]
-            level=logging.WARNING, fmt="%(message)s")
-        with capture as captured:
-            result = sender.notify(**options)
-            logs = str(captured.getvalue()).strip()
-        if result:
-            return None
-        if hasattr(result, "logs"):
-            logs = "\n".join(entry.message for entry in result.logs()) or logs
-        return self._redact(logs.replace("\n", "; ") or "Apprise reported a failed delivery")
+        error = apprise_send([url.get_secret_value() for url in notifier.urls], severity, title,
+                             body, (notifier.timeout or self.settings.timeout).total_seconds())
+        return None if error is None else self._redact(error)
 
     def _record(self, notifier: str, message: Message, attempt: int, outcome: str,
-                error: str | None, title: str | None = None, body: str | None = None) -> None:
+                error: str | None, title: str | None = None, body: str | None = None, *,
+                outbox_id: int | None = None) -> None:
         ids: Sequence[int | None] = message.incident_ids or (None,)
         now = self.clock()
         try:
@@ -346,7 +548,8 @@ class Notifications:
                         queries.add_attempt(
                             session, incident_id=incident_id, event=message.event,
                             notifier=notifier, attempt=attempt, outcome=outcome, error=error,
-                            title=title or message.title, body=body or message.body, at=now)
+                            title=title or message.title, body=body or message.body, at=now,
+                            check=message.check, target=message.target, outbox_id=outbox_id)
                     if outcome == "sent" and message.event in REMINDS and message.incident_ids:
                         queries.mark_notified(session, message.incident_ids, now)
         except Exception:
@@ -356,3 +559,47 @@ class Notifications:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         return text
+
+    # -- reminders -------------------------------------------------------------------------
+
+    def repeat_open_incidents(self, now: datetime | None = None, *,
+                              skip: reminders.Skip | None = None) -> int:
+        """Stage "still open" for each open, unacknowledged incident whose notifier has not
+        been told about it for its `repeat_interval`; returns how many were staged.
+
+        Call it on a timer (every minute is plenty). `skip(incident)` -> True leaves an
+        incident out (silenced, flapping)."""
+        if self.catalog is None:
+            raise RuntimeError("repeat_open_incidents needs Notifications.from_catalog(...)")
+        now = now or self.clock()
+        staged = 0
+        plan = reminders.due(self.store, self.notifiers.values(), self.settings, now)
+        for incident, notifiers in plan.values():
+            if skip is not None and skip(incident):
+                continue
+            staged += self._remind(incident, notifiers, now)
+        if staged:
+            self.poke()
+        return staged
+
+    def _remind(self, incident: IncidentRow, notifiers: list[NotifierConfig],
+                now: datetime) -> int:
+        assert self.catalog is not None
+        message = reminders.reminder(self.store, self.catalog, incident, now)
+        staged = 0
+        with self.store.session() as session:
+            if owed.has_any_active(session, incident.id, ("incident_opened",)):
+                return 0  # its opening is still on its way
+            direct = sorted(notifier.name for notifier in notifiers)
+            for notifier in notifiers:
+                if owed.has_active_message(session, incident.id, notifier.name, tuple(REMINDS)):
+                    continue
+                if not self.router.accepts(notifier, message):
+                    continue
+                owed.add(session, kind=owed.MESSAGE, event=message.event,
+                         notifier=notifier.name, target=message.target, check=message.check,
+                         incident_id=incident.id,
+                         payload={"message": message.payload(), "direct": direct}, now=now,
+                         expires=now + self.settings.expire)
+                staged += 1
+        return staged

@@ -19,7 +19,7 @@ from sglguard.notify import Message, Notifications
 from sglguard.receiver import AlertReceiver
 from sglguard.routing import Router
 from sglguard.store import Store
-from sglguard.store.models import IncidentRow, NotificationAttemptRow
+from sglguard.store.models import IncidentRow, NotificationAttemptRow, OutboxRow
 
 from conftest import free_port, wait_for
 
@@ -367,10 +367,14 @@ def test_an_unknown_placeholder_is_a_load_error_naming_the_valid_ones(
 
 def test_group_wait_zero_turns_grouping_off(make_catalog: Callable[[str], Catalog],
                                             store: Store) -> None:
-    catalog = make_catalog(CHECKS + "notifications: {group_wait: 0s, repeat_interval: 1h}\n")
+    catalog = make_catalog(CHECKS + "notifications: {group_wait: 0s, repeat_interval: 1h}\n"
+                                    "notifiers: [{name: ops, urls: ['json://127.0.0.1:9/']}]\n")
     assert catalog.notifications.repeat_interval.total_seconds() == 3600
     sender = Notifications.from_catalog(catalog, store)
-    assert not sender.grouper.hold(opened(catalog, open_incident(store, "a-live", "a")))
+    sender.submit(opened(catalog, open_incident(store, "a-live", "a")))
+    with store.session() as session:
+        [row] = session.query(OutboxRow).all()
+        assert row.due_at == row.created_at
 
 
 def test_an_escalation_closes_the_window_and_follows_the_opening(
@@ -406,20 +410,19 @@ def test_stop_sends_held_groups_instead_of_dropping_them(
     assert [outcome for *_, outcome in attempts(store)] == ["sent"]
 
 
-def test_a_resolution_inside_the_window_releases_the_group_first() -> None:
-    from sglguard.grouping import Grouper, Held
-    from sglguard.notice import Message
-
-    released: list[list[str]] = []
-
-    def release(held: Held) -> None:
-        released.append([item.event for item in held.opened + held.after])
-
-    grouper = Grouper(60.0, release)
-    opened = Message("incident_opened", "t", "b", "critical", 1, target="local")
-    assert grouper.hold(opened)
-    assert grouper.hold(Message("remediation_started", "t", "b", "info", 1, target="local"))
-    assert released == []
-    resolved = Message("incident_resolved", "t", "b", "ok", 1, target="local")
-    assert grouper.hold(resolved)
-    assert released == [["incident_opened", "remediation_started"], ["incident_resolved"]]
+def test_a_resolution_inside_the_window_releases_the_group_first(
+        make_catalog: Callable[[str], Catalog], store: Store,
+        receivers: Callable[[], AlertReceiver]) -> None:
+    inbox = receivers()
+    catalog = to_inbox(make_catalog, inbox, "60s")
+    incident = open_incident(store, "a-live", "a")
+    check, target = catalog.check("a-live"), catalog.target("a")
+    sender = notifications(catalog, store)
+    sender.submit(opened(catalog, incident))
+    sender.submit(messages.remediation_started(incident, check, target, "restart"))
+    assert inbox.received() == []
+    sender.submit(messages.incident_resolved(incident, check, target))
+    wait_for(lambda: len(inbox.received()) == 3, timeout=5)  # no flush: nothing waits 60 s
+    sender.stop()
+    assert [alert["title"].split(":")[0] for alert in inbox.received()] == [
+        "[CRITICAL] a/a-live", "[ACTING] a/a-live", "[RESOLVED] a/a-live"]

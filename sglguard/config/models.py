@@ -106,6 +106,10 @@ class NotificationsConfig(ConfigModel):
     repeat_interval: Duration = Field(
         default=timedelta(hours=4), description="re-send open, unacknowledged incidents")
     timeout: Duration = Field(default=timedelta(seconds=15), description="bound on one delivery")
+    expire: Duration = Field(
+        default=timedelta(hours=1),
+        description="a message not delivered (after retries and the fallback) is given up "
+                    "this long after it was written, and recorded as expired")
     title: str | None = Field(default=None, description="template, see sglguard.templates")
     body: str | None = Field(default=None, description="template, see sglguard.templates")
 

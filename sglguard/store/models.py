@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -90,7 +91,12 @@ class IncidentRow(Base):
     """A breach that held: opened once, resolved once."""
 
     __tablename__ = "incidents"
-    __table_args__ = (Index("ix_incidents_status", "status"),)
+    __table_args__ = (
+        Index("ix_incidents_status", "status"),
+        # One open incident per check, whatever number of sglguard processes share the store.
+        Index("ux_incidents_one_open", "check_name", unique=True,
+              sqlite_where=text("status = 'open'"), postgresql_where=text("status = 'open'")),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     check_name: Mapped[str] = mapped_column(String(128))
@@ -159,6 +165,9 @@ class NotificationAttemptRow(Base):
     title: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    check_name: Mapped[str | None] = mapped_column(String(128))
+    target: Mapped[str | None] = mapped_column(String(128))
+    outbox_id: Mapped[int | None] = mapped_column(Id)
 
 
 class CheckSampleRow(Base):
@@ -212,3 +221,51 @@ class SilenceRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OutboxRow(Base):
+    """Something a decision owes: a message for one notifier, or a remediation request.
+
+    Written in the transaction that made the decision; a worker claims it with a conditional
+    UPDATE (`claimed_by`, `claim_until`), does it, and marks it done, so a process killed at
+    any moment leaves nothing owed behind: the claim runs out, or its holder is seen dead, and
+    another worker takes the row again."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_due", "status", "due_at"),
+                      Index("ix_outbox_incident", "incident_id"))
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))  # message | remediation
+    event: Mapped[str] = mapped_column(String(32))
+    notifier: Mapped[str | None] = mapped_column(String(128))
+    target: Mapped[str | None] = mapped_column(String(128))
+    check_name: Mapped[str | None] = mapped_column(String(128))
+    incident_id: Mapped[int | None] = mapped_column(Id)
+    payload: Mapped[str] = mapped_column(Text)  # JSON
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # pending | claimed | done | failed | expired | withheld | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claim_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AgentRow(Base):
+    """One sglguard process using the store (`run` or a hand-run command), with its heartbeat:
+    what a claim or lease held by a process that died is recognised by."""
+
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)  # host:pid:random
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # service | cli
+    targets: Mapped[str] = mapped_column(Text, default="")  # JSON list of target names
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -93,22 +93,29 @@ def finish_run(session: Session, run_id: int, *, outcome: str, detail: str,
 
 def add_attempt(session: Session, *, incident_id: int | None, event: str, notifier: str,
                 attempt: int, outcome: str, error: str | None, title: str, body: str,
-                at: datetime) -> None:
+                at: datetime, check: str | None = None, target: str | None = None,
+                outbox_id: int | None = None) -> None:
     session.add(NotificationAttemptRow(
         incident_id=incident_id, event=event, notifier=notifier, attempt=attempt,
         outcome=outcome, error=error, title=title, body=body, created_at=at,
+        check_name=check, target=target, outbox_id=outbox_id,
     ))
 
 
 def was_delivered(session: Session, incident_id: int, event: str, notifier: str) -> bool:
+    return was_told(session, incident_id, (event,), notifier)
+
+
+def was_told(session: Session, incident_id: int, events: Sequence[str], notifier: str) -> bool:
+    """One of `events` about the incident reached `notifier`."""
     return session.scalar(
-        select(func.count()).select_from(NotificationAttemptRow).where(
+        select(NotificationAttemptRow.id).where(
             NotificationAttemptRow.incident_id == incident_id,
-            NotificationAttemptRow.event == event,
+            NotificationAttemptRow.event.in_(events),
             NotificationAttemptRow.notifier == notifier,
             NotificationAttemptRow.outcome == "sent",
-        )
-    ) != 0
+        ).limit(1)
+    ) is not None
 
 
 def recent_results(session: Session, check: str | None, limit: int) -> Sequence[CheckResultRow]:
