@@ -114,3 +114,18 @@ class Agents:
                 AgentRow.heartbeat_at >= since)).all()
         return [row for row in rows if row.name != self.name and not _gone_here(row.name)
                 and target in json.loads(row.targets or "[]")]
+
+
+def may_take(agents: Agents, status: str, claimed_by: str | None,
+             claim_until: datetime | None, now: datetime) -> tuple[bool, str | None]:
+    """Whether a claimable row (an outbox row) may be taken now, and from which dead holder:
+    pending, or claimed by a claim that ran out or a holder that is gone."""
+    if status == "pending":
+        return True, None
+    if claimed_by == agents.name:
+        return False, None  # this process is on it
+    if claim_until is not None and claim_until < now:
+        return True, None
+    if agents.dead(claimed_by):
+        return True, claimed_by
+    return False, None

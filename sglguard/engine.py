@@ -9,14 +9,16 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sglguard import flapping, messages
+from sglguard import flapping, messages, silences
 from sglguard.checks.base import CheckConfig, CheckResult, Status
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
-from sglguard.notify import Message
+from sglguard.notify import Message, Notifications
 from sglguard.store import Store, queries
+from sglguard.store import outbox as owed
 from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.writer import ResultWriter
 
@@ -34,6 +36,8 @@ class Decision:
     resolved: int | None = None
     remediate: int | None = None
     messages: list[Message] = field(default_factory=list)
+    staged: int = 0  # outbox rows written for it (messages, a remediation request)
+    requested: bool = False  # a remediation request was written
 
 
 @dataclass
@@ -77,15 +81,23 @@ class IncidentEngine:
 
     With a `writer`, a result that keeps a quiet check quiet (OK after OK, no incident, no
     grace, no flapping change) is queued there and written with others in one transaction;
-    every other result is written at once, after what is queued."""
+    every other result is written at once, after what is queued.
+
+    What a transition owes (its messages, a remediation request) is written to the outbox in
+    the transaction of the state change, after the policy (passive mode, silences,
+    maintenance, dry run) has had its say: nothing owed lives only in memory."""
 
     def __init__(self, catalog: Catalog, store: Store,
                  clock: Callable[[], datetime] = utcnow, *,
-                 writer: ResultWriter | None = None) -> None:
+                 writer: ResultWriter | None = None,
+                 notifications: Notifications | None = None, dry_run: bool = False) -> None:
         self.catalog = catalog
         self.store = store
         self.clock = clock
         self.writer = writer
+        self.notifications = notifications or Notifications.from_catalog(catalog, store,
+                                                                         clock=clock)
+        self.dry_run = dry_run
         self._views: dict[str, StateView] = {}
         self._views_lock = threading.Lock()
         if writer is not None:
@@ -98,13 +110,20 @@ class IncidentEngine:
             if quiet is not None:
                 return quiet
             self.writer.flush()
-        try:
-            for retry in self.store.retrying():
-                with retry:
-                    return self._record(result)
-        except Exception:
-            self.forget(result.check)
-            raise
+        for clash in range(3):
+            try:
+                for retry in self.store.retrying():
+                    with retry:
+                        return self._record(result)
+            except IntegrityError:
+                # Another process opened the check's incident first (the store keeps one
+                # open per check): read its state again and go on from there.
+                self.forget(result.check)
+                if clash == 2:
+                    raise
+            except Exception:
+                self.forget(result.check)
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def forget(self, check: str) -> None:
@@ -171,7 +190,53 @@ class IncidentEngine:
                         incident, check, self.catalog.target(check.target)))
         else:
             self._follow(session, check, state, result, decision, now)
+        self._owe(session, check, state, decision, now)
         return decision, state
+
+    def _owe(self, session: Session, check: CheckConfig, state: CheckStateRow,
+             decision: Decision, now: datetime) -> None:
+        """Write what the decision owes into the outbox, as the policy allows."""
+        target = self.catalog.target(check.target)
+        if decision.flapping is not None:
+            decision.messages.append(messages.flapping(
+                check, target, decision.flapping, decision.flap_percent,
+                incident_id=decision.opened or state.incident_id))
+        if not decision.messages and decision.remediate is None:
+            return
+        quiet = silences.quiet_in(session, self.catalog.maintenance, check.target, check.name,
+                                  now)
+        if quiet is not None and not quiet.notify:
+            if decision.opened is not None:
+                queries.add_event(session, decision.opened, now, "silenced", quiet.reason)
+        else:
+            for message in decision.messages:
+                decision.staged += self.notifications.stage(session, message, now)
+        incident_id = decision.remediate
+        if incident_id is None or not check.remediate:
+            return
+        withheld = self._withheld(check, quiet, decision)
+        if withheld is not None:
+            if decision.opened is not None:
+                queries.add_event(session, incident_id, now, "remediation_withheld", withheld)
+            return
+        if owed.has_active_request(session, incident_id):
+            return  # one request per incident at a time
+        owed.add(session, kind=owed.REMEDIATION, event="incident", target=check.target,
+                 check=check.name, incident_id=incident_id, now=now,
+                 payload={"check": check.name, "dry_run": self.dry_run})
+        decision.requested = True
+        decision.staged += 1
+
+    def _withheld(self, check: CheckConfig, quiet: silences.Quiet | None,
+                  decision: Decision) -> str | None:
+        """Why the policy lets no remediation run for this decision; None when it may."""
+        if (check.mode or self.catalog.mode) == "passive":
+            return "passive mode"
+        if quiet is not None and not quiet.remediate:
+            return quiet.reason
+        if self.dry_run and decision.opened is None:
+            return "dry run: planned once, when the incident opened"
+        return None
 
     def _follow(self, session: Session, check: CheckConfig, state: CheckStateRow,
                 result: CheckResult, decision: Decision, now: datetime) -> None:

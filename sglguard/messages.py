@@ -84,9 +84,9 @@ def _check_line(fields: dict[str, str]) -> str:
             f"{fields['value']}, threshold {fields['threshold']}: {fields['message']}")
 
 
-def _body(fields: dict[str, str], extra: Sequence[str] = ()) -> str:
+def _body(fields: dict[str, str], extra: Sequence[str] = (), lead: str | None = None) -> str:
     lines = [
-        f"{fields['target']}/{fields['check']} is {fields['severity'].upper()}: "
+        lead or f"{fields['target']}/{fields['check']} is {fields['severity'].upper()}: "
         f"{fields['message']}",
         f"value: {fields['value']} (first {fields['first_value']}); "
         f"threshold: {fields['threshold']}",
@@ -152,8 +152,19 @@ def incident_resolved(incident: IncidentRow, check: CheckConfig, target: TargetC
     fields = _about(incident, check, target, unit, what="incident resolved", status="RESOLVED",
                     done="the check passes again")
     title = f"[RESOLVED] {incident.target}/{incident.check_name}: incident resolved"
-    body = _body(fields, [f"lasted: {fields['lasted']}"])
+    lead = (f"{incident.target}/{incident.check_name} passes again; it was "
+            f"{incident.severity.upper()}: {fields['message']}")
+    body = _body(fields, [f"lasted: {fields['lasted']}"], lead=lead)
     return _message("incident_resolved", incident, fields, title, body, "ok")
+
+
+def incident_closed(incident: IncidentRow, reason: str) -> Message:
+    """An incident ended without its check passing (the check left the catalog)."""
+    fields = _about(incident, None, None, "", what="incident closed", status="CLOSED",
+                    done=f"closed: {reason}")
+    title = f"[CLOSED] {incident.target}/{incident.check_name}: incident closed ({reason})"
+    lead = f"{incident.target}/{incident.check_name}: incident closed: {reason}"
+    return _message("incident_closed", incident, fields, title, _body(fields, lead=lead), "info")
 
 
 def incident_escalated(incident: IncidentRow, check: CheckConfig, target: TargetConfig,

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sglguard import messages, reminders
-from sglguard.agents import Agents
+from sglguard.agents import Agents, may_take
 from sglguard.apprise_send import send as apprise_send
 from sglguard.client import REDACTED
 from sglguard.clock import utcnow
@@ -297,18 +297,6 @@ class Notifications:
                 sender.give(batches)
         return max(0.05, wake)
 
-    def _claimable(self, row: OutboxRow, now: datetime) -> tuple[bool, str | None]:
-        """(may be taken now, the dead holder it is taken from)."""
-        if row.status == "pending":
-            return True, None
-        if row.claimed_by == self.holder:
-            return False, None  # this process is on it
-        if row.claim_until is not None and row.claim_until < now:
-            return True, None
-        if self.agents.dead(row.claimed_by):
-            return True, row.claimed_by
-        return False, None
-
     def _plan(self, rows: list[OutboxRow], now: datetime,
               release: bool) -> tuple[list[Batch], float]:
         """Batches due for one notifier, oldest first; a message waits behind anything owed
@@ -321,7 +309,8 @@ class Notifications:
             key = row.target or f"#{row.id}"
             if key in blocked or row.id in used:
                 continue
-            may, dead = self._claimable(row, now)
+            may, dead = may_take(self.agents, row.status, row.claimed_by, row.claim_until,
+                                 now)
             if not may:
                 blocked.add(key)
                 continue

@@ -4,43 +4,53 @@ one remediation per target at a time (a lease), backoff and cooldown between run
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from sglguard.agents import holder_name
 from sglguard.remediations.base import RemediationConfig
 from sglguard.store import Store
 from sglguard.store.models import IncidentRow, RemediationRunRow, TargetLeaseRow
 
+if TYPE_CHECKING:
+    from sglguard.agents import Agents
+
 logger = logging.getLogger(__name__)
 
 
-def holder_name() -> str:
-    """This process, as it appears in a lease: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class Leases:
-    """Claims a target with a conditional UPDATE; the row count says who won."""
+    """Claims a target with a conditional UPDATE; the row count says who won. A lease whose
+    holder is seen dead (see sglguard.agents) is taken over at once."""
 
-    def __init__(self, store: Store, holder: str | None = None) -> None:
+    def __init__(self, store: Store, holder: str | None = None, *,
+                 agents: Agents | None = None) -> None:
         self.store = store
-        self.holder = holder or holder_name()
+        self.holder = holder or (agents.name if agents is not None else holder_name())
+        self.agents = agents
 
     def claim(self, target: str, now: datetime, ttl: timedelta) -> bool:
         self._ensure_row(target)
+        if self._take(target, now, ttl, None):
+            return True
+        holder = self.holder_of(target)
+        if self.agents is not None and holder is not None and self.agents.dead(holder):
+            logger.warning("lease of %s: its holder %s is gone; taking it over", target, holder)
+            return self._take(target, now, ttl, holder)
+        return False
+
+    def _take(self, target: str, now: datetime, ttl: timedelta, dead: str | None) -> bool:
+        free = or_(TargetLeaseRow.holder.is_(None), TargetLeaseRow.holder == self.holder,
+                   TargetLeaseRow.expires_at < now)
+        if dead is not None:
+            free = or_(free, TargetLeaseRow.holder == dead)
         with self.store.session() as session:
             claimed = session.execute(
                 update(TargetLeaseRow)
-                .where(TargetLeaseRow.target == target,
-                       or_(TargetLeaseRow.holder.is_(None),
-                           TargetLeaseRow.holder == self.holder,
-                           TargetLeaseRow.expires_at < now))
+                .where(TargetLeaseRow.target == target, free)
                 .values(holder=self.holder, claimed_at=now, expires_at=now + ttl)
                 .execution_options(synchronize_session=False)
             )

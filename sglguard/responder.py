@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sglguard import messages
+from sglguard.agents import Agents
 from sglguard.checks.base import Check, CheckConfig, Status
 from sglguard.config.models import Catalog
-from sglguard.engine import Decision, IncidentEngine
+from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.rails import Leases, next_run_allowed
 from sglguard.remediations.base import RemediationConfig, RemediationError
@@ -30,32 +31,40 @@ class Responder:
                  runner: RemediationRunner, notifications: Notifications,
                  checks: Mapping[str, Check[Any]], *, clock: Callable[[], datetime],
                  stop: threading.Event, dry_run: bool = False,
-                 leases: Leases | None = None,
-                 announce: Callable[[CheckConfig, Decision], None] | None = None) -> None:
+                 leases: Leases | None = None, agents: Agents | None = None) -> None:
         self.catalog, self.store, self.engine = catalog, store, engine
         self.runner, self.notifications, self.checks = runner, notifications, checks
         self.clock, self.stop, self.dry_run = clock, stop, dry_run
-        self.leases = leases or Leases(store)
-        self.announce = announce or (lambda _config, _decision: None)
+        self.leases = leases or Leases(store, agents.name if agents else None, agents=agents)
+        self.verifying: set[str] = set()  # checks whose scheduled runs wait for a verification
         self._noted: dict[int, str] = {}  # the last deferral noted per incident
 
-    def respond(self, config: CheckConfig, incident_id: int) -> None:
+    def respond(self, config: CheckConfig, incident_id: int,
+                acted: Callable[[], None] | None = None) -> str:
+        """Run the incident's chain under the target's lease, then verify it (the lease and
+        `acted()` are given back first, so another incident of the target can act while this
+        one is verified). What became of it, in a few words."""
         target = self.catalog.target(config.target)
         if not self.dry_run and self._deferred(config, incident_id):
-            return
+            return "deferred"
         ttl = self._lease_time(config)
         if not self.dry_run and not self.leases.claim(target.name, self.clock(), ttl):
             holder = self.leases.holder_of(target.name)
             self._note_once(incident_id, "remediation_deferred",
                             f"another sglguard ({holder}) is remediating {target.name}")
-            return
+            return "deferred: target leased"
         try:
-            self._run_chain(config, incident_id)
+            last = self._run_chain(config, incident_id)
         finally:
             if not self.dry_run:
                 self.leases.release(target.name)
+            if acted is not None:
+                acted()
+        if last is None or last.outcome != "succeeded":
+            return last.outcome if last is not None else "nothing run"
+        return "verified" if self._verify(config, incident_id, last) else "not verified"
 
-    def _run_chain(self, config: CheckConfig, incident_id: int) -> None:
+    def _run_chain(self, config: CheckConfig, incident_id: int) -> RunOutcome | None:
         target = self.catalog.target(config.target)
         if target.control is not None and not self.dry_run:
             self.engine.begin_grace(target.name, self.clock() + target.control.startup_timeout)
@@ -66,8 +75,7 @@ class Responder:
         finally:
             self._after_chain(config, incident_id, done,
                               last is not None and last.outcome == "succeeded")
-        if last is not None and last.outcome == "succeeded":
-            self._verify(config, incident_id, last)
+        return last
 
     def _run_each(self, config: CheckConfig, incident_id: int,
                   done: list[str]) -> RunOutcome | None:
@@ -76,7 +84,8 @@ class Responder:
         last: RunOutcome | None = None
         for name in config.remediate:
             self.engine.note(incident_id, "remediation_started", name)
-            if not self.dry_run:
+            if not self.dry_run and self.runner.refusal(name, target.name) is None:
+                # "acting" only for an action that will run: a spent budget says so instead
                 self.notifications.submit(messages.remediation_started(
                     self.engine.incident(incident_id), config, target, name))
             last = self.runner.run(name, target.name, incident_id=incident_id,
@@ -135,8 +144,9 @@ class Responder:
         control = self.catalog.target(config.target).control
         return control.startup_timeout if control is not None else DEFAULT_VERIFY
 
-    def _verify(self, config: CheckConfig, incident_id: int, outcome: RunOutcome) -> None:
-        """The triggering check (or `verify:`) must pass within the start-up budget."""
+    def _verify(self, config: CheckConfig, incident_id: int, outcome: RunOutcome) -> bool:
+        """The triggering check (or `verify:`) must pass within the start-up budget. It runs
+        here meanwhile (its scheduled runs wait); every other check keeps its schedule."""
         chosen = self._verify_config(config)
         name = chosen.verify if chosen is not None and chosen.verify else config.name
         check = self.checks[name]
@@ -144,19 +154,27 @@ class Responder:
         deadline = time.monotonic() + within.total_seconds()
         pause = min(2.0, check.config.interval.total_seconds())
         last = "no run"
-        while not self.stop.is_set():
-            result = check.execute()
-            self.announce(check.config, self.engine.record(result))
-            last = f"{result.status.label}: {result.message}"
-            if result.status is Status.OK:
-                self._verified(incident_id, outcome, True, f"{name} passed")
-                return
-            if time.monotonic() >= deadline:
-                break
-            self.stop.wait(pause)
+        self.verifying.add(name)
+        try:
+            while not self.stop.is_set():
+                result = check.execute()
+                self.engine.record(result)
+                self.notifications.poke()
+                last = f"{result.status.label}: {result.message}"
+                if result.status is Status.OK:
+                    self._verified(incident_id, outcome, True, f"{name} passed")
+                    return True
+                if time.monotonic() >= deadline:
+                    break
+                self.stop.wait(pause)
+        finally:
+            self.verifying.discard(name)
+        if self.stop.is_set():
+            return False  # sglguard is stopping: no verdict (the request is taken up again)
         reason = f"not verified: {name} did not pass within {within} (last {last})"
         self._verified(incident_id, outcome, False, reason)
         self._escalate(config, incident_id, reason)
+        return False
 
     def _verified(self, incident_id: int, outcome: RunOutcome, ok: bool, detail: str) -> None:
         with self.store.session() as session:

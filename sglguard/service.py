@@ -19,18 +19,20 @@ from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from apscheduler.triggers.interval import IntervalTrigger
 
 from sglguard import messages, silences
+from sglguard.agents import HEARTBEAT, Agents
 from sglguard.checks.base import Check, CheckConfig, CheckContext, CheckResult, Status
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
-from sglguard.engine import Decision, IncidentEngine
+from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
+from sglguard.requested import Requests
 from sglguard.responder import Responder
 from sglguard.store import Store, queries
-from sglguard.store.models import IncidentRow
+from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.samples import StoreSamples
 from sglguard.store.writer import ResultWriter
 
@@ -134,17 +136,22 @@ class Service:
         self.checks = build_checks(catalog, self.clients, store, clock)
         flush = catalog.store.flush_interval.total_seconds()
         self.writer = ResultWriter(store, interval=flush) if flush > 0 else None
-        self.engine = IncidentEngine(catalog, store, clock, writer=self.writer)
-        self.notifications = Notifications.from_catalog(catalog, store, clock=clock)
+        self.agents = Agents(store, role="service", clock=clock)
+        self.notifications = Notifications.from_catalog(catalog, store, clock=clock,
+                                                        agents=self.agents)
+        self.engine = IncidentEngine(catalog, store, clock, writer=self.writer,
+                                     notifications=self.notifications, dry_run=dry_run)
         self.runner = RemediationRunner(catalog, store, self.clients, stop=self.stopping,
                                         clock=clock)
         self.responder = Responder(catalog, store, self.engine, self.runner, self.notifications,
                                    self.checks, clock=clock, stop=self.stopping,
-                                   dry_run=dry_run, announce=self._announce_now)
-        self._busy: set[str] = set()
+                                   dry_run=dry_run, agents=self.agents)
+        self.requests = Requests(catalog, store, self.responder, self.agents, clock=clock,
+                                 stop=self.stopping)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
-        self._busy_lock = threading.Lock()
-        self._remediations: list[threading.Thread] = []
+        # Set once each check's first run of this process is recorded: on the first round a
+        # check waits for the checks it depends on.
+        self._first_run = {config.name: threading.Event() for config in catalog.checks}
         # Each check has a scheduler of its own, whose thread runs it where it wakes up
         # (APScheduler's in-thread executor): a hand-over to a pool thread cost about as much
         # CPU as the check itself, and a run that hangs until its timeout holds up no other
@@ -161,9 +168,12 @@ class Service:
         # collector's way, so later collections only look at what the runs allocate.
         gc.collect()
         gc.freeze()
+        self.agents.register(target.name for target in self.catalog.targets)
         if not reloaded:
             self._close_interrupted_runs()
+        self._close_removed_checks()
         self.notifications.start()
+        self.requests.start()
         for config in self.catalog.checks:
             self.check_schedulers[config.name].add_job(
                 self.run_check, every(config.interval.total_seconds(),
@@ -174,6 +184,8 @@ class Service:
         # Housekeeping catches up at start (after a restart of sglguard, a reminder or a
         # restore may be overdue), then keeps its pace.
         soon = self.clock() + timedelta(seconds=1)
+        self.scheduler.add_job(self.agents.beat, every(HEARTBEAT.total_seconds()),
+                               id="_heartbeat", name="heartbeat")
         self.scheduler.add_job(self.repeat_reminders, every(60), next_run_time=soon,
                                id="_reminders", name="reminders")
         self.scheduler.add_job(self.restore_levels, every(60), next_run_time=soon,
@@ -203,9 +215,9 @@ class Service:
                 one.shutdown(wait=True)
         if self.writer is not None:
             self.writer.flush()
-        for thread in list(self._remediations):
-            thread.join(timeout=timeout)
+        self.requests.stop(timeout=timeout)
         self.notifications.stop(timeout=timeout)
+        self.agents.leave()
         for client in self.clients.values():
             client.close()
         logger.info("sglguard stopped")
@@ -223,50 +235,33 @@ class Service:
         """One scheduled run; never raises, so a failing job never stops the service."""
         try:
             config = self.catalog.check(name)
-            if self._is_busy(config.target):
-                logger.debug("check %s paused: target %s is being remediated", name,
-                             config.target)
+            if name in self.responder.verifying:
+                logger.debug("check %s: its verification runs it now", name)
                 return None
+            self._await_dependencies(config)
             blocker = blocking_dependency(config, self._latest, self.store)
             result = (skipped_result(config, blocker, self.clock()) if blocker
                       else self.checks[name].execute())
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             decision = self.engine.record(result)
             self._latest[name] = result.shown_status
-            self._act(config, decision)
+            if decision.staged:
+                self.notifications.poke()
+                if decision.requested:
+                    self.requests.poke()
             return result
         except Exception:
             logger.exception("check %s: run failed", name)
             return None
+        finally:
+            self._first_run[name].set()
 
-    def _act(self, config: CheckConfig, decision: Decision) -> None:
-        if not decision.messages and decision.remediate is None and decision.flapping is None:
-            return
-        quiet = silences.quiet(self.store, self.catalog.maintenance, config.target, config.name,
-                               self.clock())
-        self._announce(config, decision, quiet)
-        incident_id = decision.remediate
-        if incident_id is None or not config.remediate:
-            return
-        if (config.mode or self.catalog.mode) == "passive":
-            if decision.opened is not None:
-                self.engine.note(incident_id, "remediation_withheld", "passive mode")
-            return
-        if quiet is not None and not quiet.remediate:
-            if decision.opened is not None:
-                self.engine.note(incident_id, "remediation_withheld", quiet.reason)
-            return
-        if self.dry_run and decision.opened is None:
-            return  # a dry run plans once per incident
-        with self._busy_lock:
-            if config.target in self._busy or self.stopping.is_set():
-                return
-            self._busy.add(config.target)
-        thread = threading.Thread(target=self._remediate, args=(config, incident_id),
-                                  name=f"remediate-{config.target}", daemon=True)
-        self._remediations = [item for item in self._remediations if item.is_alive()]
-        self._remediations.append(thread)
-        thread.start()
+    def _await_dependencies(self, config: CheckConfig) -> None:
+        """On the first round, the checks this one depends on run first."""
+        for need in config.depends_on:
+            first = self._first_run.get(need)
+            if first is not None and not first.is_set():
+                first.wait(self.catalog.check(need).timeout.total_seconds() + 1.0)
 
     def restore_levels(self) -> list[str]:
         """Step launch levels lowered by reduce_concurrency back up, one level per target,
@@ -283,10 +278,8 @@ class Service:
         return stepped
 
     def _restore(self, due: RestoreDue) -> bool:
-        with self._busy_lock:
-            if due.target in self._busy or self.stopping.is_set():
-                return False
-            self._busy.add(due.target)
+        if self.stopping.is_set() or not self.requests.hold(due.target):
+            return False
         try:
             if not self.responder.leases.claim(due.target, self.clock(), timedelta(minutes=30)):
                 return False
@@ -302,8 +295,7 @@ class Service:
             finally:
                 self.responder.leases.release(due.target)
         finally:
-            with self._busy_lock:
-                self._busy.discard(due.target)
+            self.requests.let_go(due.target)
 
     def prune(self) -> int:
         """Apply the store's retention: old results, and incidents long resolved."""
@@ -337,46 +329,29 @@ class Service:
             return bool(queries.check_state(session, incident.check_name, incident.target)
                         .flapping)
 
-    def _announce_now(self, config: CheckConfig, decision: Decision) -> None:
-        if decision.messages:
-            self._announce(config, decision, silences.quiet(
-                self.store, self.catalog.maintenance, config.target, config.name, self.clock()))
-
-    def _announce(self, config: CheckConfig, decision: Decision,
-                  quiet: silences.Quiet | None) -> None:
-        """Send the decision's messages, unless a silence or maintenance window holds them."""
-        if quiet is not None and not quiet.notify:
-            if decision.opened is not None:
-                self.engine.note(decision.opened, "silenced", quiet.reason)
-            return
-        for message in decision.messages:
-            self.notifications.submit(message)
-        if decision.flapping is not None:
-            incident = decision.opened or self._open_incident(config)
-            self.notifications.submit(messages.flapping(
-                config, self.catalog.target(config.target), decision.flapping,
-                decision.flap_percent, incident_id=incident))
-
-    def _open_incident(self, config: CheckConfig) -> int | None:
-        with self.store.session() as session:
-            return queries.check_state(session, config.name, config.target).incident_id
-
-    def _is_busy(self, target: str) -> bool:
-        with self._busy_lock:
-            return target in self._busy
-
-    def _remediate(self, config: CheckConfig, incident_id: int) -> None:
-        try:
-            self.responder.respond(config, incident_id)
-        except Exception:
-            logger.exception("remediation of incident #%s failed", incident_id)
-        finally:
-            with self._busy_lock:
-                self._busy.discard(config.target)
-
     def _close_interrupted_runs(self) -> None:
         """Runs left `running` by a previous process that died are marked interrupted."""
         with self.store.session() as session:
             for run in queries.running_runs(session):
                 run.outcome, run.finished_at = "interrupted", self.clock()
                 run.error = "sglguard stopped while this run was in progress"
+
+    def _close_removed_checks(self) -> None:
+        """Incidents of checks no longer in the catalog are closed, with a note and a word to
+        whoever was told of them."""
+        names = {config.name for config in self.catalog.checks}
+        now = self.clock()
+        with self.store.session() as session:
+            for incident in queries.incidents(session, open_only=True, limit=10_000):
+                if incident.check_name in names:
+                    continue
+                incident.status, incident.resolved_at = "resolved", now
+                queries.add_event(session, incident.id, now, "closed",
+                                  "the check is no longer in the catalog")
+                state = session.get(CheckStateRow, incident.check_name)
+                if state is not None:
+                    session.delete(state)
+                self.notifications.stage(session, messages.incident_closed(
+                    incident, "the check is no longer in the catalog"), now)
+                logger.warning("incident #%s closed: check %s is no longer in the catalog",
+                               incident.id, incident.check_name)

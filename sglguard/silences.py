@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, field_validator, model_validator
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from sglguard.config.base import ConfigModel, Name
 from sglguard.config.types import Duration
@@ -117,17 +118,21 @@ def expire_silence(store: Store, silence_id: int, now: datetime) -> bool:
 def quiet(store: Store, windows: tuple[MaintenanceWindow, ...], target: str, check: str,
           now: datetime) -> Quiet | None:
     """The silence or maintenance window covering this target/check now, if any."""
+    with store.session() as session:
+        return quiet_in(session, windows, target, check, now)
+
+
+def quiet_in(session: Session, windows: tuple[MaintenanceWindow, ...], target: str, check: str,
+             now: datetime) -> Quiet | None:
+    """`quiet`, read in the caller's transaction."""
     for window in windows:
         if window.covers(target, check) and window.active(now):
             return Quiet(f"maintenance window {window.name}", window.remediate, window.notify)
-    with store.session() as session:
-        row = session.scalars(select(SilenceRow).where(
-            SilenceRow.target == target, SilenceRow.starts_at <= now, SilenceRow.ends_at > now,
-            (SilenceRow.check_name.is_(None)) | (SilenceRow.check_name == check),
-        ).limit(1)).first()
+    row = session.scalars(select(SilenceRow).where(
+        SilenceRow.target == target, SilenceRow.starts_at <= now, SilenceRow.ends_at > now,
+        (SilenceRow.check_name.is_(None)) | (SilenceRow.check_name == check),
+    ).limit(1)).first()
     if row is None:
         return None
     return Quiet(f"silence #{row.id} by {row.created_by or 'someone'}: {row.reason}",
                  remediate=False, notify=False)
-
-

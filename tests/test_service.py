@@ -56,11 +56,13 @@ def test_checks_run_on_schedule_and_are_stored(service: Service, store: Store) -
         assert state.status == "ok" and state.consecutive_successes >= 3
 
 
-def test_runs_are_paused_while_the_target_is_remediated(service: Service, store: Store) -> None:
-    service._busy.add("local")
+def test_only_the_check_being_verified_waits_for_its_verification(
+        service: Service, store: Store) -> None:
+    service.responder.verifying.add("liveness")
     assert service.run_check("liveness") is None
     assert results(store, "liveness") == 0
-    service._busy.discard("local")
+    assert service.run_check("queue") is not None  # the target's other checks go on
+    service.responder.verifying.discard("liveness")
     assert service.run_check("liveness") is not None
     assert results(store, "liveness") == 1
 

@@ -85,6 +85,18 @@ class RemediationRunner:
         return REMEDIATIONS[config.kind](config, self.context(target_name,
                                                               incident_id=incident_id))
 
+    def refusal(self, name: str, target_name: str) -> str | None:
+        """Why an automatic run of `name` on the target would be refused now (its budget is
+        spent); None when it would run."""
+        config = self.catalog.remediation(name)
+        with self.store.session() as session:
+            used = queries.budget_used(session, name, target_name,
+                                       self.clock() - config.budget.within)
+        if used >= config.budget.max:
+            return (f"budget spent: {used} of {config.budget.max} runs within "
+                    f"{config.budget.within}")
+        return None
+
     def run(self, name: str, target_name: str, *, incident_id: int | None = None,
             trigger: str = "incident", dry_run: bool = False) -> RunOutcome:
         config = self.catalog.remediation(name)
