@@ -38,6 +38,7 @@ class Requests:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._running: list[threading.Thread] = []
+        self._sleep = poll
 
     def start(self) -> None:
         if self._thread is None:
@@ -78,7 +79,7 @@ class Requests:
                 self.dispatch()
             except Exception:
                 logger.exception("remediation request dispatcher error")
-            self._wake.wait(self.poll)
+            self._wake.wait(self._sleep)
             self._wake.clear()
 
     def dispatch(self) -> int:
@@ -88,10 +89,14 @@ class Requests:
             rows = [row for row in owed.active(session, owed.REMEDIATION)
                     if row.target in self._targets]
         started = 0
+        self._sleep = self.poll
         for row in rows:
             if self.stopping.is_set():
                 break
             may, dead = may_take(self.agents, row.status, row.claimed_by, row.claim_until, now)
+            if row.status == "pending" and row.due_at > now:
+                self._sleep = max(0.05, min(self._sleep, (row.due_at - now).total_seconds()))
+                continue
             if not may or row.target is None or not self.hold(row.target):
                 continue
             if not self._claim(row, now, dead):
@@ -135,8 +140,10 @@ class Requests:
     def _finish(self, row: OutboxRow, status: str, detail: str) -> None:
         now = self.clock()
         with self.store.session() as session:
-            if status == "pending":  # stopped half-way: the next start takes it up again
-                owed.release(session, row.id, self.agents.name, now, detail, attempted=False)
+            if status == "pending":  # stopped half-way or deferred: taken up again later
+                due = self.responder.deferred_until.pop(row.incident_id or 0, now)
+                owed.release(session, row.id, self.agents.name, max(due, now), detail,
+                             attempted=False)
             else:
                 owed.finish(session, row.id, self.agents.name, status, detail, now)
 
@@ -155,6 +162,8 @@ class Requests:
                                       acted=lambda: self.let_go(target))
         if self.stopping.is_set() and said in ("not verified", "nothing run"):
             return "pending", f"sglguard stopped during it ({said})"
+        if said == "deferred":
+            return "pending", "deferred by the rails (backoff, cooldown)"
         return "done", said
 
     def _manual(self, target: str, payload: dict[str, Any]) -> tuple[str, str]:

@@ -38,6 +38,7 @@ class Responder:
         self.leases = leases or Leases(store, agents.name if agents else None, agents=agents)
         self.verifying: set[str] = set()  # checks whose scheduled runs wait for a verification
         self._noted: dict[int, str] = {}  # the last deferral noted per incident
+        self.deferred_until: dict[int, datetime] = {}  # when a deferred incident may act
 
     def respond(self, config: CheckConfig, incident_id: int,
                 acted: Callable[[], None] | None = None) -> str:
@@ -115,6 +116,7 @@ class Responder:
         for name in config.remediate:
             wait = next_run_allowed(self.store, self.catalog.remediation(name), config.target, now)
             if wait is not None:
+                self.deferred_until[incident_id] = wait.until
                 self._note_once(incident_id, "remediation_deferred",
                                 f"{name}: {wait.reason}: not before "
                                 f"{wait.until:%H:%M:%S} UTC")

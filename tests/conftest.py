@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import threading
@@ -232,3 +234,37 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class ServiceProcess:
+    """`sglguard run` as a child process."""
+
+    def __init__(self, catalog: Path, log: str = "service.log",
+                 database: str = "sglguard-e2e.db") -> None:
+        self.catalog = catalog
+        self.log = (catalog.parent / log).open("ab")
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "sglguard", "--log-level", "debug", "run", "--config", str(catalog)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.database = create_engine(f"sqlite:///{catalog.parent / database}")
+
+    def query(self, sql: str) -> list[Any]:
+        try:
+            with self.database.connect() as connection:
+                return list(connection.execute(text(sql)))
+        except Exception:
+            return []  # not migrated yet
+
+    def kill(self) -> None:
+        """SIGKILL: no handler runs, nothing is flushed."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.log.close()
+        self.database.dispose()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=10)
+        self.log.close()
+        self.database.dispose()
+        return code

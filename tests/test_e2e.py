@@ -8,16 +8,14 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
 
 from sglguard.controls.process import read_pidfile
 from sglguard.receiver import AlertReceiver
 
-from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
+from conftest import PYTHON, ServiceProcess, emulator_command, free_port, pid_alive, wait_for
 
 
 def write_catalog(directory: Path, port: int, alerts: int, start: list[str], *,
@@ -67,32 +65,6 @@ notifiers:
     return path
 
 
-class Service:
-    """`sglguard run` as a child process."""
-
-    def __init__(self, catalog: Path, log: str = "service.log") -> None:
-        self.catalog = catalog
-        self.log = (catalog.parent / log).open("wb")
-        self.process = subprocess.Popen(
-            [PYTHON, "-m", "sglguard", "--log-level", "debug", "run", "--config", str(catalog)],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        self.database = create_engine(f"sqlite:///{catalog.parent / 'sglguard-e2e.db'}")
-
-    def query(self, sql: str) -> list[Any]:
-        try:
-            with self.database.connect() as connection:
-                return list(connection.execute(text(sql)))
-        except Exception:
-            return []  # not migrated yet
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=10)
-        self.log.close()
-        self.database.dispose()
-        return code
-
-
 @pytest.fixture
 def receiver() -> Iterator[AlertReceiver]:
     server = AlertReceiver().start()
@@ -114,7 +86,7 @@ def test_killed_server_is_detected_restarted_resolved_and_notified(
     pidfile.write_text(f"{first.pid}\n")
     wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok
              if _listening(port) else False)
-    service = Service(catalog)
+    service = ServiceProcess(catalog)
     try:
         wait_for(lambda: service.query("select 1 from check_results where status = 'ok'"), 15)
         os.kill(first.pid, signal.SIGKILL)
@@ -142,7 +114,7 @@ def test_failing_restarts_stop_at_the_budget_and_escalate_once(
         tmp_path: Path, receiver: AlertReceiver) -> None:
     port = free_port()
     catalog = write_catalog(tmp_path, port, receiver.port, [PYTHON, "-c", "raise SystemExit(1)"])
-    service = Service(catalog)
+    service = ServiceProcess(catalog)
     try:
         escalated = wait_for(lambda: service.query(
             "select escalated_at from incidents where escalated_at is not null"), 30)
@@ -173,7 +145,7 @@ def test_two_services_on_one_database_restart_the_target_once(
         tmp_path: Path, receiver: AlertReceiver) -> None:
     port = free_port()
     catalog = write_catalog(tmp_path, port, receiver.port, emulator_command(port))
-    first, second = Service(catalog, "first.log"), Service(catalog, "second.log")
+    first, second = ServiceProcess(catalog, "first.log"), ServiceProcess(catalog, "second.log")
     try:
         wait_for(lambda: first.query(
             "select 1 from remediation_runs where outcome = 'succeeded'"), 30)
@@ -195,7 +167,7 @@ def test_crash_looping_server_gets_no_more_restarts_than_the_budget(
     catalog = write_catalog(tmp_path, port, receiver.port,
                             emulator_command(port, "--fault", "crash:1"),
                             budget=2, backoff="{initial: 2s, max: 8s}")
-    service = Service(catalog)
+    service = ServiceProcess(catalog)
     try:
         wait_for(lambda: service.query(
             "select 1 from incidents where escalated_at is not null"), 40)

@@ -103,19 +103,71 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
     console = Console()
     if dry_run:
         outcome = runner.run(name, target_name, trigger="manual", dry_run=True)
-    else:
-        output.plan_lines(console, name, target_name, runner.build(name, target_name).plan(),
-                          dry_run=False)
-        outcome = run_by_hand(runner, store, name, target_name)
-    if dry_run:
         output.plan_lines(console, name, target_name, outcome.plan, dry_run=True)
         console.print(f"dry run recorded as run #{outcome.run_id}; nothing was changed",
                       highlight=False)
         return
-    style = output.STYLES.get(outcome.outcome, "")
-    console.print(f"[{style}]{outcome.outcome}[/]: {outcome.error or outcome.detail} "
-                  f"(run #{outcome.run_id})", highlight=False)
-    sys.exit(0 if outcome.outcome == "succeeded" else 1)
+    output.plan_lines(console, name, target_name, runner.build(name, target_name).plan(),
+                      dry_run=False)
+    handed = hand_over(catalog, store, name, target_name)
+    if handed is not None:
+        said, run_id, error, detail = handed
+    else:
+        outcome = run_by_hand(runner, store, name, target_name)
+        said, run_id, error, detail = (outcome.outcome, outcome.run_id, outcome.error,
+                                       outcome.detail)
+    style = output.STYLES.get(said, "")
+    console.print(f"[{style}]{said}[/]: {error or detail}"
+                  + (f" (run #{run_id})" if run_id is not None else ""), highlight=False)
+    sys.exit(0 if said == "succeeded" else 1)
+
+
+def hand_over(catalog: Any, store: Any, name: str,
+              target: str) -> tuple[str, int | None, str | None, str] | None:
+    """With `sglguard run` watching the target on this store, the service performs the run
+    (its lease, control and start-up grace) and this command follows it to the end; None when
+    no service is running, and the command runs it itself."""
+    import getpass
+    import json
+    import time
+
+    from sglguard.agents import Agents
+    from sglguard.clock import utcnow
+    from sglguard.store import outbox as owed
+
+    agents = Agents(store, role="cli")
+    services = agents.services_for(target)
+    if not services:
+        return None
+    with store.session() as session:
+        row = owed.add(session, kind=owed.REMEDIATION, event="manual", target=target,
+                       payload={"remediation": name, "by": f"{getpass.getuser()} (sglguard "
+                                                           "remediate)"}, now=utcnow())
+        session.flush()
+        row_id = row.id
+    click.echo(f"sglguard: handed over to the running service ({services[0].name}); "
+               "following it", err=True)
+    control = catalog.target(target).control
+    patience = (control.startup_timeout + control.stop_timeout).total_seconds() \
+        if control is not None else 0.0
+    deadline = time.monotonic() + patience + 120.0
+    while time.monotonic() < deadline:
+        with store.session() as session:
+            found = owed.get(session, row_id)
+            status, detail = (found.status, found.detail) if found else ("gone", None)
+        if status in ("done", "failed", "cancelled"):
+            said = json.loads(detail or "{}")
+            return (said.get("outcome", status), said.get("run_id"), said.get("error"),
+                    said.get("detail") or "")
+        if status == "pending" and not agents.services_for(target):
+            with store.session() as session:
+                gone = owed.cancel(session, row_id, "the service stopped before taking it",
+                                   utcnow())
+            if gone:
+                return None  # the service went away before taking it: run it here
+        time.sleep(0.2)
+    return ("unknown", None, "the service has not finished it yet; see `sglguard incidents` "
+            "and the remediation runs", "")
 
 
 def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
@@ -123,18 +175,29 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
     incidents of the target act again."""
     from datetime import timedelta
 
+    from sglguard.agents import Agents
     from sglguard.clock import utcnow
     from sglguard.rails import Leases, clear_escalations
+    from sglguard.store import queries
 
-    leases = Leases(store)
+    agents = Agents(store, role="cli")
+    agents.register([target])
+    leases = Leases(store, agents=agents)
     if not leases.claim(target, utcnow(), timedelta(minutes=30)):
         click.echo(f"sglguard: {target} is being remediated by {leases.holder_of(target)}; "
                    "try again when it is done", err=True)
+        agents.leave()
         sys.exit(1)
+    control = runner.catalog.target(target).control
+    if control is not None:  # the service, when it starts, gives the server time to start
+        with store.session() as session:
+            for state in queries.target_states(session, target):
+                state.grace_until = utcnow() + control.startup_timeout
     try:
         outcome = runner.run(name, target, trigger="manual")
     finally:
         leases.release(target)
+        agents.leave()
     clear_escalations(store, target, utcnow(), f"sglguard remediate {name}")
     return outcome
 

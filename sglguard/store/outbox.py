@@ -99,11 +99,13 @@ def finish(session: Session, row_id: int, holder: str, status: str, detail: str 
         .execution_options(synchronize_session=False))
 
 
-def cancel(session: Session, row_id: int, detail: str, now: datetime) -> None:
-    session.execute(update(OutboxRow).where(
+def cancel(session: Session, row_id: int, detail: str, now: datetime) -> bool:
+    """Cancel a row nobody has taken; False when somebody has."""
+    result = session.execute(update(OutboxRow).where(
         OutboxRow.id == row_id, OutboxRow.status == "pending",
     ).values(status="cancelled", detail=detail, finished_at=now)
         .execution_options(synchronize_session=False))
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def release(session: Session, row_id: int, holder: str, due: datetime,

@@ -1,0 +1,178 @@
+"""Decisions are rows before they are actions: `sglguard run` killed with SIGKILL at points of
+the loop and started again delivers every owed message and finishes every owed remediation.
+
+Real processes throughout: the service is a child process, the server it watches and the
+remediation's webhook are loopback HTTP servers of the test, the notifier is a real receiver.
+The webhook is the repair: when it is called, the server turns healthy."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sglguard.receiver import AlertReceiver
+
+from conftest import Loopback, Reply, Request, ServiceProcess, wait_for
+
+DATABASE = "durable.db"
+
+
+class World:
+    """The watched server, its repair hook and the on-call's inbox."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.hook_gate = threading.Event()
+        self.hook_gate.set()
+        self.hook_calls = 0
+        self.server = Loopback(self._health)
+        self.hook = Loopback(self._repair)
+        self.alert_gate = threading.Event()
+        self.alert_gate.set()
+        self.inbox = AlertReceiver(on_alert=lambda _alert: self.alert_gate.wait(20)).start()
+
+    def _health(self, _request: Request) -> Reply:
+        return (200, "text/plain", b"") if self.healthy else (503, "text/plain", b"down")
+
+    def _repair(self, _request: Request) -> Reply:
+        self.hook_calls += 1
+        self.hook_gate.wait(20)
+        self.healthy = True
+        return 200, "application/json", b"{}"
+
+    def titles(self) -> list[str]:
+        return [alert["title"] for alert in self.inbox.received()]
+
+    def count(self, words: str) -> int:
+        return sum(words in title for title in self.titles())
+
+    def close(self) -> None:
+        self.hook_gate.set()
+        self.alert_gate.set()
+        self.server.close()
+        self.hook.close()
+        self.inbox.stop()
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    made = World()
+    yield made
+    made.close()
+
+
+def catalog(directory: Path, world: World, *, group_wait: str = "1s") -> Path:
+    path = directory / "sglguard.yaml"
+    path.write_text(f"""\
+version: 1
+store: {{url: "sqlite:///{DATABASE}", flush_interval: 0s}}
+targets:
+  - {{name: local, url: "{world.server.url}", timeout: 1s}}
+checks:
+  - name: liveness
+    kind: http
+    target: local
+    path: /health
+    interval: 0.2s
+    timeout: 1s
+    failure_threshold: 1
+    remediate: [repair]
+remediations:
+  - name: repair
+    kind: webhook
+    url: "{world.hook.url}/repair"
+    timeout: 30s
+    budget: {{max: 5, within: 1h}}
+    backoff: {{initial: 0.1s, max: 0.2s}}
+    verify_within: 20s
+notifications: {{group_wait: {group_wait}}}
+notifiers:
+  - {{name: ops, urls: ["json://127.0.0.1:{world.inbox.port}/alerts"]}}
+""")
+    return path
+
+
+def start(path: Path) -> ServiceProcess:
+    service = ServiceProcess(path, database=DATABASE)
+    wait_for(lambda: service.query("select 1 from check_results where status = 'ok'"), 20)
+    return service
+
+
+def running(service: ServiceProcess) -> None:
+    """Until the service has registered itself (its signal handlers are in place by then)."""
+    wait_for(lambda: service.query(
+        f"select 1 from agents where pid = {service.process.pid}"), 20)
+
+
+def open_incident(service: ServiceProcess) -> None:
+    wait_for(lambda: service.query("select 1 from incidents where status = 'open'"), 10)
+
+
+def test_a_kill_inside_group_wait_and_mid_remediation_loses_no_page_and_no_repair(
+        tmp_path: Path, world: World) -> None:
+    path = catalog(tmp_path, world, group_wait="2s")
+    service = start(path)
+    world.hook_gate.clear()  # the repair hangs: the kill finds it in flight
+    world.healthy = False
+    open_incident(service)
+    wait_for(lambda: world.hook_calls >= 1, 10)
+    assert world.titles() == []  # the opening still waits for its group window
+    service.kill()
+    world.hook_gate.set()
+    service = ServiceProcess(path, database=DATABASE)
+    try:
+        running(service)
+        wait_for(lambda: service.query("select 1 from incidents where status = 'resolved'"), 30)
+        wait_for(lambda: world.count("incident resolved") >= 1, 15)
+    finally:
+        assert service.stop() == 0, (tmp_path / "service.log").read_text()[-3000:]
+    assert world.count("incident opened") == 1, world.titles()
+    assert world.count("incident resolved") == 1, world.titles()
+    runs = [row[0] for row in service.query("select outcome from remediation_runs order by id")]
+    assert runs[-1] == "succeeded" and set(runs[:-1]) <= {"interrupted"}, runs
+    owed = service.query("select status from outbox where status not in ('done', 'cancelled')")
+    assert owed == [], owed
+
+
+def test_a_kill_while_a_message_is_being_delivered_redelivers_it_once_and_says_so(
+        tmp_path: Path, world: World) -> None:
+    path = catalog(tmp_path, world, group_wait="0s")
+    service = start(path)
+    world.alert_gate.clear()  # the receiver takes the opening but never answers
+    world.healthy = False
+    wait_for(lambda: world.count("incident opened") == 1, 10)
+    service.kill()
+    world.alert_gate.set()
+    service = ServiceProcess(path, database=DATABASE)
+    try:
+        running(service)
+        wait_for(lambda: world.count("incident resolved") == 1, 30)
+    finally:
+        assert service.stop() == 0
+    assert world.count("incident opened") == 2, world.titles()  # one duplicate, at most
+    notes = service.query("select error from notification_attempts "
+                          "where event = 'incident_opened' and outcome = 'sent'")
+    assert [row[0] for row in notes] == ["redelivered: an earlier attempt was cut off "
+                                         "mid-delivery"], notes
+
+
+@pytest.mark.parametrize("kill_after", [0.0, 0.3, 0.8])
+def test_a_kill_at_any_point_after_an_incident_opens_still_pages_once(
+        tmp_path: Path, world: World, kill_after: float) -> None:
+    path = catalog(tmp_path, world, group_wait="0.5s")
+    service = start(path)
+    world.healthy = False
+    open_incident(service)
+    threading.Event().wait(kill_after)
+    service.kill()
+    service = ServiceProcess(path, database=DATABASE)
+    try:
+        running(service)
+        wait_for(lambda: world.count("incident resolved") == 1, 30)
+    finally:
+        assert service.stop() == 0
+    assert world.count("incident opened") == 1, world.titles()
+    assert world.hook_calls >= 1
