@@ -133,12 +133,14 @@ class IncidentEngine:
 
     def _record_quietly(self, result: CheckResult, writer: ResultWriter) -> Decision | None:
         """Queue a result that changes nothing but counters; None when it must be written now."""
+        with self._views_lock:
+            view = self._views.get(result.check)
         if result.skipped:  # a dependency is down: recorded, never counted
+            if view is None or self._window_open(view):
+                return None  # its window restarts: written now
             if writer.add(queries.result_values(result, evaluated=False)):
                 writer.flush()
             return Decision(evaluated=False)
-        with self._views_lock:
-            view = self._views.get(result.check)
         if view is None or not view.quiet or result.status is not Status.OK:
             return None
         trial, decision = replace(view), Decision(evaluated=result.counts)
@@ -168,11 +170,12 @@ class IncidentEngine:
         check = self.catalog.check(result.check)
         now = self.clock()
         decision = Decision()
+        state = queries.check_state(session, check.name, check.target)
         if result.skipped:  # a dependency is down: recorded, never counted
             queries.add_result(session, result, evaluated=False)
+            self._restart_window(state)
             decision.evaluated = False
-            return decision, None
-        state = queries.check_state(session, check.name, check.target)
+            return decision, state
         in_grace = state.grace_until is not None and now < state.grace_until
         failing = result.status is not Status.OK
         decision.evaluated = result.counts and not (failing and in_grace)
@@ -254,6 +257,20 @@ class IncidentEngine:
             self._update(incident, result)
             if incident.escalated_at is None and not state.flapping:
                 decision.remediate = incident.id
+
+    @staticmethod
+    def _window_open(state: State) -> bool:
+        """Something counts toward an incident: a skipped run must restart it."""
+        return (state.failing_since is not None or state.consecutive_failures > 0
+                or any(letter != "o" for letter in flapping.since_gap(state.recent or "")))
+
+    @staticmethod
+    def _restart_window(state: State) -> None:
+        """Runs were skipped (a dependency down): `for:`, X of Y and consecutive counts start
+        again, so a check does not open on its first failure after an outage."""
+        state.failing_since = None
+        state.consecutive_failures = 0
+        state.recent = flapping.remember_gap(state.recent or "")
 
     @staticmethod
     def _held(check: CheckConfig, state: State, now: datetime) -> bool:

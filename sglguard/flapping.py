@@ -1,11 +1,13 @@
 """Flap detection as Nagios does it, and `X of Y` failure windows, over a check's recent states.
 
-States are kept newest last as letters: o(k), w(arning), c(ritical), u(nknown)."""
+States are kept newest last as letters: o(k), w(arning), c(ritical), u(nknown); a `-` marks
+runs skipped while a dependency was down: an `X of Y` window starts again after it."""
 
 from __future__ import annotations
 
 HISTORY = 21  # states kept: 20 transitions
 LETTERS = {"ok": "o", "warning": "w", "critical": "c", "unknown": "u"}
+GAP = "-"
 
 
 def remember(recent: str, status: str, keep: int = HISTORY) -> str:
@@ -13,11 +15,21 @@ def remember(recent: str, status: str, keep: int = HISTORY) -> str:
     return (recent + LETTERS[status])[-keep:]
 
 
+def remember_gap(recent: str, keep: int = HISTORY) -> str:
+    """The history with a gap appended (once for a stretch of skipped runs)."""
+    return recent if recent.endswith(GAP) else (recent + GAP)[-keep:]
+
+
+def since_gap(recent: str) -> str:
+    """The states after the last gap."""
+    return recent.rsplit(GAP, 1)[-1]
+
+
 def percent_state_change(recent: str) -> float:
     """Weighted share of the last 20 transitions that changed state, 0..100.
 
     The oldest transition weighs 0.8 and the newest 1.2, linearly between (Nagios)."""
-    states = recent[-HISTORY:]
+    states = recent.replace(GAP, "")[-HISTORY:]
     transitions = HISTORY - 1
     changed = 0.0
     offset = transitions - (len(states) - 1)  # a short history fills the newest slots
@@ -35,5 +47,5 @@ def next_flapping(recent: str, flapping: bool, high: float, low: float) -> bool:
 
 
 def failures_within(recent: str, within: int) -> int:
-    """How many of the last `within` states were not OK."""
-    return sum(1 for state in recent[-within:] if state != "o")
+    """How many of the last `within` states since the last gap were not OK."""
+    return sum(1 for state in since_gap(recent)[-within:] if state != "o")

@@ -144,20 +144,48 @@ def test_for_restarts_its_clock_after_a_pass(engine: IncidentEngine, clock: Fake
     assert feed(engine, clock, Status.CRITICAL, "held").opened is not None
 
 
-def test_skipped_results_are_stored_but_never_counted(engine: IncidentEngine, store: Store,
-                                                      clock: FakeClock) -> None:
+def test_skipped_results_are_stored_never_counted_and_restart_the_window(
+        engine: IncidentEngine, store: Store, clock: FakeClock) -> None:
     feed(engine, clock, Status.CRITICAL)
     skipped = CheckResult("liveness", "local", Status.UNKNOWN, None, "", "skipped: x", 0.0,
                           clock(), skipped=True)
     for _ in range(3):
         assert engine.record(skipped).opened is None
     if engine.writer is not None:
-        assert engine.writer.pending == 3  # queued: a skipped run changes no state
+        # The first skip restarts the window (written at once); the next change nothing.
+        assert engine.writer.pending == 2
         engine.writer.flush()
     with store.session() as session:
         assert [row.status for row in queries.recent_results(session, "liveness", 2)] == [
             "skipped", "skipped"]
-        assert queries.check_state(session, "liveness", "local").consecutive_failures == 1
+        state = queries.check_state(session, "liveness", "local")
+        assert state.consecutive_failures == 0 and state.failing_since is None
+    # After the outage, one failure is one failure: failure_threshold 2 is not met by it.
+    assert feed(engine, clock, Status.CRITICAL).opened is None
+    assert feed(engine, clock, Status.CRITICAL).opened is not None
+
+
+@pytest.mark.parametrize("rule", ["for: 10s", "failures: {count: 3, within: 5}"])
+def test_for_and_x_of_y_start_again_after_skipped_runs(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
+        rule: str) -> None:
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "http://127.0.0.1:1"}}]
+        checks: [{{name: latency, kind: http, target: local, {rule}}}]
+        """)
+    engine = IncidentEngine(catalog, store, clock)
+    # Failing for 8 s (`for: 10s` not yet held), or 2 of the last 5 failed (3 needed)...
+    feed(engine, clock, Status.CRITICAL, "latency")
+    feed(engine, clock, Status.OK if "failures" in rule else Status.CRITICAL, "latency")
+    feed(engine, clock, Status.CRITICAL, "latency")
+    feed(engine, clock, Status.OK if "failures" in rule else Status.CRITICAL, "latency")
+    # ...then the check is skipped for a minute while a dependency is down.
+    for _ in range(30):
+        clock.advance(2)
+        engine.record(CheckResult("latency", "local", Status.UNKNOWN, None, "", "skipped: x",
+                                  0.0, clock(), skipped=True))
+    assert feed(engine, clock, Status.CRITICAL, "latency").opened is None
 
 
 def test_a_window_still_filling_is_recorded_but_never_opens_an_incident(
