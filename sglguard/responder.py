@@ -140,7 +140,10 @@ class Responder:
         return next((item for item in reversed(chain) if item.verify is not None), None)
 
     def _verify_within(self, config: CheckConfig) -> timedelta:
-        chosen = self._verify_config(config)
+        """The last `verify_within` of the chain, with or without its own `verify:`."""
+        chain = [self.catalog.remediation(name) for name in config.remediate]
+        chosen = next((item for item in reversed(chain) if item.verify_within is not None),
+                      None)
         if chosen is not None and chosen.verify_within is not None:
             return chosen.verify_within
         control = self.catalog.target(config.target).control

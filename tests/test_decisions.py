@@ -1,0 +1,251 @@
+"""What decisions owe, and that every page is true: acting only for a run that will happen,
+resolutions to whoever was told, flapping notices in pairs; the store's guarantees (one open
+incident per check, leases of dead holders, incidents of removed checks), the first round."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sglguard.agents import Agents
+from sglguard.checks.base import CheckResult, Status
+from sglguard.config.models import Catalog
+from sglguard.engine import IncidentEngine
+from sglguard.rails import Leases
+from sglguard.receiver import AlertReceiver
+from sglguard.service import Service
+from sglguard.store import Store, queries
+from sglguard.store.models import IncidentRow, NotificationAttemptRow, RemediationRunRow
+
+from conftest import PYTHON, Loopback, Reply, Request, wait_for
+
+
+@pytest.fixture
+def inbox() -> Iterator[AlertReceiver]:
+    server = AlertReceiver().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def down() -> Iterator[Loopback]:
+    """A server whose /health answers 503, and a hook that answers 200 and fixes nothing."""
+
+    def answer(request: Request) -> Reply:
+        return (200, "application/json", b"{}") if request[1] == "/hook" else (
+            503, "text/plain", b"down")
+
+    server = Loopback(answer)
+    yield server
+    server.close()
+
+
+def titles(inbox: AlertReceiver) -> list[str]:
+    return [alert["title"] for alert in inbox.received()]
+
+
+def result(check: str, status: Status, at: datetime) -> CheckResult:
+    return CheckResult(check, "local", status, None, "", status.label, 1.0, at)
+
+
+CATALOG = """\
+version: 1
+targets: [{{name: local, url: "{url}"}}]
+checks:
+  - {{name: liveness, kind: http, target: local, failure_threshold: 1, remediate: [hook],
+     flapping: {{high: 30, low: 20}}}}
+remediations:
+  - {{name: hook, kind: webhook, url: "{url}/hook", budget: {{max: 1, within: 1h}},
+     verify_within: 1s}}
+notifications: {{group_wait: 0s}}
+notifiers:
+  - {{name: ops, urls: ["json://127.0.0.1:{port}/ops"]}}
+  - {{name: pager, urls: ["json://127.0.0.1:{port}/pager"], events: [incident_escalated]}}
+"""
+
+
+def make(make_catalog: Callable[[str], Catalog], down: Loopback, inbox: AlertReceiver) -> Catalog:
+    return make_catalog(CATALOG.format(url=down.url, port=inbox.port))
+
+
+def test_a_run_the_budget_refuses_is_never_announced_as_acting(
+        make_catalog: Callable[[str], Catalog], store: Store, down: Loopback,
+        inbox: AlertReceiver) -> None:
+    catalog = make(make_catalog, down, inbox)
+    service = Service(catalog, store)
+    service.notifications.start()
+    try:
+        with store.session() as session:  # the budget of 1 is already spent
+            session.add(RemediationRunRow(
+                remediation="hook", kind="webhook", target="local", trigger="incident",
+                dry_run=False, plan="[]", outcome="succeeded", detail="",
+                started_at=service.clock() - timedelta(hours=2)))
+            session.add(RemediationRunRow(
+                remediation="hook", kind="webhook", target="local", trigger="incident",
+                dry_run=False, plan="[]", outcome="succeeded", detail="",
+                started_at=service.clock() - timedelta(minutes=5)))
+        decision = service.engine.record(result("liveness", Status.CRITICAL, service.clock()))
+        assert decision.opened is not None and decision.requested
+        assert service.responder.respond(catalog.check("liveness"), decision.opened) == "skipped"
+        assert service.notifications.flush(10)
+    finally:
+        service.stop()
+    got = titles(inbox)
+    assert not any("[ACTING]" in title for title in got), got
+    assert sum("[ESCALATION]" in title for title in got) == 2, got  # ops and pager
+
+
+def test_whoever_heard_of_an_incident_hears_it_resolve_and_nobody_else(
+        make_catalog: Callable[[str], Catalog], store: Store, down: Loopback,
+        inbox: AlertReceiver) -> None:
+    catalog = make(make_catalog, down, inbox)
+    service = Service(catalog, store)
+    service.notifications.start()
+    try:
+        opened = service.engine.record(result("liveness", Status.CRITICAL, service.clock()))
+        assert opened.opened is not None
+        assert service.responder.respond(catalog.check("liveness"), opened.opened) \
+            == "not verified"  # the hook fixes nothing: escalated
+        service.engine.record(result("liveness", Status.OK, service.clock()))
+        assert service.notifications.flush(10)
+    finally:
+        service.stop()
+    with store.session() as session:
+        sent = {(row.notifier, row.event) for row in session.query(NotificationAttemptRow)
+                if row.outcome == "sent"}
+    # The pager took only the escalation, and so it is told of the resolution too.
+    assert ("pager", "incident_escalated") in sent and ("pager", "incident_resolved") in sent
+    assert ("pager", "incident_opened") not in sent
+    assert ("ops", "incident_opened") in sent and ("ops", "incident_resolved") in sent
+
+
+def test_flapping_that_starts_while_an_incident_is_open_is_announced_then_ended(
+        make_catalog: Callable[[str], Catalog], store: Store, down: Loopback,
+        inbox: AlertReceiver) -> None:
+    catalog = make(make_catalog, down, inbox)
+    engine = IncidentEngine(catalog, store)
+    engine.notifications.start()
+    try:
+        # Failing, then flipping while its incident is open (as during a verification).
+        statuses = [Status.CRITICAL] + [Status.OK, Status.CRITICAL] * 5 + [Status.OK] * 25
+        flips = [engine.record(result("liveness", status, engine.clock())).flapping
+                 for status in statuses]
+        assert True in flips and False in flips
+        assert engine.notifications.flush(10)
+    finally:
+        engine.notifications.stop()
+    got = [title.split(" ")[0] for title in titles(inbox)
+           if "FLAPPING" in title or "STABLE" in title]
+    assert got == ["[FLAPPING]", "[STABLE]"], titles(inbox)
+
+
+def test_no_longer_flapping_is_withheld_where_flapping_was_never_told(
+        make_catalog: Callable[[str], Catalog], store: Store, down: Loopback,
+        inbox: AlertReceiver) -> None:
+    from sglguard import messages
+
+    catalog = make(make_catalog, down, inbox)
+    engine = IncidentEngine(catalog, store)
+    stopped = messages.flapping(catalog.check("liveness"), catalog.target("local"), False, 5.0)
+    assert engine.notifications.deliver(engine.notifications.notifiers["ops"], stopped) is False
+    assert titles(inbox) == []
+
+
+def test_two_processes_on_one_sqlite_file_open_one_incident(
+        make_catalog: Callable[[str], Catalog], tmp_path: Path, down: Loopback,
+        inbox: AlertReceiver) -> None:
+    catalog = make(make_catalog, down, inbox)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    stores = [Store.open(url), Store.open(url)]
+    engines = [IncidentEngine(catalog, one) for one in stores]
+    barrier = threading.Barrier(2)
+
+    def hammer(engine: IncidentEngine) -> None:
+        barrier.wait()
+        for _ in range(15):
+            engine.record(result("liveness", Status.CRITICAL, engine.clock()))
+
+    threads = [threading.Thread(target=hammer, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    with stores[0].session() as session:
+        opened = session.query(IncidentRow).filter(IncidentRow.status == "open").count()
+    for one in stores:
+        one.close()
+    assert opened == 1
+
+
+def test_a_lease_whose_holder_died_is_taken_over_at_once(store: Store) -> None:
+    gone = subprocess.run([PYTHON, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)
+    holder = f"{socket.gethostname()}:{gone.stdout.strip()}:deadbeef"
+    now = Agents(store).clock()
+    assert Leases(store, holder).claim("local", now, timedelta(hours=1))
+    survivor = Agents(store)
+    assert Leases(store, agents=survivor).claim("local", now, timedelta(minutes=5))
+    assert Leases(store).holder_of("local") == survivor.name
+
+
+def test_a_lease_of_a_live_holder_is_respected(store: Store) -> None:
+    live = Agents(store)
+    live.register(["local"])
+    now = live.clock()
+    assert Leases(store, agents=live).claim("local", now, timedelta(hours=1))
+    assert not Leases(store, agents=Agents(store)).claim("local", now, timedelta(minutes=5))
+
+
+def test_incidents_of_a_check_removed_from_the_catalog_are_closed_on_start(
+        make_catalog: Callable[[str], Catalog], store: Store, down: Loopback,
+        inbox: AlertReceiver) -> None:
+    catalog = make(make_catalog, down, inbox)
+    engine = IncidentEngine(catalog, store)
+    opened = engine.record(result("liveness", Status.CRITICAL, engine.clock())).opened
+    assert opened is not None
+    assert engine.notifications.flush(10)
+    engine.notifications.stop()
+    smaller = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "{down.url}"}}]
+        checks: [{{name: other, kind: http, target: local, interval: 1h}}]
+        notifications: {{group_wait: 0s}}
+        notifiers: [{{name: ops, urls: ["json://127.0.0.1:{inbox.port}/ops"]}}]
+        """)
+    service = Service(smaller, store)
+    service.start()
+    try:
+        wait_for(lambda: any("[CLOSED]" in title for title in titles(inbox)), 10)
+    finally:
+        service.stop()
+    with store.session() as session:
+        incident = session.get_one(IncidentRow, opened)
+        events = [event.kind for event in queries.events_of(session, opened)]
+    assert incident.status == "resolved" and "closed" in events
+
+
+def test_on_the_first_round_a_check_waits_for_the_check_it_depends_on(
+        make_catalog: Callable[[str], Catalog], store: Store, down: Loopback) -> None:
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "{down.url}"}}]
+        checks:
+          - {{name: liveness, kind: http, target: local, interval: 1h, timeout: 2s}}
+          - {{name: models, kind: http, target: local, path: /v1/models, interval: 1h,
+             depends_on: [liveness]}}
+        """)
+    service = Service(catalog, store)
+    dependant = threading.Thread(target=service.run_check, args=("models",))
+    dependant.start()  # starts first, but waits for liveness's first run
+    threading.Event().wait(0.2)
+    service.run_check("liveness")
+    dependant.join(10)
+    with store.session() as session:
+        [models] = queries.recent_results(session, "models", 5)
+    assert models.status == "skipped" and "liveness is critical" in models.message
