@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +33,16 @@ from sglguard.service import build_clients
 from sglguard.store import Store, queries
 from sglguard.store.models import IncidentRow
 
-from conftest import PYTHON, FakeClock, Loopback, Reply, Request, emulator_command, free_port
+from conftest import (
+    PYTHON,
+    FakeClock,
+    Loopback,
+    Reply,
+    Request,
+    emulator_command,
+    free_port,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -530,3 +540,50 @@ def test_the_service_drains_restarts_and_adds_the_worker_back(
         kinds = [row.kind for row in session.query(IncidentEventRow).order_by(IncidentEventRow.id)]
     assert kinds.index("after_chain") > kinds.index("remediation_succeeded")
     assert "verified" in kinds
+
+
+# restart: the server answering must be the one started ------------------------------------------
+
+def test_a_restart_onto_a_port_held_by_another_process_fails_at_once_naming_it(
+        make_runner: Callable[[str], RemediationRunner], tmp_path: Path) -> None:
+    port = free_port()
+    foreign = subprocess.Popen(emulator_command(port), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url))
+        runner = make_runner(target(url, json.dumps({
+            "kind": "process", "start": emulator_command(port), "pidfile": "server.pid",
+            "startup_timeout": "20s"})) + """\
+        remediations: [{name: restart, kind: restart}]
+        """)
+        outcome = runner.run("restart", "local", trigger="manual")
+    finally:
+        foreign.terminate()
+        foreign.wait(10)
+    assert outcome.outcome == "failed" and outcome.permanent, outcome
+    assert f"port {port} of local is held by pid {foreign.pid}" in (outcome.error or "")
+    assert "sglguard emulator" in (outcome.error or "")
+    assert not (tmp_path / "server.pid").exists()  # nothing was started
+
+
+def test_a_restart_is_a_success_only_when_the_started_server_holds_the_port(
+        make_runner: Callable[[str], RemediationRunner], tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    runner = make_runner(target(url, json.dumps({
+        "kind": "process", "start": emulator_command(port), "pidfile": "server.pid",
+        "startup_timeout": "20s"})) + """\
+        remediations: [{name: restart, kind: restart}]
+        """)
+    outcome = runner.run("restart", "local", trigger="manual")
+    assert outcome.outcome == "succeeded", outcome
+    pid = int((tmp_path / "server.pid").read_text())
+    assert f"started pid {pid}" in outcome.detail
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

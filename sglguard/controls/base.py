@@ -75,3 +75,11 @@ class Control(Generic[ControlT]):
     def start_failure(self) -> str | None:
         """Why the server just started has already gone, or None while it may still come up."""
         return None
+
+    def server_pid(self) -> int | None:
+        """The server's pid, for controls that keep a pidfile (None for the others: systemd
+        and docker know their own processes)."""
+        from sglguard.controls.launch import read_pidfile
+
+        pidfile = getattr(self.config, "pidfile", None)
+        return read_pidfile(pidfile) if pidfile is not None else None

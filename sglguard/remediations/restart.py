@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from sglguard.controls.base import Control, ControlError
+from sglguard.controls.ports import foreign, listeners, local_port
 from sglguard.remediations.base import Remediation, RemediationConfig, RemediationError
 from sglguard.remediations.health import plan_wait, wait_until_healthy
 
@@ -27,6 +28,10 @@ def control_of(remediation: Remediation[Any]) -> Control[Any]:
             permanent=True,
         )
     return control
+
+
+def uses_pidfile(control: Control[Any]) -> bool:
+    return getattr(control.config, "pidfile", None) is not None
 
 
 class Restart(Remediation[RestartConfig]):
@@ -50,9 +55,36 @@ class Restart(Remediation[RestartConfig]):
 
     def execute(self) -> str:
         control = control_of(self)
+        port = local_port(self.context.target.url) if uses_pidfile(control) else None
+        if port is not None:
+            before = control.server_pid()
+            squatter = foreign(port, before)
+            if squatter is not None:
+                raise RemediationError(
+                    f"port {port} of {self.context.target.name} is held by "
+                    f"{squatter.describe()}, not by the server this control started"
+                    f"{f' (pid {before})' if before else ''}: a new server could not listen "
+                    "there; stop that process or fix the target's control", permanent=True)
         try:
             done = control.restart(self.context.overrides())
         except ControlError as exc:
             raise RemediationError(str(exc), permanent=exc.permanent) from None
         took = wait_until_healthy(self.context, control, self.config.health_path)
+        if port is not None:
+            self._answered_by_ours(control, port)
         return f"{done}; healthy after {took:.1f} s"
+
+    @staticmethod
+    def _answered_by_ours(control: Control[Any], port: int) -> None:
+        """/health passed: it must be the started server (alive, holding the port) that
+        answered, not another one."""
+        pid = control.server_pid()
+        failure = control.start_failure()
+        if failure is not None or pid is None:
+            raise RemediationError(failure or "the started server left no pid behind")
+        squatter = foreign(port, pid)
+        if squatter is not None or not listeners(port):
+            who = squatter.describe() if squatter else "nobody"
+            raise RemediationError(
+                f"/health answered, but port {port} is held by {who}, not by the started "
+                f"server (pid {pid})", permanent=squatter is not None)
