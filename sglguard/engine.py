@@ -23,6 +23,7 @@ from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.writer import ResultWriter
 
 logger = logging.getLogger(__name__)
+HARD_DOWN_KINDS = frozenset({"http", "process", "generate"})  # probes of the server's life
 
 
 @dataclass
@@ -187,8 +188,11 @@ class IncidentEngine:
             if failing and decision.evaluated and self._held(check, state, now):
                 incident = self._open(session, state, result, now)
                 decision.opened = incident.id
-                decision.remediate = None if state.flapping else incident.id
-                if not state.flapping:  # a flapping check says so once, not each flip
+                # A flapping check says so once, not at each flip; but a dead server always
+                # pages and is repaired, flapping or not.
+                hushed = state.flapping and not self._hard_down(check, result)
+                decision.remediate = None if hushed else incident.id
+                if not hushed:
                     decision.messages.append(messages.incident_opened(
                         incident, check, self.catalog.target(check.target)))
         else:
@@ -217,7 +221,8 @@ class IncidentEngine:
         incident_id = decision.remediate
         if incident_id is None or not check.remediate:
             return
-        withheld = self._withheld(check, quiet, decision)
+        incident = session.get_one(IncidentRow, incident_id)
+        withheld = self._withheld(check, quiet, decision, incident)
         if withheld is not None:
             if decision.opened is not None:
                 queries.add_event(session, incident_id, now, "remediation_withheld", withheld)
@@ -231,10 +236,14 @@ class IncidentEngine:
         decision.staged += 1
 
     def _withheld(self, check: CheckConfig, quiet: silences.Quiet | None,
-                  decision: Decision) -> str | None:
+                  decision: Decision, incident: IncidentRow) -> str | None:
         """Why the policy lets no remediation run for this decision; None when it may."""
         if (check.mode or self.catalog.mode) == "passive":
             return "passive mode"
+        harsh = [name for name in check.remediate if self.catalog.remediation(name).destructive]
+        if incident.severity == "unknown" and harsh and not check.remediate_on_unknown:
+            return (f"{', '.join(harsh)} withheld: the check could not evaluate (no measured "
+                    "breach); set remediate_on_unknown to allow it")
         if quiet is not None and not quiet.remediate:
             return quiet.reason
         if self.dry_run and decision.opened is None:
@@ -250,13 +259,19 @@ class IncidentEngine:
         if not failing and state.consecutive_successes >= check.success_threshold:
             self._resolve(session, state, incident, now)
             decision.resolved = incident.id
-            if not state.flapping:
-                decision.messages.append(messages.incident_resolved(
-                    incident, check, self.catalog.target(check.target)))
+            # Goes to whoever was told of the incident (nobody, if it opened hushed).
+            decision.messages.append(messages.incident_resolved(
+                incident, check, self.catalog.target(check.target)))
         elif failing and decision.evaluated:
             self._update(incident, result)
-            if incident.escalated_at is None and not state.flapping:
+            if incident.escalated_at is None and (
+                    not state.flapping or self._hard_down(check, result)):
                 decision.remediate = incident.id
+
+    @staticmethod
+    def _hard_down(check: CheckConfig, result: CheckResult) -> bool:
+        """A probe of the server's life failed outright: the server is down, not noisy."""
+        return result.status is Status.CRITICAL and check.kind in HARD_DOWN_KINDS
 
     @staticmethod
     def _window_open(state: State) -> bool:

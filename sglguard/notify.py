@@ -171,8 +171,11 @@ class Notifications:
         chosen = self.router.recipients(message)
         names = [notifier.name for notifier in chosen]
         if message.event in FOLLOW_UPS and message.incident_ids:
-            names += [name for name in self._told(session, message.incident_ids[0])
-                      if name not in names and name in self.notifiers]
+            # Exactly those told of the incident (or about to be): routing or not.
+            told = self._told(session, message.incident_ids[0])
+            names = [name for name in told if name in self.notifiers]
+            names += [spare for name in told for spare in [self.notifiers[name].fallback]
+                      if name in self.notifiers and spare and spare not in names]
         direct = sorted(notifier.name for notifier in chosen)
         wait = self.settings.group_wait
         due = now + wait if (message.event == "incident_opened" and message.target

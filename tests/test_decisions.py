@@ -249,3 +249,28 @@ def test_on_the_first_round_a_check_waits_for_the_check_it_depends_on(
     with store.session() as session:
         [models] = queries.recent_results(session, "models", 5)
     assert models.status == "skipped" and "liveness is critical" in models.message
+
+
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_a_check_that_cannot_evaluate_never_restarts_unless_it_opts_in(
+        make_catalog: Callable[[str], Catalog], store: Store, opt_in: bool) -> None:
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "http://127.0.0.1:1",
+                    control: {{kind: process, start: ["true"], pidfile: x.pid}}}}]
+        checks: [{{name: ttft, kind: http, target: local, failure_threshold: 2,
+                   remediate: [restart], remediate_on_unknown: {str(opt_in).lower()}}}]
+        remediations: [{{name: restart, kind: restart}}]
+        """)
+    engine = IncidentEngine(catalog, store)
+    decisions = [engine.record(result("ttft", Status.UNKNOWN, engine.clock()))
+                 for _ in range(4)]
+    assert decisions[1].opened is not None
+    assert any(decision.requested for decision in decisions) is opt_in
+    with store.session() as session:
+        events = {event.kind: event.detail for event in
+                  queries.events_of(session, decisions[1].opened)}
+    if not opt_in:
+        assert "no measured breach" in events["remediation_withheld"]
+        # A measured breach is evidence of harm: the restart is requested then.
+        assert engine.record(result("ttft", Status.CRITICAL, engine.clock())).requested

@@ -78,7 +78,8 @@ def test_flapping_check_is_announced_once_and_not_remediated(
         version: 1
         targets: [{name: local, url: "http://127.0.0.1:1"}]
         checks:
-          - {name: liveness, kind: http, target: local, failure_threshold: 1,
+          - {name: liveness, kind: server_info, path: max_running_requests, target: local,
+             failure_threshold: 1,
              remediate: [restart]}
         remediations: [{name: restart, kind: restart}]
         """.replace("checks:\n", "checks:\n").replace(
@@ -105,6 +106,31 @@ def test_flapping_check_is_announced_once_and_not_remediated(
         if decision.flapping is not None:
             flips.append((0, decision.flapping))
     assert [flip for _, flip in flips] == [True, False]
+
+
+def test_a_dead_server_is_paged_and_repaired_however_much_its_liveness_flaps(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    catalog = make_catalog("""\
+        version: 1
+        targets: [{name: local, url: "http://127.0.0.1:1",
+                   control: {kind: process, start: [x], pidfile: p.pid}}]
+        checks:
+          - {name: liveness, kind: http, target: local, failure_threshold: 1,
+             remediate: [restart]}
+        remediations: [{name: restart, kind: restart}]
+        """)
+    engine = IncidentEngine(catalog, store, clock)
+    flapping, opened, requested = False, 0, 0
+    for index in range(16):  # a crash loop: down, restarted, down again...
+        clock.advance(10)
+        status = Status.CRITICAL if index % 2 == 0 else Status.OK
+        decision = engine.record(CheckResult("liveness", "local", status, None, "s",
+                                             "connection refused", 1.0, clock()))
+        flapping = flapping or decision.flapping is True
+        opened += any(item.event == "incident_opened" for item in decision.messages)
+        requested += decision.requested
+    assert flapping
+    assert opened == 8 and requested == 8  # every crash paged and its restart requested
 
 
 def test_silences_cover_their_target_and_check_until_they_end_or_expire(

@@ -90,6 +90,11 @@ class CheckConfig(KindModel):
         description="a breach must hold this long (as Prometheus' `for:`); replaces "
                     "failure_threshold")
     success_threshold: int = Field(default=1, ge=1, le=1000)
+    remediate_on_unknown: bool = Field(
+        default=False,
+        description="run destructive remediations (restart, reduce_concurrency, "
+                    "abort_requests) also when the check could not evaluate (UNKNOWN); by "
+                    "default they need a measured breach")
     warning: ThresholdField | None = None
     critical: ThresholdField | None = None
     remediate: tuple[Name, ...] = ()

@@ -13,6 +13,8 @@ from sglguard.remediations.base import Remediation, RemediationConfig, Remediati
 class AbortRequestsConfig(RemediationConfig):
     """Abort every running and waiting request of the target."""
 
+    destructive = True
+
     kind: Literal["abort_requests"]
 
 

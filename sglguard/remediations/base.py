@@ -41,6 +41,9 @@ class RemediationConfig(KindModel):
     """Fields every remediation has; a kind's model adds its own."""
 
     family: ClassVar[str] = "remediation"
+    # Takes capacity away (a restart, fewer slots, requests dropped): it runs only on evidence
+    # of harm, never on a check that could not evaluate, unless the check opts in.
+    destructive: ClassVar[bool] = False
     name: Name
     budget: Budget = Budget()
     backoff: Backoff = Backoff()

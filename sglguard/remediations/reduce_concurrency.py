@@ -53,6 +53,8 @@ class Lowering(ConfigModel):
 class ReduceConcurrencyConfig(RemediationConfig):
     """Restart with max_running_requests * factor (not below min); restore later."""
 
+    destructive = True
+
     kind: Literal["reduce_concurrency"]
     factor: float = Field(default=0.5, gt=0, lt=1)
     min: int = Field(default=8, ge=1)

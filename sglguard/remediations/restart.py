@@ -15,6 +15,8 @@ from sglguard.remediations.health import plan_wait, wait_until_healthy
 class RestartConfig(RemediationConfig):
     """Restart the server; success means /health answered 200 within the start-up budget."""
 
+    destructive = True
+
     kind: Literal["restart"]
     health_path: str = "/health"
 
