@@ -95,7 +95,7 @@ def url_secrets(notifiers: Sequence[NotifierConfig]) -> list[str]:
 
 def backoff(attempts: int) -> timedelta:
     """5 s, 10 s, 20 s ... up to 5 minutes between tries of one undelivered message."""
-    return min(MAX_BACKOFF, timedelta(seconds=5 * 2 ** max(0, attempts - 1)))
+    return min(MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(max(0, attempts - 1), 8)))
 
 
 class _Sender:

@@ -14,11 +14,11 @@ from click.testing import CliRunner, Result
 from sglguard import messages, reminders
 from sglguard.cli import main
 from sglguard.clock import utcnow
-from sglguard.config.models import Catalog, NotifierConfig
+from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
 from sglguard.notify import Message, Notifications
 from sglguard.receiver import AlertReceiver
 from sglguard.store import Store, queries
-from sglguard.store.models import IncidentRow, NotificationAttemptRow
+from sglguard.store.models import IncidentRow, NotificationAttemptRow, OutboxRow
 
 from conftest import FakeClock, free_port, wait_for
 
@@ -405,3 +405,54 @@ def test_an_escalation_pages_whatever_the_incident_severity(
     assert sender.router.recipients(messages.incident_opened(incident, check, target)) == []
     escalation = messages.incident_escalated(incident, check, target, "verification failed")
     assert [item.name for item in sender.router.recipients(escalation)] == ["pager"]
+
+
+def test_a_notifier_and_its_fallback_down_for_a_minute_lose_nothing(
+        store: Store, clock: FakeClock) -> None:
+    primary, spare = AlertReceiver(status=500).start(), AlertReceiver(status=500).start()
+    try:
+        config = [NotifierConfig.model_validate({
+            "name": "ops", "urls": [f"json://127.0.0.1:{primary.port}/a"], "fallback": "spare"}),
+            notifier("spare", f"json://127.0.0.1:{spare.port}/a")]
+        notifications = Notifications(config, store, clock=clock, retry_wait=0.01)
+        notifications.start()
+        for number in range(3):
+            notifications.submit(Message("remediation_failed", f"m{number}", "b", "critical",
+                                         target="local"))
+        assert notifications.flush(10)  # tried once: both down, kept for later
+        for _ in range(12):  # a minute of outage, the clock moved by hand
+            clock.advance(5)
+            assert notifications.flush(10)
+        assert primary.received() == [] and spare.received() == []
+        primary.status = spare.status = 200
+        clock.advance(60)
+        assert notifications.flush(10)
+        notifications.stop()
+    finally:
+        primary.stop()
+        spare.stop()
+    assert [alert["title"] for alert in primary.received()] == ["m0", "m1", "m2"]
+    outcomes = [row.outcome for row in attempts(store) if row.notifier == "ops"]
+    assert outcomes.count("sent") == 3 and outcomes.count("failed") >= 6
+    with store.session() as session:
+        assert {row.status for row in session.query(OutboxRow)} == {"done"}
+
+
+def test_a_message_is_given_up_when_it_expires_and_recorded_as_expired(
+        store: Store, clock: FakeClock) -> None:
+    down = AlertReceiver(status=500).start()
+    try:
+        notifications = Notifications(
+            [notifier("ops", f"json://127.0.0.1:{down.port}/a")], store, clock=clock,
+            retry_wait=0.01, settings=NotificationsConfig(expire="2m"))
+        notifications.start()
+        notifications.submit(MESSAGE)
+        for _ in range(30):
+            clock.advance(10)
+            notifications.flush(10)
+        notifications.stop()
+    finally:
+        down.stop()
+    assert [row.outcome for row in attempts(store)][-1] == "expired"
+    with store.session() as session:
+        assert [row.status for row in session.query(OutboxRow)] == ["expired"]
