@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sglguard import messages, reminders
@@ -154,6 +154,7 @@ class Notifications:
         self._stopping = threading.Event()
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
+        self._planned = -1  # batches handed out by the newest plan
 
     @classmethod
     def from_catalog(cls, catalog: Catalog, store: Store, *,
@@ -243,14 +244,9 @@ class Notifications:
             self._release_all.clear()
 
     def _settled(self) -> bool:
-        if any(sender.busy.is_set() for sender in self._senders.values()):
-            return False
-        with self.store.session() as session:
-            untried = session.scalar(select(func.count()).select_from(OutboxRow).where(
-                OutboxRow.kind == owed.MESSAGE, OutboxRow.status.in_(owed.ACTIVE),
-                OutboxRow.notifier.in_(list(self.notifiers)),
-                (OutboxRow.attempts == 0) | (OutboxRow.status == "claimed")))
-        return not untried
+        """Nothing in flight, and the newest plan (made after it) found nothing due."""
+        return self._planned == 0 and not any(
+            sender.busy.is_set() for sender in self._senders.values())
 
     def stop(self, timeout: float = 5.0) -> None:
         """Send what is due within `timeout`; whatever is left stays owed in the store and goes
@@ -290,14 +286,18 @@ class Notifications:
             rows = [row for row in owed.active(session, owed.MESSAGE)
                     if row.notifier in self.notifiers]
         wake = self.poll
+        planned = 0
         for name, sender in self._senders.items():
             if sender.busy.is_set():
+                planned += 1
                 continue
             batches, due_in = self._plan([row for row in rows if row.notifier == name], now,
                                          release)
             wake = min(wake, due_in)
             if batches:
                 sender.give(batches)
+                planned += len(batches)
+        self._planned = planned
         return max(0.05, wake)
 
     def _plan(self, rows: list[OutboxRow], now: datetime,
@@ -317,7 +317,8 @@ class Notifications:
             if not may:
                 blocked.add(key)
                 continue
-            if row.due_at > now and not release:
+            held = row.event == "incident_opened" and row.attempts == 0  # its group window
+            if row.due_at > now and not (release and held):
                 blocked.add(key)
                 wake = min(wake, (row.due_at - now).total_seconds())
                 continue
