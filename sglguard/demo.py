@@ -13,8 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from sglguard import output
 from sglguard.config.loader import ConfigError, load_catalog
 from sglguard.controls.process import ProcessControlConfig, read_pidfile
@@ -56,7 +54,7 @@ def _resolved(store: Store) -> int:
 
 
 def run_demo(directory: Path, *, keep_running: bool = False) -> int:
-    console = Console(highlight=False)
+    console = output.console(highlight=False)
     directory.mkdir(parents=True, exist_ok=True)
     catalog_path = directory / "sglguard.yaml"
     catalog_path.write_text(demo_catalog())

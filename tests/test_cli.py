@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -130,6 +131,27 @@ def test_check_results_are_stored_and_shown_by_history(tmp_path: Path,
     assert [item["check"] for item in only] == ["queue"]
     table = invoke("history", "--config", str(path))
     assert table.exit_code == 0 and "liveness" in table.output
+
+
+def test_output_into_a_pipe_is_never_wrapped_whatever_the_width(tmp_path: Path) -> None:
+    """Not a terminal (a pipe, a file, CliRunner) at COLUMNS=40: whole lines, no split words."""
+    port = free_port()
+    path = catalog_for(tmp_path, f"http://127.0.0.1:{port}", port=port)
+    narrow = CliRunner(env={"COLUMNS": "40"})
+    refused = (f"GET /health: connection refused at http://127.0.0.1:{port} (nothing is "
+               "listening: the server process is gone)")
+    checked = narrow.invoke(main, ["check", "--config", str(path)])
+    assert refused in checked.output, checked.output
+    plan = narrow.invoke(main, ["remediate", "restart", "--dry-run", "--config", str(path)])
+    assert plan.exit_code == 0, plan.output
+    assert f"wait up to 10 s for GET http://127.0.0.1:{port}/health to answer 200" in (
+        plan.output)
+    piped = subprocess.run([PYTHON, "-m", "sglguard", "history", "--config", str(path)],
+                           capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "COLUMNS": "40"})
+    assert piped.returncode == 0, piped.stderr
+    assert refused in piped.stdout
+    assert max(len(line) for line in piped.stdout.splitlines()) > 40
 
 
 def test_unknown_check_or_remediation_is_exit_2(tmp_path: Path) -> None:
@@ -290,4 +312,5 @@ def test_incidents_show_prints_the_timeline(tmp_path: Path) -> None:
     assert shown.exit_code == 0, shown.output
     assert "incident #1 local/liveness resolved" in shown.output
     assert "opened" in shown.output and "3 consecutive failed runs" in shown.output
+    assert "None" not in shown.output  # the refused runs had no value: none is shown
     assert invoke("incidents", "--config", str(path), "--show", "7").exit_code == 2

@@ -402,9 +402,10 @@ class Children:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, code: str = SLEEP) -> tuple[subprocess.Popen[bytes], str]:
+    def start(self, code: str = SLEEP, *before: str) -> tuple[subprocess.Popen[bytes], str]:
+        """A child whose command line ends with its marker, after the arguments `before`."""
         marker = f"sglguard-test-{uuid.uuid4().hex}"
-        child = subprocess.Popen([PYTHON, "-c", code, marker], start_new_session=True,
+        child = subprocess.Popen([PYTHON, "-c", code, *before, marker], start_new_session=True,
                                  stdin=subprocess.DEVNULL)
         self.started.append(child)
         return child, marker
@@ -451,6 +452,23 @@ def test_process_check_alive_from_the_targets_pidfile(
     assert (result.status, result.value, result.unit) == (Status.OK, 1.0, "up")
     assert marker in result.message
     assert f"pid {child.pid} from {pidfile}" in result.message
+
+
+def test_process_check_shows_the_end_of_a_long_command_line(
+    children: Children, make_check: MakeCheck, tmp_path: Path
+) -> None:
+    """A deep virtual environment and a long SGLang command line: the middle is cut, so the
+    arguments at the end (which tell servers apart) stay in the message."""
+    child, marker = children.start(SLEEP, "--model-path", "/" + "deep-folder/" * 60)
+    pidfile = pidfile_for(tmp_path, child.pid)
+
+    result = make_check({"kind": "process"}, target=controlled(pidfile)).execute()
+
+    assert (result.status, result.value) == (Status.OK, 1.0)
+    assert marker in result.message
+    assert f"-c {SLEEP}" in result.message
+    assert " ... " in result.message
+    assert len(result.message) < 400 + len(f"alive: ; pid {child.pid} from {pidfile}") + 10
 
 
 def test_process_check_pid_that_is_not_running_is_critical(

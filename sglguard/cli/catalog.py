@@ -69,8 +69,6 @@ def validate(config_path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None:
     """Run each check once now, store the results; exit status is the worst status."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.service import run_once
     from sglguard.store import queries
@@ -91,7 +89,7 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
     if as_json:
         click.echo(json.dumps(items, indent=2))
     else:
-        output.results_table(Console(), items, "checks")
+        output.results_table(output.console(), items, "checks")
     sys.exit(int(output.worst(results)))
 
 
@@ -102,8 +100,6 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 def history(config_path: str | None, check_name: str | None, limit: int, as_json: bool) -> None:
     """Recent check results, newest first."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.store import queries
 
@@ -113,7 +109,7 @@ def history(config_path: str | None, check_name: str | None, limit: int, as_json
     if as_json:
         click.echo(json.dumps(items, indent=2))
     else:
-        output.results_table(Console(), items, "history")
+        output.results_table(output.console(), items, "history")
 
 
 @main.command()
@@ -125,8 +121,6 @@ def history(config_path: str | None, check_name: str | None, limit: int, as_json
 def incidents(config_path: str | None, open_only: bool, show_id: int | None, limit: int,
               as_json: bool) -> None:
     """Incidents with their remediations and notifications, newest first."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.store import queries
     from sglguard.store.models import IncidentRow
@@ -144,8 +138,8 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
             for incident in chosen if incident is not None
         ]
     if show_id is not None and not as_json:
-        output.incident_timeline(Console(highlight=False), items[0])
+        output.incident_timeline(output.console(highlight=False), items[0])
     elif as_json:
         click.echo(json.dumps(items, indent=2))
     else:
-        output.incidents_table(Console(), items)
+        output.incidents_table(output.console(), items)

@@ -81,8 +81,6 @@ def reloaded(path: Path, service: Any) -> Any:
 @click.option("--dry-run", is_flag=True, help="print exactly what would be done; change nothing")
 def remediate(config_path: str | None, name: str, target_name: str | None, dry_run: bool) -> None:
     """Run one remediation by hand (recorded in the store, marked dry-run or not)."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.remediations.runner import RemediationRunner
     from sglguard.service import build_clients
@@ -100,7 +98,7 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
         fail(f"unknown target '{target_name}' (known: {', '.join(targets)})")
     store = open_store(catalog)
     runner = RemediationRunner(catalog, store, build_clients(catalog))
-    console = Console()
+    console = output.console()
     if dry_run:
         outcome = runner.run(name, target_name, trigger="manual", dry_run=True)
     else:
