@@ -30,6 +30,7 @@ from sglguard.checks.base import Check, CheckConfig, CheckContext, Status
 from sglguard.checks.host import cpu_reading
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
+from sglguard.config.loader import ConfigError
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.store import Store
 from sglguard.store.samples import StoreSamples
@@ -896,3 +897,62 @@ def test_log_check_relative_path_is_taken_from_the_catalog_folder(
     """)
 
     assert catalog.checks[0].path == tmp_path / "logs" / "server.log"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("control", "expected"), [
+    ('{kind: process, start: [sglang], pidfile: run/server.pid, log: logs/sglang.log}',
+     "logs/sglang.log"),
+    ('{kind: process, start: [sglang], pidfile: run/server.pid}', "run/server.log"),
+    ('{kind: command, start: [up], stop: [down], log: out.txt}', "out.txt"),
+])
+def test_log_check_without_path_reads_the_log_its_targets_control_writes(
+    make_catalog: Callable[[str], Catalog], tmp_path: Path, store: Store, clock: FakeClock,
+    control: str, expected: str
+) -> None:
+    """By reference to the control (its `log`, or the default beside its pidfile), not by a
+    file name that happens to match."""
+    catalog = make_catalog(f"""
+        version: 1
+        targets:
+          - name: local
+            url: http://127.0.0.1:30000
+            control: {control}
+        checks:
+          - {{name: errors, target: local, kind: log, patterns: [Traceback], critical: "> 0"}}
+    """)
+    log = tmp_path / expected
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("old\n")
+    with contextlib.closing(SGLangClient(UNUSED_URL)) as client:
+        check = CHECKS["log"](catalog.checks[0], CheckContext(
+            catalog.targets[0], client, samples=StoreSamples(store), clock=clock))
+
+        assert check.execute().message.startswith(f"first run: watching {log} from its end")
+        append(log, "Traceback: the server crashed\n")
+        result = check.execute()
+    assert (result.status, result.value) == (Status.CRITICAL, 1.0)
+
+
+@pytest.mark.parametrize(("control", "keeps"), [
+    ("control: {kind: systemd, unit: sglang}",
+     "the systemd control of target 'local' keeps no log file"),
+    ("control: {kind: command, start: [up], stop: [down]}",
+     "the command control of target 'local' keeps no log file"),
+    ("", "target 'local' has no control"),
+])
+def test_log_check_without_path_on_a_target_whose_control_keeps_no_log_is_a_config_error(
+    make_catalog: Callable[[str], Catalog], control: str, keeps: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_catalog(f"""
+            version: 1
+            targets:
+              - name: local
+                url: http://127.0.0.1:30000
+                {control}
+            checks:
+              - {{name: errors, target: local, kind: log, patterns: [Traceback]}}
+        """)
+    assert raised.value.problems == [
+        f"checks[0] (line 8): a log check without `path` reads the log its target's control "
+        f"writes, but {keeps}: give `path:` (the file the server writes to)"]

@@ -13,14 +13,30 @@ from sglguard.cli import config_option, fail, load, main, open_store
 
 
 @main.command()
-@click.option("--path", "target_path", type=click.Path(dir_okay=False), default="sglguard.yaml",
-              show_default=True, help="where to write the catalog")
-@click.option("--force", is_flag=True, help="overwrite an existing file")
-def init(target_path: str, force: bool) -> None:
+@click.option("--path", "target_path", type=click.Path(dir_okay=False), default=None,
+              help="where to write the catalog  [default: sglguard.yaml]")
+@click.option("--force", is_flag=True, help="overwrite existing files")
+@click.option("--system", is_flag=True,
+              help="install as a system service: /etc/sglguard/sglguard.yaml with its state in "
+                   "/var/lib/sglguard, /etc/sglguard/env (0600), the systemd unit and the "
+                   "polkit rule for the systemd control")
+@click.option("--root", type=click.Path(file_okay=False), default="/", show_default=True,
+              help="with --system: write under this folder instead of / (to inspect or package)")
+@click.option("--server-unit", "server_units", multiple=True, default=["sglang.service"],
+              show_default=True, help="with --system: the SGLang server's unit, which the polkit "
+                                      "rule lets sglguard restart (repeatable)")
+def init(target_path: str | None, force: bool, system: bool, root: str,
+         server_units: tuple[str, ...]) -> None:
     """Write the example catalog (every family of checks) for a new installation."""
     from importlib import resources
 
-    path = Path(target_path)
+    if system:
+        if target_path is not None:
+            fail("--path and --system exclude each other: --system writes "
+                 "/etc/sglguard/sglguard.yaml (use --root to write elsewhere)")
+        init_system(Path(root), force, list(server_units))
+        return
+    path = Path(target_path or "sglguard.yaml")
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite it")
     text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
@@ -31,6 +47,41 @@ def init(target_path: str, force: bool) -> None:
         fail(f"cannot write {path}: {exc.strerror or exc}")
     click.echo(f"wrote {path}: edit the target and its start command, then "
                f"`sglguard validate --config {path}` and `sglguard check --config {path}`")
+
+
+def init_system(root: Path, force: bool, units: list[str]) -> None:
+    from sglguard.deploy import install_system, next_steps, this_program
+
+    program = this_program()
+    try:
+        written = install_system(root, program=program, units=units, force=force)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        fail(f"cannot write{where}: {exc.strerror or exc} (run as root, or pass --root DIR)")
+    for item in written:
+        state = "kept (exists; --force replaces it)" if item.kept else "wrote"
+        click.echo(f"{state} {item.path} (mode {item.mode:04o})")
+    click.echo("next:")
+    for number, step in enumerate(next_steps(root, program), start=1):
+        click.echo(f"  {number}. {step}")
+
+
+@main.command("deploy-unit")
+@click.option("--polkit", is_flag=True,
+              help="print the polkit rule for the systemd control instead of the unit")
+@click.option("--server-unit", "server_units", multiple=True, default=["sglang.service"],
+              show_default=True, help="with --polkit: the SGLang server's unit (repeatable)")
+@click.option("--program", default=None,
+              help="the sglguard program the unit runs (default: this one)")
+def deploy_unit(polkit: bool, server_units: tuple[str, ...], program: str | None) -> None:
+    """Print the packaged systemd unit (for installs without the wheel's files at hand, e.g.
+    pipx), with ExecStart pointing at this sglguard: sglguard deploy-unit > sglguard.service"""
+    from sglguard.deploy import polkit_rule, this_program, unit_text
+
+    if polkit:
+        click.echo(polkit_rule(list(server_units)), nl=False)
+        return
+    click.echo(unit_text(program or this_program()), nl=False)
 
 
 @main.command()

@@ -24,8 +24,9 @@ def run(config_path: str | None, dry_run: bool) -> None:
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the catalog."""
     from sglguard.service import Service
 
-    path, catalog = load(config_path)
-    service = Service(catalog, open_store(catalog, migrate_apart=True), dry_run=dry_run)
+    path, catalog = load(config_path, service=True)
+    service = Service(catalog, open_store(catalog, migrate_apart=True, service=path),
+                      dry_run=dry_run)
     asked: set[str] = set()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from sglguard.config.models import Catalog, StoreConfig
-from sglguard.config.references import reference_problems
+from sglguard.config.references import log_problems, reference_problems
 
 Loc = tuple[str | int, ...]
 DEFAULT_PATHS = (Path("sglguard.yaml"), Path("/etc/sglguard/sglguard.yaml"))
@@ -48,7 +48,8 @@ def find_catalog(explicit: str | os.PathLike[str] | None) -> Path:
         if candidate.is_file():
             return candidate
     tried = " or ".join(str(path) for path in DEFAULT_PATHS)
-    raise ConfigError(tried, ["no catalog found: pass --config PATH (or run `sglguard demo`)"])
+    raise ConfigError(tried, ["no catalog found: write one with `sglguard init` (or `sglguard "
+                              "init --system` for a service on this host), or pass --config PATH"])
 
 
 class _Document:
@@ -180,6 +181,8 @@ def parse_catalog(text: str, source: Path) -> Catalog:
             if not _is_consequence(error, errors)
         ]
     found += reference_problems(data)
+    if catalog is not None and not found:
+        found += log_problems(catalog)
     if found or catalog is None:
         raise ConfigError(name, _render(document, found))
     return catalog
