@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,58 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert f"checks[0] (line 3): unknown check kind 'nope': valid kinds are {kinds}" in (
         result.output)
     assert "Traceback" not in result.output
+
+
+def test_validate_warns_of_checks_that_cannot_work_on_this_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warnings, not errors: exit 0, and the same in --json."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # the one boundary faked: no NVML here
+    path = tmp_path / "sglguard.yaml"
+    path.write_text("""\
+version: 1
+targets:
+  - name: local
+    url: http://127.0.0.1:1
+    control: {kind: process, start: [sglang], pidfile: missing-folder/sglang.pid}
+checks:
+  - {name: gpu-temp, kind: gpu, target: local, metric: temperature_c}
+  - {name: errors, kind: log, target: local, patterns: [Traceback]}
+  - {name: other-log, kind: log, target: local, path: nowhere.log, patterns: [Traceback]}
+""")
+    result = invoke("validate", "--config", str(path))
+
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: target local: the folder of its pidfile, {tmp_path / 'missing-folder'}, does "
+        "not exist: the process control cannot start the server until it does",
+        "warning: check gpu-temp (gpu): NVML is not available on this host (the pynvml module "
+        "is not installed (nvidia-ml-py)); it will report UNKNOWN",
+        f"warning: check errors (log): {tmp_path / 'missing-folder/sglang.log'}, the log its "
+        "target's control writes, does not exist yet; it appears when the control first starts "
+        "the server, and the check reports UNKNOWN until then",
+        f"warning: check other-log (log): {tmp_path / 'nowhere.log'} does not exist; the check "
+        "reports UNKNOWN until it does",
+    ]
+    shown = json.loads(invoke("validate", "--config", str(path), "--json").output)
+    assert shown["valid"] is True
+    assert shown["warnings"] == [line.removeprefix("warning: ") for line in warnings]
+    assert [item["name"] for item in shown["checks"]] == ["gpu-temp", "errors", "other-log"]
+
+
+def test_without_a_catalog_the_hint_is_to_write_one_with_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sglguard.config import loader
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loader, "DEFAULT_PATHS", (Path("sglguard.yaml"),
+                                                  tmp_path / "etc/sglguard.yaml"))
+    result = invoke("validate")
+    assert result.exit_code == 2
+    assert "no catalog found: write one with `sglguard init`" in result.output
+    assert "`sglguard init --system` for a service on this host" in result.output
 
 
 def test_missing_catalog_is_exit_2(tmp_path: Path) -> None:

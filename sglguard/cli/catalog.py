@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sglguard.cli import config_option, fail, load, main, open_store
+
+if TYPE_CHECKING:
+    from sglguard.config.models import Catalog
 
 
 @main.command()
@@ -86,11 +90,18 @@ def deploy_unit(polkit: bool, server_units: tuple[str, ...], program: str | None
 
 @main.command()
 @config_option
-def validate(config_path: str | None) -> None:
-    """Load and validate the catalog; list every problem with its path and line."""
+@click.option("--json", "as_json", is_flag=True, help="print the summary as a JSON object")
+def validate(config_path: str | None, as_json: bool) -> None:
+    """Validate the catalog (every problem with its path and line; exit 2), then say what
+    cannot work on this host (warnings: exit 0)."""
+    from sglguard.config.host_warnings import host_warnings
     from sglguard.config.types import format_duration
 
     path, catalog = load(config_path)
+    warnings = host_warnings(catalog)
+    if as_json:
+        click.echo(json.dumps(validate_dict(path, catalog, warnings), indent=2))
+        return
     lines = [f"valid: {path}", f"  store: {catalog.store.url.split('://', 1)[0]} "
                                f"(mode {catalog.mode})"]
     for target in catalog.targets:
@@ -111,7 +122,29 @@ def validate(config_path: str | None) -> None:
         schemes = ", ".join(url.get_secret_value().split("://", 1)[0] + "://"
                             for url in notifier.urls)
         lines.append(f"  notifier {notifier.name}: {schemes} ({len(notifier.events)} events)")
+    lines += [f"warning: {warning}" for warning in warnings]
     click.echo("\n".join(lines))
+
+
+def validate_dict(path: Path, catalog: Catalog, warnings: list[str]) -> dict[str, Any]:
+    from sglguard.config.types import format_duration
+
+    return {
+        "valid": True, "path": str(path), "mode": catalog.mode,
+        "store": catalog.store.url.split("://", 1)[0],
+        "targets": [{"name": target.name, "url": target.url,
+                     "control": target.control.kind if target.control else None}
+                    for target in catalog.targets],
+        "checks": [{"name": item.name, "kind": item.kind, "target": item.target,
+                    "interval": format_duration(item.interval),
+                    "depends_on": list(item.depends_on), "remediate": list(item.remediate)}
+                   for item in catalog.checks],
+        "remediations": [{"name": item.name, "kind": item.kind} for item in catalog.remediations],
+        "notifiers": [{"name": item.name,
+                       "schemes": [url.get_secret_value().split("://", 1)[0]
+                                   for url in item.urls]} for item in catalog.notifiers],
+        "warnings": warnings,
+    }
 
 
 @main.command()
