@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from sglguard.checks.registry import CHECKS
 from sglguard.cli import main
-from sglguard.controls.process import read_pidfile
+from sglguard.controls.process import ProcessControlConfig, read_pidfile
 from sglguard.emulator import Emulator
 
 from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
@@ -367,3 +368,41 @@ def test_incidents_show_prints_the_timeline(tmp_path: Path) -> None:
     assert "opened" in shown.output and "3 consecutive failed runs" in shown.output
     assert "None" not in shown.output  # the refused runs had no value: none is shown
     assert invoke("incidents", "--config", str(path), "--show", "7").exit_code == 2
+
+
+def test_demo_ports_are_chosen_on_the_command_line(tmp_path: Path) -> None:
+    from sglguard.config.loader import load_catalog
+    from sglguard.demo import demo_catalog
+
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(demo_catalog(31001, 9099))
+    catalog = load_catalog(path)
+    assert catalog.targets[0].url == "http://127.0.0.1:31001"
+    control = catalog.targets[0].control
+    assert isinstance(control, ProcessControlConfig)
+    assert control.start[-2:] == ("--port", "31001")
+    assert catalog.notifiers[0].urls[0].get_secret_value() == "json://127.0.0.1:9099/alerts"
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = invoke("demo", "--dir", str(tmp_path / "demo"), "--port", str(busy),
+                        "--receiver-port", str(free_port()))
+    assert result.exit_code == 2
+    assert f"port {busy} on 127.0.0.1 is in use" in result.output
+    assert "choose others with --port and --receiver-port" in result.output
+    same = invoke("demo", "--port", "31001", "--receiver-port", "31001")
+    assert same.exit_code == 2 and "give them different ports" in same.output
+
+
+def test_remediate_json_gives_the_run_and_its_plan(tmp_path: Path) -> None:
+    port = free_port()
+    path = catalog_for(tmp_path, f"http://127.0.0.1:{port}", port=port)
+    result = invoke("remediate", "restart", "--dry-run", "--json", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.output)
+    assert (run["remediation"], run["target"], run["dry_run"], run["outcome"]) == (
+        "restart", "local", True, "planned")
+    assert run["plan"][-1] == (f"wait up to 10 s for GET http://127.0.0.1:{port}/health to "
+                               "answer 200")

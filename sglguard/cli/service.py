@@ -80,7 +80,9 @@ def reloaded(path: Path, service: Any) -> Any:
 @click.option("--target", "target_name", default=None,
               help="target to act on (may be left out when the catalog has one target)")
 @click.option("--dry-run", is_flag=True, help="print exactly what would be done; change nothing")
-def remediate(config_path: str | None, name: str, target_name: str | None, dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the run as a JSON object")
+def remediate(config_path: str | None, name: str, target_name: str | None, dry_run: bool,
+              as_json: bool) -> None:
     """Run one remediation by hand (recorded in the store, marked dry-run or not)."""
     from sglguard import output
     from sglguard.remediations.runner import RemediationRunner
@@ -103,9 +105,18 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
     if dry_run:
         outcome = runner.run(name, target_name, trigger="manual", dry_run=True)
     else:
-        output.plan_lines(console, name, target_name, runner.build(name, target_name).plan(),
-                          dry_run=False)
+        if not as_json:
+            output.plan_lines(console, name, target_name,
+                              runner.build(name, target_name).plan(), dry_run=False)
         outcome = run_by_hand(runner, store, name, target_name)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            "run_id": outcome.run_id, "remediation": name, "target": target_name,
+            "dry_run": dry_run, "outcome": outcome.outcome, "plan": outcome.plan,
+            "detail": outcome.detail, "error": outcome.error}, indent=2))
+        sys.exit(0 if dry_run or outcome.outcome == "succeeded" else 1)
     if dry_run:
         output.plan_lines(console, name, target_name, outcome.plan, dry_run=True)
         console.print(f"dry run recorded as run #{outcome.run_id}; nothing was changed",
@@ -190,8 +201,15 @@ def emulator(port: int, host: str, model_path: str | None, max_running_requests:
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default="sglguard-demo",
               show_default=True, help="where the demo writes its catalog, database and logs")
 @click.option("--keep-running", is_flag=True, help="after the scripted part, keep running")
-def demo(directory: str, keep_running: bool) -> None:
+@click.option("--port", type=click.IntRange(1, 65535), default=30000, show_default=True,
+              help="the port of the demo's SGLang emulator")
+@click.option("--receiver-port", type=click.IntRange(1, 65535), default=8088, show_default=True,
+              help="the port of the demo's alert receiver")
+def demo(directory: str, keep_running: bool, port: int, receiver_port: int) -> None:
     """Show the loop working: the emulator is killed, detected, restarted, resolved, notified."""
     from sglguard.demo import run_demo
 
-    sys.exit(run_demo(Path(directory), keep_running=keep_running))
+    if port == receiver_port:
+        fail(f"--port and --receiver-port are both {port}: give them different ports")
+    sys.exit(run_demo(Path(directory), keep_running=keep_running, port=port,
+                      receiver_port=receiver_port))
