@@ -46,7 +46,8 @@ def test_init_system_writes_catalog_env_unit_and_polkit_rule_with_their_modes(
         assert f"wrote {path} (mode {mode(path):04o})" in result.output
     # What to run next, validate before starting.
     assert "next:" in result.output
-    assert ("validate --config /etc/sglguard/sglguard.yaml" in result.output
+    assert (f"{this_program()} --env-file /etc/sglguard/env validate --config "
+            "/etc/sglguard/sglguard.yaml" in result.output
             and "systemctl daemon-reload && systemctl enable --now sglguard" in result.output)
     assert result.output.index("validate --config") < result.output.index("enable --now")
 
@@ -193,3 +194,29 @@ def test_run_on_a_database_server_not_answering_yet_exits_1_to_be_started_again(
 
     assert done.returncode == 1, done.stderr
     assert "cannot open store" in done.stderr and "starts sglguard again" in done.stderr
+
+
+def test_env_file_gives_commands_run_by_hand_the_services_variables(tmp_path: Path) -> None:
+    """As the unit's EnvironmentFile= does: comments, quotes, `export`; a bad line is named."""
+    catalog = tmp_path / "sglguard.yaml"
+    catalog.write_text("version: 1\ntargets:\n  - name: a\n    url: http://127.0.0.1:1\n"
+                       "    api_key: ${SGLGUARD_TEST_KEY}\n"
+                       "notifiers: [{name: n, urls: ['${SGLGUARD_TEST_URL}']}]\n")
+    env = tmp_path / "env"
+    env.write_text("# secrets\n; also a comment\n\nSGLGUARD_TEST_KEY=\"k3y with space\"\n"
+                   "export SGLGUARD_TEST_URL='json://127.0.0.1:9/x'\n")
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("SGLGUARD_TEST")}
+
+    def validate(*before: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PYTHON, "-m", "sglguard", *before, "validate", "--config",
+                               str(catalog)], capture_output=True, text=True, timeout=60,
+                              env=clean)
+
+    without = validate()
+    assert without.returncode == 2 and "SGLGUARD_TEST_KEY is not set" in without.stderr
+    done = validate("--env-file", str(env))
+    assert done.returncode == 0, done.stderr
+    assert "k3y" not in done.stdout + done.stderr
+    env.write_text("SGLGUARD_TEST_KEY=ok\nnot a line\n")
+    bad = validate("--env-file", str(env))
+    assert bad.returncode == 2 and f"{env} line 2: expected KEY=value" in bad.stderr

@@ -86,11 +86,22 @@ def open_store(catalog: Catalog, *, migrate_apart: bool = False,
 @click.version_option(__version__, prog_name="sglguard")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default=None, help="log level on stderr (default: info for run, warning else)")
+@click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+              help="read KEY=value lines into the environment first, as the unit's "
+                   "EnvironmentFile= does (e.g. /etc/sglguard/env); variables already set win")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, env_file: str | None) -> None:
     """Keep SGLang inference servers healthy: checks, incidents, remediation, notifications."""
     default = "info" if ctx.invoked_subcommand == "run" else "warning"
     setup_logging(log_level or default)
+    if env_file is not None:
+        from sglguard.envfile import EnvFileError, read_env_file
+
+        try:
+            for key, value in read_env_file(Path(env_file)).items():
+                os.environ.setdefault(key, value)
+        except EnvFileError as exc:
+            fail(str(exc))
 
 
 # The commands register themselves on `main` when their modules are imported.

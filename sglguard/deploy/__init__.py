@@ -138,7 +138,7 @@ def next_steps(root: Path, program: str) -> list[str]:
         f"edit {catalog}: the target's url and control, which checks to keep "
         "(README: \"Watch a real SGLang server\"); secrets as KEY=value lines in "
         f"{CONFIG_DIR}/env, named as ${{KEY}} in the catalog",
-        f"sh -c 'set -a; . {CONFIG_DIR}/env; exec {program} validate --config {catalog}'",
+        f"{program} --env-file {CONFIG_DIR}/env validate --config {catalog}",
         "systemctl daemon-reload && systemctl enable --now sglguard",
         "journalctl -u sglguard -f   # exit status 2 = a configuration error: fix, validate, "
         "`systemctl restart sglguard`",
