@@ -13,8 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from sglguard import output
 from sglguard.config.loader import ConfigError, load_catalog
 from sglguard.controls.process import ProcessControlConfig, read_pidfile
@@ -26,8 +24,22 @@ logger = logging.getLogger(__name__)
 DEADLINE = 90.0
 
 
-def demo_catalog() -> str:
-    return resources.files("sglguard.config").joinpath("demo.yaml").read_text()
+SERVER_PORT = 30000
+RECEIVER_PORT = 8088
+
+
+def demo_catalog(port: int = SERVER_PORT, receiver_port: int = RECEIVER_PORT) -> str:
+    """The reference catalog, with the emulator on `port` and the alert receiver on
+    `receiver_port`."""
+    text = resources.files("sglguard.config").joinpath("demo.yaml").read_text()
+    changes = [(f"http://127.0.0.1:{SERVER_PORT}", f"http://127.0.0.1:{port}"),
+               (f'--port, "{SERVER_PORT}"', f'--port, "{port}"'),
+               (f"json://127.0.0.1:{RECEIVER_PORT}/", f"json://127.0.0.1:{receiver_port}/")]
+    for old, new in changes:
+        if old not in text:
+            raise RuntimeError(f"the demo catalog no longer holds {old!r}")
+        text = text.replace(old, new)
+    return text
 
 
 def _port_free(port: int) -> bool:
@@ -55,18 +67,20 @@ def _resolved(store: Store) -> int:
                    if item.status == "resolved")
 
 
-def run_demo(directory: Path, *, keep_running: bool = False) -> int:
-    console = Console(highlight=False)
+def run_demo(directory: Path, *, keep_running: bool = False, port: int = SERVER_PORT,
+             receiver_port: int = RECEIVER_PORT) -> int:
+    console = output.console(highlight=False)
     directory.mkdir(parents=True, exist_ok=True)
     catalog_path = directory / "sglguard.yaml"
-    catalog_path.write_text(demo_catalog())
+    catalog_path.write_text(demo_catalog(port, receiver_port))
     # A demo starts from nothing: an earlier demo's restarts would count against the budget.
     for leftover in directory.glob("sglguard-demo.db*"):
         leftover.unlink()
-    busy = [port for port in (30000, 8088) if not _port_free(port)]
+    busy = [number for number in (port, receiver_port) if not _port_free(number)]
     if busy:
         console.print(f"[red]port {', '.join(map(str, busy))} on 127.0.0.1 is in use[/]: the "
-                      "demo's emulator listens on 30000 and its alert receiver on 8088.")
+                      f"demo's emulator listens on {port} and its alert receiver on "
+                      f"{receiver_port}; choose others with --port and --receiver-port.")
         return 2
     try:
         catalog = load_catalog(catalog_path)
@@ -78,9 +92,10 @@ def run_demo(directory: Path, *, keep_running: bool = False) -> int:
     assert isinstance(control, ProcessControlConfig)
 
     def show(alert: dict[str, Any]) -> None:
-        console.print(f"  [cyan]alert received on :8088[/] {alert.get('title', '')}")
+        console.print(f"  [cyan]alert received on :{receiver_port}[/] "
+                      f"{alert.get('title', '')}")
 
-    receiver = AlertReceiver(port=8088, on_alert=show).start()
+    receiver = AlertReceiver(port=receiver_port, on_alert=show).start()
     service = Service(catalog, store)
     console.print(f"[bold]sglguard demo[/] in {directory}/ (catalog sglguard.yaml, store "
                   f"sglguard-demo.db, emulator log {control.log_path.name})")

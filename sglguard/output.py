@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,6 +19,24 @@ from sglguard.store.models import (
     NotificationAttemptRow,
     RemediationRunRow,
 )
+
+PIPE_WIDTH = 100_000  # "no limit": a table is as wide as its content, a line as long as it is
+
+
+def console(*, highlight: bool = True) -> Console:
+    """Where the CLI prints for people. At a terminal, wrapped to its width (COLUMNS or the
+    terminal's size) and coloured; into a pipe or a file, nothing is wrapped, so `grep` and
+    `less -S` see whole lines and no word is split."""
+    shown = Console(highlight=highlight)
+    try:
+        terminal = sys.stdout.isatty()
+    except ValueError:  # closed
+        terminal = False
+    if not terminal:
+        shown.width = PIPE_WIDTH
+        shown.soft_wrap = True
+    return shown
+
 
 STYLES = {"ok": "green", "warning": "yellow", "critical": "bold red", "unknown": "magenta",
           "open": "bold red", "resolved": "green", "succeeded": "green", "failed": "red",
@@ -146,16 +165,21 @@ def incident_timeline(console: Console, item: dict[str, Any]) -> None:
     """One incident: what it is, then everything that happened to it, in order."""
     console.print(f"[bold]incident #{item['id']}[/] {item['target']}/{item['check']} "
                   f"{_styled(item['status'])} ({_styled(item['severity'])})")
-    console.print(f"  opened {_short_time(item['opened_at'])} UTC, resolved "
-                  f"{_short_time(item['resolved_at'])}; first value {item['first_value']}, "
-                  f"last {item['last_value']}")
+    resolved = (f"resolved {_short_time(item['resolved_at'])} UTC" if item["resolved_at"]
+                else "not resolved")
+    values = ", ".join(f"{label} value {item[key]:.6g}"
+                       for label, key in (("first", "first_value"), ("last", "last_value"))
+                       if item[key] is not None)
+    console.print(f"  opened {_short_time(item['opened_at'])} UTC, {resolved}"
+                  + (f"; {values}" if values else ""), markup=False)
     if item["acknowledged_by"]:
         console.print(f"  acknowledged by {item['acknowledged_by']} at "
                       f"{_short_time(item['acknowledged_at'])} UTC", markup=False)
     if item["escalated_at"]:
         console.print(f"  escalated at {_short_time(item['escalated_at'])} UTC: automatic "
                       "action stopped", markup=False)
-    console.print(f"  {item['message']}", markup=False)
+    if item["message"]:
+        console.print(f"  {item['message']}", markup=False)
     events = [(event["at"], event["event"], event["detail"]) for event in item["timeline"]]
     events += [(attempt["at"], f"notified {attempt['outcome']}",
                 f"{attempt['notifier']}: {attempt['event']}"
@@ -165,5 +189,5 @@ def incident_timeline(console: Console, item: dict[str, Any]) -> None:
     for column in ("time (UTC)", "event", "detail"):
         table.add_column(column, overflow="fold")
     for at, kind, detail in sorted(events, key=lambda event: event[0] or ""):
-        table.add_row(_short_time(at), _styled(kind), detail)
+        table.add_row(_short_time(at), _styled(kind), detail or "")
     console.print(table)

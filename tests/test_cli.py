@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from sglguard.checks.registry import CHECKS
 from sglguard.cli import main
-from sglguard.controls.process import read_pidfile
+from sglguard.controls.process import ProcessControlConfig, read_pidfile
 from sglguard.emulator import Emulator
 
 from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
@@ -76,6 +79,58 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_validate_warns_of_checks_that_cannot_work_on_this_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warnings, not errors: exit 0, and the same in --json."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # the one boundary faked: no NVML here
+    path = tmp_path / "sglguard.yaml"
+    path.write_text("""\
+version: 1
+targets:
+  - name: local
+    url: http://127.0.0.1:1
+    control: {kind: process, start: [sglang], pidfile: missing-folder/sglang.pid}
+checks:
+  - {name: gpu-temp, kind: gpu, target: local, metric: temperature_c}
+  - {name: errors, kind: log, target: local, patterns: [Traceback]}
+  - {name: other-log, kind: log, target: local, path: nowhere.log, patterns: [Traceback]}
+""")
+    result = invoke("validate", "--config", str(path))
+
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: target local: the folder of its pidfile, {tmp_path / 'missing-folder'}, does "
+        "not exist: the process control cannot start the server until it does",
+        "warning: check gpu-temp (gpu): NVML is not available on this host (the pynvml module "
+        "is not installed (nvidia-ml-py)); it will report UNKNOWN",
+        f"warning: check errors (log): {tmp_path / 'missing-folder/sglang.log'}, the log its "
+        "target's control writes, does not exist yet; it appears when the control first starts "
+        "the server, and the check reports UNKNOWN until then",
+        f"warning: check other-log (log): {tmp_path / 'nowhere.log'} does not exist; the check "
+        "reports UNKNOWN until it does",
+    ]
+    shown = json.loads(invoke("validate", "--config", str(path), "--json").output)
+    assert shown["valid"] is True
+    assert shown["warnings"] == [line.removeprefix("warning: ") for line in warnings]
+    assert [item["name"] for item in shown["checks"]] == ["gpu-temp", "errors", "other-log"]
+
+
+def test_without_a_catalog_the_hint_is_to_write_one_with_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sglguard.config import loader
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loader, "DEFAULT_PATHS", (Path("sglguard.yaml"),
+                                                  tmp_path / "etc/sglguard.yaml"))
+    result = invoke("validate")
+    assert result.exit_code == 2
+    assert "no catalog found: write one with `sglguard init`" in result.output
+    assert "`sglguard init --system` for a service on this host" in result.output
+
+
 def test_missing_catalog_is_exit_2(tmp_path: Path) -> None:
     result = invoke("validate", "--config", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2 and "file not found" in result.output
@@ -130,6 +185,27 @@ def test_check_results_are_stored_and_shown_by_history(tmp_path: Path,
     assert [item["check"] for item in only] == ["queue"]
     table = invoke("history", "--config", str(path))
     assert table.exit_code == 0 and "liveness" in table.output
+
+
+def test_output_into_a_pipe_is_never_wrapped_whatever_the_width(tmp_path: Path) -> None:
+    """Not a terminal (a pipe, a file, CliRunner) at COLUMNS=40: whole lines, no split words."""
+    port = free_port()
+    path = catalog_for(tmp_path, f"http://127.0.0.1:{port}", port=port)
+    narrow = CliRunner(env={"COLUMNS": "40"})
+    refused = (f"GET /health: connection refused at http://127.0.0.1:{port} (nothing is "
+               "listening: the server process is gone)")
+    checked = narrow.invoke(main, ["check", "--config", str(path)])
+    assert refused in checked.output, checked.output
+    plan = narrow.invoke(main, ["remediate", "restart", "--dry-run", "--config", str(path)])
+    assert plan.exit_code == 0, plan.output
+    assert f"wait up to 10 s for GET http://127.0.0.1:{port}/health to answer 200" in (
+        plan.output)
+    piped = subprocess.run([PYTHON, "-m", "sglguard", "history", "--config", str(path)],
+                           capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "COLUMNS": "40"})
+    assert piped.returncode == 0, piped.stderr
+    assert refused in piped.stdout
+    assert max(len(line) for line in piped.stdout.splitlines()) > 40
 
 
 def test_unknown_check_or_remediation_is_exit_2(tmp_path: Path) -> None:
@@ -290,4 +366,43 @@ def test_incidents_show_prints_the_timeline(tmp_path: Path) -> None:
     assert shown.exit_code == 0, shown.output
     assert "incident #1 local/liveness resolved" in shown.output
     assert "opened" in shown.output and "3 consecutive failed runs" in shown.output
+    assert "None" not in shown.output  # the refused runs had no value: none is shown
     assert invoke("incidents", "--config", str(path), "--show", "7").exit_code == 2
+
+
+def test_demo_ports_are_chosen_on_the_command_line(tmp_path: Path) -> None:
+    from sglguard.config.loader import load_catalog
+    from sglguard.demo import demo_catalog
+
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(demo_catalog(31001, 9099))
+    catalog = load_catalog(path)
+    assert catalog.targets[0].url == "http://127.0.0.1:31001"
+    control = catalog.targets[0].control
+    assert isinstance(control, ProcessControlConfig)
+    assert control.start[-2:] == ("--port", "31001")
+    assert catalog.notifiers[0].urls[0].get_secret_value() == "json://127.0.0.1:9099/alerts"
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = invoke("demo", "--dir", str(tmp_path / "demo"), "--port", str(busy),
+                        "--receiver-port", str(free_port()))
+    assert result.exit_code == 2
+    assert f"port {busy} on 127.0.0.1 is in use" in result.output
+    assert "choose others with --port and --receiver-port" in result.output
+    same = invoke("demo", "--port", "31001", "--receiver-port", "31001")
+    assert same.exit_code == 2 and "give them different ports" in same.output
+
+
+def test_remediate_json_gives_the_run_and_its_plan(tmp_path: Path) -> None:
+    port = free_port()
+    path = catalog_for(tmp_path, f"http://127.0.0.1:{port}", port=port)
+    result = invoke("remediate", "restart", "--dry-run", "--json", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.output)
+    assert (run["remediation"], run["target"], run["dry_run"], run["outcome"]) == (
+        "restart", "local", True, "planned")
+    assert run["plan"][-1] == (f"wait up to 10 s for GET http://127.0.0.1:{port}/health to "
+                               "answer 200")

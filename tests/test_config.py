@@ -142,6 +142,15 @@ ERROR_TABLE = [
     pytest.param(
         "mode: sometimes\n", "mode (line 8): Input should be 'active' or 'passive'",
         id="bad-mode"),
+    pytest.param(
+        "notifiers:\n  - {name: ops, urls: ['slakc://T1/T2/T3']}\n",
+        "notifiers[0].urls[0] (line 9): slakc://...: Apprise has no service with the scheme "
+        "'slakc' (did you mean slack://?)", id="apprise-unknown-scheme"),
+    pytest.param(
+        "notifiers:\n  - {name: ops, urls: ['json://127.0.0.1/ok', 'discord://only-one-part']}\n",
+        "notifiers[0].urls[1] (line 9): discord://...: Apprise cannot read this URL: An invalid "
+        "Discord Webhook Token (None) was specified (see Apprise's page for discord://)",
+        id="apprise-missing-part"),
 ]
 
 
@@ -176,9 +185,65 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert any(item.startswith("checks[1].metric (line 8): Field required") for item in found)
 
 
-def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
-    found = problems("version: 1\ntargets:\n  - name: [unclosed\n", tmp_path)
-    assert found[0].startswith("line 4: not valid YAML") or "line 3" in found[0], found
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param(
+        "version: 1\ntargets:\n  - name: a\n    url: 'http://x\nchecks: []\nnotifiers: []\n",
+        "line 4: not valid YAML: a quoted value opens at line 4, column 10 and is never closed "
+        "(found unexpected end of stream at line 7, column 1)", id="unclosed-quote"),
+    pytest.param(
+        "version: 1\ntargets:\n  - name: [unclosed\n",
+        "line 3: not valid YAML: the [ opened at line 3, column 11 is not closed where expected",
+        id="unclosed-bracket"),
+    pytest.param(
+        "version: 1\ntargets:\n\t- name: a\n",
+        "line 3: not valid YAML (column 1): a tab character; YAML indents with spaces only",
+        id="tab"),
+    pytest.param(
+        "version: 1\ntargets:\n  - name: a\n   url: http://x\n",
+        "line 4: not valid YAML (column 4): this line is not indented like the block it "
+        "belongs to, which starts at line 3, column 3", id="indentation"),
+    pytest.param(
+        "version: 1\ntargets:\n  - name: a: b\n",
+        "line 3: not valid YAML (column 12): ': ' inside a plain value; quote the value",
+        id="colon-in-value"),
+])
+def test_yaml_syntax_errors_name_the_line_where_the_mistake_is(text: str, expected: str,
+                                                               tmp_path: Path) -> None:
+    """PyYAML notices an unclosed quote at the end of the file: its context mark says where the
+    quote opens, and that is the line to fix."""
+    found = problems(text, tmp_path)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("127.0.0.1:30000", "'127.0.0.1:30000' has no scheme: write http://127.0.0.1:30000"),
+    ("localhost:30000", "'localhost:30000' has no scheme: write http://localhost:30000"),
+    ("ftp://h", "'ftp://h': the scheme must be http or https, not 'ftp'"),
+    ("http://", "'http://' is not a URL sglguard can use: expected http(s)://HOST[:PORT][/PATH]"),
+])
+def test_target_url_mistakes_are_said_with_the_fix(url: str, expected: str,
+                                                   tmp_path: Path) -> None:
+    found = problems(BASE.replace("url: http://127.0.0.1:30000", f"url: '{url}'"), tmp_path)
+    assert len(found) == 1 and found[0].startswith(f"targets[0].url (line 4): {expected}"), found
+
+
+def test_an_apprise_error_never_shows_the_url_s_secret_parts(tmp_path: Path) -> None:
+    found = problems(BASE + "notifiers:\n  - {name: ops, urls: ['slack://s3cret-token']}\n",
+                     tmp_path)
+    assert found == ["notifiers[0].urls[0] (line 9): slack://...: Apprise cannot read this URL: "
+                     "An invalid Slack (first) Token (***) was specified (see Apprise's page "
+                     "for slack://)"]
+
+
+@pytest.mark.parametrize(("first", "expected"), [
+    ("", "version (line 1): the catalog has no `version:`; write `version: 1` at its top"),
+    ("version: 2\n", "version (line 1): version 2 is not a catalog format this sglguard "
+                     "reads: write `version: 1`"),
+])
+def test_catalog_version_problems_are_said_in_plain_words(first: str, expected: str,
+                                                         tmp_path: Path) -> None:
+    found = problems(first + BASE.removeprefix("version: 1\n"), tmp_path)
+    assert len(found) == 1 and found[0].startswith(expected), found
 
 
 def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from sglguard.checks.base import Check, CheckConfig, CheckContext, Status
 from sglguard.checks.host import cpu_reading
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
+from sglguard.config.loader import ConfigError
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.store import Store
 from sglguard.store.samples import StoreSamples
@@ -402,9 +403,10 @@ class Children:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def start(self, code: str = SLEEP) -> tuple[subprocess.Popen[bytes], str]:
+    def start(self, code: str = SLEEP, *before: str) -> tuple[subprocess.Popen[bytes], str]:
+        """A child whose command line ends with its marker, after the arguments `before`."""
         marker = f"sglguard-test-{uuid.uuid4().hex}"
-        child = subprocess.Popen([PYTHON, "-c", code, marker], start_new_session=True,
+        child = subprocess.Popen([PYTHON, "-c", code, *before, marker], start_new_session=True,
                                  stdin=subprocess.DEVNULL)
         self.started.append(child)
         return child, marker
@@ -451,6 +453,23 @@ def test_process_check_alive_from_the_targets_pidfile(
     assert (result.status, result.value, result.unit) == (Status.OK, 1.0, "up")
     assert marker in result.message
     assert f"pid {child.pid} from {pidfile}" in result.message
+
+
+def test_process_check_shows_the_end_of_a_long_command_line(
+    children: Children, make_check: MakeCheck, tmp_path: Path
+) -> None:
+    """A deep virtual environment and a long SGLang command line: the middle is cut, so the
+    arguments at the end (which tell servers apart) stay in the message."""
+    child, marker = children.start(SLEEP, "--model-path", "/" + "deep-folder/" * 60)
+    pidfile = pidfile_for(tmp_path, child.pid)
+
+    result = make_check({"kind": "process"}, target=controlled(pidfile)).execute()
+
+    assert (result.status, result.value) == (Status.OK, 1.0)
+    assert result.message.startswith(f"alive: {PYTHON[:100]}")
+    assert marker in result.message
+    assert " ... " in result.message
+    assert len(result.message) < 400 + len(f"alive: ; pid {child.pid} from {pidfile}") + 10
 
 
 def test_process_check_pid_that_is_not_running_is_critical(
@@ -529,15 +548,24 @@ def test_process_check_match_with_no_process_is_critical(make_check: MakeCheck) 
 
 def test_process_check_match_never_finds_sglguard_itself(make_check: MakeCheck) -> None:
     command = " ".join(psutil.Process().cmdline())
-    # Another test run started the same way (CI beside a local run) matches too, and counts.
-    others = sum(1 for process in psutil.process_iter(["cmdline"])
-                 if process.pid != os.getpid()
-                 and " ".join(process.info["cmdline"] or []) == command)
 
+    def others() -> set[int]:
+        # Another test run started the same way (CI beside a local run) matches too; such runs
+        # come and go while this test runs.
+        return {process.pid for process in psutil.process_iter(["cmdline"])
+                if process.pid != os.getpid()
+                and " ".join(process.info["cmdline"] or []) == command}
+
+    before = others()
     result = make_check({"kind": "process", "match": f"^{re.escape(command)}$"}).execute()
+    seen = before | others()
 
-    assert result.value == float(others)
-    assert result.status is (Status.CRITICAL if others == 0 else Status.OK)
+    assert f"pid {os.getpid()} " not in result.message
+    if not seen:
+        assert (result.status, result.value) == (Status.CRITICAL, 0.0)
+    if result.value == 1.0:
+        assert re.match(r"alive: .*; pid (\d+)", result.message) is not None
+        assert int(re.findall(r"; pid (\d+)", result.message)[0]) in seen
 
 
 def test_process_check_without_pidfile_or_match_says_what_to_set(make_check: MakeCheck) -> None:
@@ -878,3 +906,62 @@ def test_log_check_relative_path_is_taken_from_the_catalog_folder(
     """)
 
     assert catalog.checks[0].path == tmp_path / "logs" / "server.log"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("control", "expected"), [
+    ('{kind: process, start: [sglang], pidfile: run/server.pid, log: logs/sglang.log}',
+     "logs/sglang.log"),
+    ('{kind: process, start: [sglang], pidfile: run/server.pid}', "run/server.log"),
+    ('{kind: command, start: [up], stop: [down], log: out.txt}', "out.txt"),
+])
+def test_log_check_without_path_reads_the_log_its_targets_control_writes(
+    make_catalog: Callable[[str], Catalog], tmp_path: Path, store: Store, clock: FakeClock,
+    control: str, expected: str
+) -> None:
+    """By reference to the control (its `log`, or the default beside its pidfile), not by a
+    file name that happens to match."""
+    catalog = make_catalog(f"""
+        version: 1
+        targets:
+          - name: local
+            url: http://127.0.0.1:30000
+            control: {control}
+        checks:
+          - {{name: errors, target: local, kind: log, patterns: [Traceback], critical: "> 0"}}
+    """)
+    log = tmp_path / expected
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("old\n")
+    with contextlib.closing(SGLangClient(UNUSED_URL)) as client:
+        check = CHECKS["log"](catalog.checks[0], CheckContext(
+            catalog.targets[0], client, samples=StoreSamples(store), clock=clock))
+
+        assert check.execute().message.startswith(f"first run: watching {log} from its end")
+        append(log, "Traceback: the server crashed\n")
+        result = check.execute()
+    assert (result.status, result.value) == (Status.CRITICAL, 1.0)
+
+
+@pytest.mark.parametrize(("control", "keeps"), [
+    ("control: {kind: systemd, unit: sglang}",
+     "the systemd control of target 'local' keeps no log file"),
+    ("control: {kind: command, start: [up], stop: [down]}",
+     "the command control of target 'local' keeps no log file"),
+    ("", "target 'local' has no control"),
+])
+def test_log_check_without_path_on_a_target_whose_control_keeps_no_log_is_a_config_error(
+    make_catalog: Callable[[str], Catalog], control: str, keeps: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_catalog(f"""
+            version: 1
+            targets:
+              - name: local
+                url: http://127.0.0.1:30000
+                {control}
+            checks:
+              - {{name: errors, target: local, kind: log, patterns: [Traceback]}}
+        """)
+    assert raised.value.problems == [
+        f"checks[0] (line 8): a log check without `path` reads the log its target's control "
+        f"writes, but {keeps}: give `path:` (the file the server writes to)"]

@@ -92,6 +92,15 @@ class _Library:
 _NVML = _Library()
 
 
+def nvml_unavailable() -> str | None:
+    """Why NVML cannot be used on this host (no GPU, no driver, no pynvml), or None."""
+    try:
+        _NVML.load()
+    except _Unreadable as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class _Reading:
     index: int

@@ -24,7 +24,10 @@ class LogCheckConfig(CheckConfig):
     """Counts lines appended to a log file since the last run that match any pattern."""
 
     kind: Literal["log"]
-    path: RelativePath = Field(description="the log file; relative to the catalog's folder")
+    path: RelativePath | None = Field(
+        default=None, description="the log file, relative to the catalog's folder; default: the "
+                                  "log the target's process or command control writes the "
+                                  "server's output to")
     patterns: tuple[str, ...] = Field(
         min_length=1, description="regular expressions searched in each new line, such as "
                                   "'CUDA out of memory', 'watchdog timeout', 'Traceback'")
@@ -79,8 +82,20 @@ class LogCheck(Check[LogCheckConfig]):
     def _patterns(self) -> list[re.Pattern[str]]:
         return [re.compile(pattern) for pattern in self.config.patterns]
 
+    @cached_property
+    def path(self) -> Path | None:
+        """The file read: `path`, else the target control's log (checked at load time)."""
+        if self.config.path is not None:
+            return self.config.path
+        control = self.context.target.control
+        return control.server_log if control is not None else None
+
     def run(self) -> Measurement:
-        path = self.config.path
+        path = self.path
+        if path is None:
+            return Measurement(None, f"no log to read: give `path:` (target "
+                                     f"{self.context.target.name}'s control keeps no log)",
+                               Status.UNKNOWN, UNIT)
         try:
             handle = path.open("rb")
         except FileNotFoundError:
@@ -115,7 +130,7 @@ class LogCheck(Check[LogCheckConfig]):
         return offset
 
     def _read_rotated(self, previous: Reading, offset: int, scan: _Scan) -> None:
-        old = Path(f"{self.config.path}.1")
+        old = Path(f"{self.path}.1")
         try:
             with old.open("rb") as handle:
                 info = os.fstat(handle.fileno())
@@ -155,7 +170,7 @@ class LogCheck(Check[LogCheckConfig]):
                 scan.first = line if len(line) <= SHOWN_LINE else line[:SHOWN_LINE - 3] + "..."
 
     def _message(self, scan: _Scan) -> str:
-        path = self.config.path
+        path = self.path
         if scan.matched == 0:
             text = f"no new matching lines in {path} ({scan.read} new bytes)"
         else:

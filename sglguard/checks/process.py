@@ -21,6 +21,7 @@ ProcessMetric = Literal["alive", "rss_mib", "cpu_percent", "open_fds", "uptime_s
 UNITS: dict[str, str] = {"alive": "up", "rss_mib": "MiB", "cpu_percent": "%",
                          "open_fds": "fds", "uptime_s": "s"}
 MIB = 1024**2
+SHOWN_COMMAND = 400  # characters of a command line in a message; the middle is cut, not the end
 
 
 class ProcessCheckConfig(CheckConfig):
@@ -57,11 +58,17 @@ class _Found:
 
 
 def _command(process: psutil.Process) -> str:
+    """The command line for a message. A long one loses its middle: the program's path (a
+    virtual environment's, as deep as the checkout) comes first and the arguments that tell
+    servers apart come last."""
     try:
         line = " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "?"
-    return line if len(line) <= 120 else line[:117] + "..."
+    if len(line) <= SHOWN_COMMAND:
+        return line
+    half = (SHOWN_COMMAND - 5) // 2
+    return f"{line[:half]} ... {line[-half:]}"
 
 
 def _is_zombie(process: psutil.Process) -> bool:

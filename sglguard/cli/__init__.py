@@ -4,6 +4,7 @@ package and imports what it needs when it runs, so `sglguard emulator` and `--he
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +23,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 USAGE_ERROR = 2
 
 
-def fail(message: str) -> NoReturn:
+TRY_AGAIN = 1  # the service may work if started again later: systemd restarts it
+
+
+def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
     """A clear one-paragraph error on stderr, exit status 2, no traceback."""
     click.echo(f"sglguard: {message}", err=True)
-    sys.exit(USAGE_ERROR)
+    sys.exit(status)
+
+
+def service_hint(path: Path | str) -> str:
+    """What to do when the service cannot start on its configuration (exit status 2)."""
+    hint = (f"\nsglguard cannot start with this configuration: fix it, then check it with "
+            f"`sglguard validate --config {path}`")
+    if os.environ.get("INVOCATION_ID"):  # started by systemd
+        hint += (" and `systemctl restart sglguard` (systemd does not restart sglguard after "
+                 "a configuration error, exit status 2)")
+    return hint
 
 def config_option(command: F) -> F:
     return click.option(
@@ -42,34 +56,52 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def load(config_path: str | None) -> tuple[Path, Catalog]:
+def load(config_path: str | None, *, service: bool = False) -> tuple[Path, Catalog]:
+    """The catalog, or exit 2 naming every problem (`service`: and how to get going again)."""
     from sglguard.config.loader import ConfigError, find_catalog, load_catalog
 
     try:
         path = find_catalog(config_path)
         return path, load_catalog(path)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(str(exc) + (service_hint(exc.source) if service else ""))
 
 
-def open_store(catalog: Catalog, *, migrate_apart: bool = False) -> Store:
+def open_store(catalog: Catalog, *, migrate_apart: bool = False,
+               service: Path | None = None) -> Store:
+    """The store, or exit: 2 when its configuration is wrong, 1 (for the service, whose
+    catalog is `service`) when it may answer later, as PostgreSQL starting after sglguard."""
     from sglguard.store import Store, StoreError
 
     try:
         return Store.open(catalog.store.url, migrate_apart=migrate_apart)
     except StoreError as exc:
-        fail(str(exc))
+        if service is not None and exc.transient:
+            fail(f"{exc} (not reachable yet? exiting with status 1 so that a supervisor such "
+                 "as systemd starts sglguard again)", TRY_AGAIN)
+        fail(str(exc) + (service_hint(service) if service is not None else ""))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sglguard")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default=None, help="log level on stderr (default: info for run, warning else)")
+@click.option("--env-file", type=click.Path(dir_okay=False), default=None,
+              help="read KEY=value lines into the environment first, as the unit's "
+                   "EnvironmentFile= does (e.g. /etc/sglguard/env); variables already set win")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, env_file: str | None) -> None:
     """Keep SGLang inference servers healthy: checks, incidents, remediation, notifications."""
     default = "info" if ctx.invoked_subcommand == "run" else "warning"
     setup_logging(log_level or default)
+    if env_file is not None:
+        from sglguard.envfile import EnvFileError, read_env_file
+
+        try:
+            for key, value in read_env_file(Path(env_file)).items():
+                os.environ.setdefault(key, value)
+        except EnvFileError as exc:
+            fail(str(exc))
 
 
 # The commands register themselves on `main` when their modules are imported.

@@ -6,21 +6,41 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sglguard.cli import config_option, fail, load, main, open_store
 
+if TYPE_CHECKING:
+    from sglguard.config.models import Catalog
+
 
 @main.command()
-@click.option("--path", "target_path", type=click.Path(dir_okay=False), default="sglguard.yaml",
-              show_default=True, help="where to write the catalog")
-@click.option("--force", is_flag=True, help="overwrite an existing file")
-def init(target_path: str, force: bool) -> None:
+@click.option("--path", "target_path", type=click.Path(dir_okay=False), default=None,
+              help="where to write the catalog  [default: sglguard.yaml]")
+@click.option("--force", is_flag=True, help="overwrite existing files")
+@click.option("--system", is_flag=True,
+              help="install as a system service: /etc/sglguard/sglguard.yaml with its state in "
+                   "/var/lib/sglguard, /etc/sglguard/env (0600), the systemd unit and the "
+                   "polkit rule for the systemd control")
+@click.option("--root", type=click.Path(file_okay=False), default="/", show_default=True,
+              help="with --system: write under this folder instead of / (to inspect or package)")
+@click.option("--server-unit", "server_units", multiple=True, default=["sglang.service"],
+              show_default=True, help="with --system: the SGLang server's unit, which the polkit "
+                                      "rule lets sglguard restart (repeatable)")
+def init(target_path: str | None, force: bool, system: bool, root: str,
+         server_units: tuple[str, ...]) -> None:
     """Write the example catalog (every family of checks) for a new installation."""
     from importlib import resources
 
-    path = Path(target_path)
+    if system:
+        if target_path is not None:
+            fail("--path and --system exclude each other: --system writes "
+                 "/etc/sglguard/sglguard.yaml (use --root to write elsewhere)")
+        init_system(Path(root), force, list(server_units))
+        return
+    path = Path(target_path or "sglguard.yaml")
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite it")
     text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
@@ -33,13 +53,55 @@ def init(target_path: str, force: bool) -> None:
                f"`sglguard validate --config {path}` and `sglguard check --config {path}`")
 
 
+def init_system(root: Path, force: bool, units: list[str]) -> None:
+    from sglguard.deploy import install_system, next_steps, this_program
+
+    program = this_program()
+    try:
+        written = install_system(root, program=program, units=units, force=force)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        fail(f"cannot write{where}: {exc.strerror or exc} (run as root, or pass --root DIR)")
+    for item in written:
+        state = "kept (exists; --force replaces it)" if item.kept else "wrote"
+        click.echo(f"{state} {item.path} (mode {item.mode:04o})")
+    click.echo("next:")
+    for number, step in enumerate(next_steps(root, program), start=1):
+        click.echo(f"  {number}. {step}")
+
+
+@main.command("deploy-unit")
+@click.option("--polkit", is_flag=True,
+              help="print the polkit rule for the systemd control instead of the unit")
+@click.option("--server-unit", "server_units", multiple=True, default=["sglang.service"],
+              show_default=True, help="with --polkit: the SGLang server's unit (repeatable)")
+@click.option("--program", default=None,
+              help="the sglguard program the unit runs (default: this one)")
+def deploy_unit(polkit: bool, server_units: tuple[str, ...], program: str | None) -> None:
+    """Print the packaged systemd unit (for installs without the wheel's files at hand, e.g.
+    pipx), with ExecStart pointing at this sglguard: sglguard deploy-unit > sglguard.service"""
+    from sglguard.deploy import polkit_rule, this_program, unit_text
+
+    if polkit:
+        click.echo(polkit_rule(list(server_units)), nl=False)
+        return
+    click.echo(unit_text(program or this_program()), nl=False)
+
+
 @main.command()
 @config_option
-def validate(config_path: str | None) -> None:
-    """Load and validate the catalog; list every problem with its path and line."""
+@click.option("--json", "as_json", is_flag=True, help="print the summary as a JSON object")
+def validate(config_path: str | None, as_json: bool) -> None:
+    """Validate the catalog (every problem with its path and line; exit 2), then say what
+    cannot work on this host (warnings: exit 0)."""
+    from sglguard.config.host_warnings import host_warnings
     from sglguard.config.types import format_duration
 
     path, catalog = load(config_path)
+    warnings = host_warnings(catalog)
+    if as_json:
+        click.echo(json.dumps(validate_dict(path, catalog, warnings), indent=2))
+        return
     lines = [f"valid: {path}", f"  store: {catalog.store.url.split('://', 1)[0]} "
                                f"(mode {catalog.mode})"]
     for target in catalog.targets:
@@ -60,7 +122,29 @@ def validate(config_path: str | None) -> None:
         schemes = ", ".join(url.get_secret_value().split("://", 1)[0] + "://"
                             for url in notifier.urls)
         lines.append(f"  notifier {notifier.name}: {schemes} ({len(notifier.events)} events)")
+    lines += [f"warning: {warning}" for warning in warnings]
     click.echo("\n".join(lines))
+
+
+def validate_dict(path: Path, catalog: Catalog, warnings: list[str]) -> dict[str, Any]:
+    from sglguard.config.types import format_duration
+
+    return {
+        "valid": True, "path": str(path), "mode": catalog.mode,
+        "store": catalog.store.url.split("://", 1)[0],
+        "targets": [{"name": target.name, "url": target.url,
+                     "control": target.control.kind if target.control else None}
+                    for target in catalog.targets],
+        "checks": [{"name": item.name, "kind": item.kind, "target": item.target,
+                    "interval": format_duration(item.interval),
+                    "depends_on": list(item.depends_on), "remediate": list(item.remediate)}
+                   for item in catalog.checks],
+        "remediations": [{"name": item.name, "kind": item.kind} for item in catalog.remediations],
+        "notifiers": [{"name": item.name,
+                       "schemes": [url.get_secret_value().split("://", 1)[0]
+                                   for url in item.urls]} for item in catalog.notifiers],
+        "warnings": warnings,
+    }
 
 
 @main.command()
@@ -69,8 +153,6 @@ def validate(config_path: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None:
     """Run each check once now, store the results; exit status is the worst status."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.service import run_once
     from sglguard.store import queries
@@ -91,7 +173,7 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
     if as_json:
         click.echo(json.dumps(items, indent=2))
     else:
-        output.results_table(Console(), items, "checks")
+        output.results_table(output.console(), items, "checks")
     sys.exit(int(output.worst(results)))
 
 
@@ -102,8 +184,6 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 def history(config_path: str | None, check_name: str | None, limit: int, as_json: bool) -> None:
     """Recent check results, newest first."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.store import queries
 
@@ -113,7 +193,7 @@ def history(config_path: str | None, check_name: str | None, limit: int, as_json
     if as_json:
         click.echo(json.dumps(items, indent=2))
     else:
-        output.results_table(Console(), items, "history")
+        output.results_table(output.console(), items, "history")
 
 
 @main.command()
@@ -125,8 +205,6 @@ def history(config_path: str | None, check_name: str | None, limit: int, as_json
 def incidents(config_path: str | None, open_only: bool, show_id: int | None, limit: int,
               as_json: bool) -> None:
     """Incidents with their remediations and notifications, newest first."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.store import queries
     from sglguard.store.models import IncidentRow
@@ -144,8 +222,8 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
             for incident in chosen if incident is not None
         ]
     if show_id is not None and not as_json:
-        output.incident_timeline(Console(highlight=False), items[0])
+        output.incident_timeline(output.console(highlight=False), items[0])
     elif as_json:
         click.echo(json.dumps(items, indent=2))
     else:
-        output.incidents_table(Console(), items)
+        output.incidents_table(output.console(), items)

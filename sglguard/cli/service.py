@@ -24,8 +24,9 @@ def run(config_path: str | None, dry_run: bool) -> None:
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the catalog."""
     from sglguard.service import Service
 
-    path, catalog = load(config_path)
-    service = Service(catalog, open_store(catalog, migrate_apart=True), dry_run=dry_run)
+    path, catalog = load(config_path, service=True)
+    service = Service(catalog, open_store(catalog, migrate_apart=True, service=path),
+                      dry_run=dry_run)
     asked: set[str] = set()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
@@ -79,10 +80,10 @@ def reloaded(path: Path, service: Any) -> Any:
 @click.option("--target", "target_name", default=None,
               help="target to act on (may be left out when the catalog has one target)")
 @click.option("--dry-run", is_flag=True, help="print exactly what would be done; change nothing")
-def remediate(config_path: str | None, name: str, target_name: str | None, dry_run: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the run as a JSON object")
+def remediate(config_path: str | None, name: str, target_name: str | None, dry_run: bool,
+              as_json: bool) -> None:
     """Run one remediation by hand (recorded in the store, marked dry-run or not)."""
-    from rich.console import Console
-
     from sglguard import output
     from sglguard.remediations.runner import RemediationRunner
     from sglguard.service import build_clients
@@ -100,30 +101,44 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
         fail(f"unknown target '{target_name}' (known: {', '.join(targets)})")
     store = open_store(catalog)
     runner = RemediationRunner(catalog, store, build_clients(catalog))
-    console = Console()
+    console = output.console()
+    run_id: int | None
     if dry_run:
         outcome = runner.run(name, target_name, trigger="manual", dry_run=True)
-        output.plan_lines(console, name, target_name, outcome.plan, dry_run=True)
-        console.print(f"dry run recorded as run #{outcome.run_id}; nothing was changed",
+        said, run_id, error, detail, plan = (outcome.outcome, outcome.run_id, outcome.error,
+                                             outcome.detail, outcome.plan)
+    else:
+        plan = runner.build(name, target_name).plan()
+        if not as_json:
+            output.plan_lines(console, name, target_name, plan, dry_run=False)
+        handed = hand_over(catalog, store, name, target_name, quiet=as_json)
+        if handed is not None:
+            said, run_id, error, detail = handed
+        else:
+            outcome = run_by_hand(runner, store, name, target_name)
+            said, run_id, error, detail = (outcome.outcome, outcome.run_id, outcome.error,
+                                           outcome.detail)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            "run_id": run_id, "remediation": name, "target": target_name,
+            "dry_run": dry_run, "outcome": said, "plan": plan,
+            "detail": detail, "error": error}, indent=2))
+        sys.exit(0 if dry_run or said == "succeeded" else 1)
+    if dry_run:
+        output.plan_lines(console, name, target_name, plan, dry_run=True)
+        console.print(f"dry run recorded as run #{run_id}; nothing was changed",
                       highlight=False)
         return
-    output.plan_lines(console, name, target_name, runner.build(name, target_name).plan(),
-                      dry_run=False)
-    handed = hand_over(catalog, store, name, target_name)
-    if handed is not None:
-        said, run_id, error, detail = handed
-    else:
-        outcome = run_by_hand(runner, store, name, target_name)
-        said, run_id, error, detail = (outcome.outcome, outcome.run_id, outcome.error,
-                                       outcome.detail)
     style = output.STYLES.get(said, "")
     console.print(f"[{style}]{said}[/]: {error or detail}"
                   + (f" (run #{run_id})" if run_id is not None else ""), highlight=False)
     sys.exit(0 if said == "succeeded" else 1)
 
 
-def hand_over(catalog: Any, store: Any, name: str,
-              target: str) -> tuple[str, int | None, str | None, str] | None:
+def hand_over(catalog: Any, store: Any, name: str, target: str, *,
+              quiet: bool = False) -> tuple[str, int | None, str | None, str] | None:
     """With `sglguard run` watching the target on this store, the service performs the run
     (its lease, control and start-up grace) and this command follows it to the end; None when
     no service is running, and the command runs it itself."""
@@ -145,8 +160,9 @@ def hand_over(catalog: Any, store: Any, name: str,
                                                            "remediate)"}, now=utcnow())
         session.flush()
         row_id = row.id
-    click.echo(f"sglguard: handed over to the running service ({services[0].name}); "
-               "following it", err=True)
+    if not quiet:
+        click.echo(f"sglguard: handed over to the running service ({services[0].name}); "
+                   "following it", err=True)
     control = catalog.target(target).control
     patience = (control.startup_timeout + control.stop_timeout).total_seconds() \
         if control is not None else 0.0
@@ -254,8 +270,15 @@ def emulator(port: int, host: str, model_path: str | None, max_running_requests:
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default="sglguard-demo",
               show_default=True, help="where the demo writes its catalog, database and logs")
 @click.option("--keep-running", is_flag=True, help="after the scripted part, keep running")
-def demo(directory: str, keep_running: bool) -> None:
+@click.option("--port", type=click.IntRange(1, 65535), default=30000, show_default=True,
+              help="the port of the demo's SGLang emulator")
+@click.option("--receiver-port", type=click.IntRange(1, 65535), default=8088, show_default=True,
+              help="the port of the demo's alert receiver")
+def demo(directory: str, keep_running: bool, port: int, receiver_port: int) -> None:
     """Show the loop working: the emulator is killed, detected, restarted, resolved, notified."""
     from sglguard.demo import run_demo
 
-    sys.exit(run_demo(Path(directory), keep_running=keep_running))
+    if port == receiver_port:
+        fail(f"--port and --receiver-port are both {port}: give them different ports")
+    sys.exit(run_demo(Path(directory), keep_running=keep_running, port=port,
+                      receiver_port=receiver_port))

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from sglguard.config.models import Catalog, StoreConfig
-from sglguard.config.references import reference_problems
+from sglguard.config.references import log_problems, reference_problems
 
 Loc = tuple[str | int, ...]
 DEFAULT_PATHS = (Path("sglguard.yaml"), Path("/etc/sglguard/sglguard.yaml"))
@@ -48,7 +48,8 @@ def find_catalog(explicit: str | os.PathLike[str] | None) -> Path:
         if candidate.is_file():
             return candidate
     tried = " or ".join(str(path) for path in DEFAULT_PATHS)
-    raise ConfigError(tried, ["no catalog found: pass --config PATH (or run `sglguard demo`)"])
+    raise ConfigError(tried, ["no catalog found: write one with `sglguard init` (or `sglguard "
+                              "init --system` for a service on this host), or pass --config PATH"])
 
 
 class _Document:
@@ -149,10 +150,7 @@ def parse_catalog(text: str, source: Path) -> Catalog:
     try:
         document = _Document(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(name, [f"{where}not valid YAML: {problem}"]) from None
+        raise ConfigError(name, [yaml_problem(exc)]) from None
     if not isinstance(document.data, dict):
         raise ConfigError(name, ["the catalog must be a mapping with `version: 1` at the top"])
 
@@ -180,9 +178,47 @@ def parse_catalog(text: str, source: Path) -> Catalog:
             if not _is_consequence(error, errors)
         ]
     found += reference_problems(data)
+    if catalog is not None and not found:
+        found += log_problems(catalog)
     if found or catalog is None:
         raise ConfigError(name, _render(document, found))
     return catalog
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error in words, led by the line where the mistake is: for an unclosed quote or
+    bracket, where it opens (PyYAML's context mark), not the end of the file where it noticed."""
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    problem = str(getattr(exc, "problem", None) or exc)
+    context = str(getattr(exc, "context", None) or "")
+    found = f"{problem} at {_at(problem_mark)}" if problem_mark is not None else problem
+    if context_mark is not None and "quoted scalar" in context:
+        return (f"line {context_mark.line + 1}: not valid YAML: a quoted value opens at "
+                f"{_at(context_mark)} and is never closed ({found})")
+    if context_mark is not None and "flow" in context:
+        bracket = "[" if "sequence" in context else "{"
+        return (f"line {context_mark.line + 1}: not valid YAML: the {bracket} opened at "
+                f"{_at(context_mark)} is not closed where expected ({found})")
+    if problem_mark is None:
+        return f"not valid YAML: {problem}"
+    if "'\\t'" in problem:
+        words = "a tab character; YAML indents with spaces only"
+    elif problem.startswith("mapping values are not allowed"):
+        words = "': ' inside a plain value; quote the value (e.g. 'a: b')"
+    elif problem.startswith("expected <block end>") and context_mark is not None:
+        words = (f"this line is not indented like the block it belongs to, which starts at "
+                 f"{_at(context_mark)}")
+        context = ""
+    else:
+        words = problem
+    where = f" ({context} at {_at(context_mark)})" if context and context_mark is not None else ""
+    return (f"line {problem_mark.line + 1}: not valid YAML (column {problem_mark.column + 1}): "
+            f"{words}{where}")
 
 
 def _is_consequence(error: Any, errors: list[Any]) -> bool:
@@ -195,6 +231,12 @@ def _is_consequence(error: Any, errors: list[Any]) -> bool:
 
 
 def _message(error: Any) -> str:
+    if tuple(error["loc"]) == ("version",):
+        if error["type"] == "missing":
+            return ("the catalog has no `version:`; write `version: 1` at its top (the catalog "
+                    "format this sglguard reads)")
+        return (f"version {error.get('input')!r} is not a catalog format this sglguard reads: "
+                "write `version: 1`")
     message = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)

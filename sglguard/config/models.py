@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -19,7 +20,8 @@ import sglguard.controls.registry
 import sglguard.remediations.registry  # noqa: F401  (the registries bind the kinds)
 from sglguard.checks.base import CheckConfig
 from sglguard.config.base import ConfigModel, Name
-from sglguard.config.types import Duration, DurationOrZero
+from sglguard.config.notifier_urls import apprise_problem
+from sglguard.config.types import Duration, DurationOrZero, HttpUrl
 from sglguard.controls.base import ControlConfig
 from sglguard.remediations.base import RemediationConfig
 from sglguard.routing import notifier_problems
@@ -43,11 +45,21 @@ Event = Literal[
 EVENTS: tuple[Event, ...] = get_args(Event)
 
 
+def _usable_by_apprise(url: SecretStr) -> SecretStr:
+    problem = apprise_problem(url.get_secret_value())
+    if problem is not None:
+        raise ValueError(problem)
+    return url
+
+
+AppriseUrl = Annotated[SecretStr, AfterValidator(_usable_by_apprise)]
+
+
 class TargetConfig(ConfigModel):
     """One SGLang server (or gateway) that sglguard watches."""
 
     name: Name
-    url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$")
+    url: HttpUrl
     api_key: SecretStr | None = None
     admin_api_key: SecretStr | None = None
     timeout: Duration = timedelta(seconds=10)
@@ -58,7 +70,7 @@ class NotifierConfig(ConfigModel):
     """A set of Apprise URLs, the messages routed to them, and where to turn if they fail."""
 
     name: Name
-    urls: tuple[SecretStr, ...] = Field(min_length=1)
+    urls: tuple[AppriseUrl, ...] = Field(min_length=1)
     events: tuple[Event, ...] = Field(
         default=EVENTS, description="budget_spent also selects every incident_escalated")
     min_severity: Literal["info", "warning", "critical"] = Field(
@@ -87,14 +99,6 @@ class NotifierConfig(ConfigModel):
         if "budget_spent" in events and "incident_escalated" not in events:
             return (*events, "incident_escalated")
         return events
-
-    @field_validator("urls")
-    @classmethod
-    def _urls_have_scheme(cls, urls: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
-        for index, url in enumerate(urls):
-            if "://" not in url.get_secret_value():
-                raise ValueError(f"urls[{index}] is not an Apprise URL (expected scheme://...)")
-        return urls
 
 
 class NotificationsConfig(ConfigModel):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sglguard.controls.registry import CONTROLS
 from sglguard.remediations.registry import REMEDIATIONS
+
+if TYPE_CHECKING:
+    from sglguard.config.models import Catalog
 
 Loc = tuple[str | int, ...]
 
@@ -146,4 +149,25 @@ def _window_problems(data: dict[str, Any], targets: dict[str, int],
                     problems.append((("maintenance", index, field, position),
                                      f"unknown {kind[:-1]} '{name}' (known: "
                                      f"{_known(kind, known)})"))
+    return problems
+
+
+def log_problems(catalog: Catalog) -> list[tuple[Loc, str]]:
+    """A `log` check without `path` reads its target control's log: the control must keep one."""
+    from sglguard.checks.log import LogCheckConfig
+
+    targets = {target.name: target for target in catalog.targets}
+    problems: list[tuple[Loc, str]] = []
+    for index, check in enumerate(catalog.checks):
+        if not isinstance(check, LogCheckConfig) or check.path is not None:
+            continue
+        target = targets.get(check.target)
+        control = target.control if target is not None else None
+        if control is not None and control.server_log is not None:
+            continue
+        why = (f"the {control.kind} control of target '{check.target}' keeps no log file"
+               if control is not None else f"target '{check.target}' has no control")
+        problems.append((("checks", index), (
+            f"a log check without `path` reads the log its target's control writes, but {why}: "
+            "give `path:` (the file the server writes to)")))
     return problems

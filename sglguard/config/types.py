@@ -1,4 +1,4 @@
-"""Value types of the catalog: durations and thresholds."""
+"""Value types of the catalog: durations, thresholds and HTTP URLs."""
 
 from __future__ import annotations
 
@@ -107,3 +107,25 @@ ThresholdField = Annotated[
     BeforeValidator(parse_threshold),
     PlainSerializer(str, return_type=str),
 ]
+
+
+_HTTP_URL = re.compile(r"^https?://[^\s/?#]+(/\S*)?$")
+
+
+def check_http_url(value: Any) -> str:
+    """An http(s) URL with a host; a mistake is named in words, with the fix where there is one."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL such as http://127.0.0.1:30000, got {value!r}")
+    if "://" not in value:
+        raise ValueError(f"{value!r} has no scheme: write http://{value.lstrip('/')} "
+                         "(or https://...)")
+    scheme = value.split("://", 1)[0]
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{value!r}: the scheme must be http or https, not {scheme!r}")
+    if not _HTTP_URL.match(value):
+        raise ValueError(f"{value!r} is not a URL sglguard can use: expected "
+                         "http(s)://HOST[:PORT][/PATH], with a host and no spaces")
+    return value
+
+
+HttpUrl = Annotated[str, BeforeValidator(check_http_url)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from pydantic import Field
@@ -26,6 +27,12 @@ class ControlConfig(KindModel):
     stop_timeout: Duration = Field(
         default=timedelta(seconds=30), description="grace between SIGTERM and SIGKILL"
     )
+
+    @property
+    def server_log(self) -> Path | None:
+        """The file the server's output goes to when this control starts it (a `log` check
+        without `path` reads it); None when the server logs elsewhere (journal, docker)."""
+        return None
 
 
 class ControlError(Exception):

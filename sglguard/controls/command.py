@@ -43,6 +43,12 @@ class CommandControlConfig(ControlConfig):
     cwd: RelativePath | None = None
     env: dict[str, str] = Field(default_factory=dict)
 
+    @property
+    def server_log(self) -> Path | None:
+        if self.log is not None:
+            return self.log
+        return self.pidfile.with_suffix(".log") if self.pidfile is not None else None
+
 
 class CommandControl(Control[CommandControlConfig]):
     """Runs `stop`, then starts `start` detached with the overridden flags rewritten."""
@@ -55,10 +61,7 @@ class CommandControl(Control[CommandControlConfig]):
 
     @property
     def _log(self) -> Path | None:
-        config = self.config
-        if config.log is not None:
-            return config.log
-        return config.pidfile.with_suffix(".log") if config.pidfile is not None else None
+        return self.config.server_log
 
     def arguments(self, overrides: Overrides | None = None) -> list[str]:
         return apply_flags(self.config.start, check_flags(overrides))

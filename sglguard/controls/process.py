@@ -42,6 +42,10 @@ class ProcessControlConfig(ControlConfig):
         return self.log if self.log is not None else self.pidfile.with_suffix(".log")
 
     @property
+    def server_log(self) -> Path | None:
+        return self.log_path
+
+    @property
     def workdir(self) -> Path:
         return self.cwd if self.cwd is not None else self.pidfile.parent
 

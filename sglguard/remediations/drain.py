@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 
 from sglguard.client import Answer, SGLangClient, TargetError
-from sglguard.config.types import Duration
+from sglguard.config.types import Duration, HttpUrl
 from sglguard.remediations.base import Remediation, RemediationConfig, RemediationError
 
 
@@ -26,7 +26,7 @@ class DrainConfig(RemediationConfig):
     """Remove the target from a gateway; add it back after the chain succeeded."""
 
     kind: Literal["drain"]
-    gateway: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", description="the gateway's URL")
+    gateway: HttpUrl = Field(description="the gateway's URL")
     api: Literal["workers", "legacy"] = "workers"
     worker_url: str | None = Field(default=None, pattern=r"^\S+://\S+$",
                                    description="the target as the gateway knows it; "

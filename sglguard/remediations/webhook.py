@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr
 
 from sglguard.client import TargetError, post_json
-from sglguard.config.types import Duration
+from sglguard.config.types import Duration, HttpUrl
 from sglguard.remediations.base import Remediation, RemediationConfig, RemediationError
 
 HIDDEN = "***"
@@ -25,7 +25,7 @@ class WebhookConfig(RemediationConfig):
     """POST JSON to `url` with optional headers and extra body fields."""
 
     kind: Literal["webhook"]
-    url: str = Field(pattern=r"^https?://[^\s/]+(/\S*)?$")
+    url: HttpUrl
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     body: dict[str, Any] = Field(default_factory=dict, description="extra fields of the body")
     timeout: Duration = timedelta(seconds=10)

@@ -29,7 +29,12 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 class StoreError(Exception):
-    """The store cannot be opened or written."""
+    """The store cannot be opened or written; `transient` when trying again later may work
+    (a database server not answering yet), not when the configuration is wrong."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 SCHEMA_HEAD = "0005"  # the newest migration; a test keeps it equal to Alembic's head
@@ -139,7 +144,8 @@ class Store:
                 migrate(engine)
         except OperationalError as exc:
             engine.dispose()
-            raise StoreError(f"cannot open store {_safe_url(engine)}: {exc.orig}") from None
+            raise StoreError(f"cannot open store {_safe_url(engine)}: {exc.orig}",
+                             transient=engine.dialect.name != "sqlite") from None
         return cls(engine)
 
     @contextmanager

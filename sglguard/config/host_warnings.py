@@ -1,0 +1,57 @@
+"""What a valid catalog still cannot do on this host: checks that will only report UNKNOWN, a
+control that cannot write its pidfile. Said as warnings by `validate`; none stops the service
+(the host may change: a driver installed, the server started for the first time)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sglguard.checks.gpu import GpuCheckConfig, nvml_unavailable
+from sglguard.checks.log import LogCheckConfig
+from sglguard.config.models import Catalog, TargetConfig
+from sglguard.deploy import STATE_DIR
+
+
+def host_warnings(catalog: Catalog) -> list[str]:
+    targets = {target.name: target for target in catalog.targets}
+    warnings = [warning for target in catalog.targets for warning in _control(target)]
+    gpu_checks = [check for check in catalog.checks if isinstance(check, GpuCheckConfig)]
+    nvml = nvml_unavailable() if gpu_checks else None
+    if nvml is not None:
+        warnings += [f"check {check.name} (gpu): NVML is not available on this host ({nvml}); "
+                     f"it will report {check.on_unavailable.upper()}" for check in gpu_checks]
+    for check in catalog.checks:
+        if isinstance(check, LogCheckConfig):
+            warnings += _log(check, targets.get(check.target))
+    return warnings
+
+
+def _control(target: TargetConfig) -> list[str]:
+    pidfile = getattr(target.control, "pidfile", None)
+    if not isinstance(pidfile, Path):
+        return []
+    folder = pidfile.parent
+    kind = target.control.kind if target.control is not None else ""
+    if not folder.is_dir():
+        made = (" (the sglguard unit's StateDirectory= creates it when the service starts)"
+                if folder == STATE_DIR else "")
+        return [f"target {target.name}: the folder of its pidfile, {folder}, does not exist: "
+                f"the {kind} control cannot start the server until it does{made}"]
+    if not os.access(folder, os.W_OK):
+        return [f"target {target.name}: this user cannot write in {folder}, the folder of its "
+                f"pidfile (the service's user may)"]
+    return []
+
+
+def _log(check: LogCheckConfig, target: TargetConfig | None) -> list[str]:
+    control = target.control if target is not None else None
+    path = check.path or (control.server_log if control is not None else None)
+    if path is None or path.is_file():
+        return []
+    if check.path is None:
+        return [f"check {check.name} (log): {path}, the log its target's control writes, does "
+                "not exist yet; it appears when the control first starts the server, and the "
+                "check reports UNKNOWN until then"]
+    return [f"check {check.name} (log): {path} does not exist; the check reports UNKNOWN until "
+            "it does"]
