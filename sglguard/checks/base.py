@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from sglguard.client import REDACTED, SGLangClient, TargetError
 from sglguard.clock import utcnow
@@ -93,8 +93,10 @@ class CheckConfig(KindModel):
     warning: ThresholdField | None = None
     critical: ThresholdField | None = None
     remediate: tuple[Name, ...] = ()
-    depends_on: tuple[Name, ...] = Field(
-        default=(), description="while one of these checks is not OK, this one is skipped")
+    depends_on: Annotated[tuple[Name, ...], WithJsonSchema({
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})] = Field(
+        default=(), description="while one of these checks is not OK, this one is skipped "
+                                "(a name, or a list of names)")
     runbook: str | None = Field(
         default=None, description="link (or short text) notifications show for this check")
 
