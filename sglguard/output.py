@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -166,4 +166,50 @@ def incident_timeline(console: Console, item: dict[str, Any]) -> None:
         table.add_column(column, overflow="fold")
     for at, kind, detail in sorted(events, key=lambda event: event[0] or ""):
         table.add_row(_short_time(at), _styled(kind), detail)
+    console.print(table)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{max(seconds, 0):.0f}s ago"
+
+
+def status_table(console: Console, checks: Sequence[dict[str, Any]]) -> None:
+    """`sglguard status`: one line per check, worst first (as given)."""
+    table = Table(title="status", title_justify="left")
+    for column in ("target", "check", "status", "value", "last result", "incident", "message"):
+        table.add_column(column, overflow="fold")
+    for item in checks:
+        incident = f"#{item['incident_id']}" if item["incident_id"] else ""
+        table.add_row(item["target"], item["name"], _styled(item["status"]),
+                      _value(item["value"], item["unit"]), _age(item["age_s"]),
+                      incident, item["message"])
+    console.print(table)
+
+
+def worst_label(statuses: Iterable[str]) -> int:
+    """The Nagios exit status of stored statuses, as `sglguard check` gives it; skipped and
+    not yet run say nothing about the server."""
+    return max((int(Status.from_label(label)) for label in statuses
+                if label.upper() in Status.__members__), default=int(Status.OK))
+
+
+def runs_table(console: Console, runs: Sequence[dict[str, Any]]) -> None:
+    """`sglguard runs`: remediation runs, newest first."""
+    table = Table(title="remediation runs", title_justify="left")
+    for column in ("id", "started (UTC)", "remediation", "target", "trigger", "outcome",
+                   "incident", "detail"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        outcome = _styled(run["outcome"]) + (" (dry run)" if run["dry_run"] else "")
+        if run["verified"] is not None:
+            outcome += ", verified" if run["verified"] else ", [red]not verified[/]"
+        table.add_row(str(run["id"]), _short_time(run["started_at"]),
+                      f"{run['remediation']} ({run['kind']})", run["target"], run["trigger"],
+                      outcome, f"#{run['incident_id']}" if run["incident_id"] else "",
+                      run["error"] or run["detail"])
     console.print(table)

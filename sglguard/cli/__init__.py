@@ -76,4 +76,5 @@ def main(ctx: click.Context, log_level: str | None) -> None:
 import sglguard.cli.catalog  # noqa: E402
 import sglguard.cli.notices  # noqa: E402
 import sglguard.cli.service  # noqa: E402
-import sglguard.cli.silence  # noqa: E402, F401
+import sglguard.cli.silence  # noqa: E402
+import sglguard.cli.web  # noqa: E402, F401
