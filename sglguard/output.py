@@ -179,15 +179,22 @@ def _age(seconds: float | None) -> str:
 
 
 def status_table(console: Console, checks: Sequence[dict[str, Any]]) -> None:
-    """`sglguard status`: one line per check, worst first (as given)."""
+    """`sglguard status`: one line per check, worst first (as given); long messages are cut
+    to the screen's width."""
+    rows = [(item["target"], item["name"], item["status"], _value(item["value"], item["unit"]),
+             _age(item["age_s"]), f"#{item['incident_id']}" if item["incident_id"] else "",
+             item["message"]) for item in checks]
+    headers = ("target", "check", "status", "value", "last result", "incident")
+    widths = [max([len(column), *(len(row[index]) for row in rows)])
+              for index, column in enumerate(headers)]
+    room = max(10, console.width - sum(widths) - 3 * (len(headers) + 1) - 1)
     table = Table(title="status", title_justify="left")
-    for column in ("target", "check", "status", "value", "last result", "incident", "message"):
-        table.add_column(column, overflow="fold")
-    for item in checks:
-        incident = f"#{item['incident_id']}" if item["incident_id"] else ""
-        table.add_row(item["target"], item["name"], _styled(item["status"]),
-                      _value(item["value"], item["unit"]), _age(item["age_s"]),
-                      incident, item["message"])
+    for column, width in zip(headers, widths, strict=True):
+        table.add_column(column, no_wrap=True, min_width=width)
+    table.add_column("message", no_wrap=True, max_width=room)
+    for row in rows:
+        message = row[6] if len(row[6]) <= room else row[6][:room - 1] + "…"
+        table.add_row(row[0], row[1], _styled(row[2]), *row[3:6], message)
     console.print(table)
 
 

@@ -140,7 +140,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 def split_listen(listen: str) -> tuple[str, int]:
     """`host:port` (`[::1]:9466` for IPv6) as a host and a port; raises ValueError."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid listen address {listen!r}: expected host:port, "
                          "e.g. 127.0.0.1:9466")
     return host.removeprefix("[").removesuffix("]"), int(port)

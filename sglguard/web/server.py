@@ -43,6 +43,7 @@ class WebServer:
     def __init__(self, app: WebApp, listen: str) -> None:
         host, port = split_listen(listen)
         kind = _Server6 if ":" in host else _Server
+        self.app = app
         self._server = kind((host, port), _Handler)
         self._server.set_app(app)
         self._server.timeout = None

@@ -67,7 +67,10 @@ class View:
         self.catalog = catalog
         self.store = store
         self.clock = clock
-        self._secrets = tuple(sorted(catalog.secrets(), key=len, reverse=True))
+        from sglguard.notify import url_secrets  # the same scrubbing as recorded errors get
+
+        found = {*catalog.secrets(), *url_secrets(catalog.notifiers)}
+        self._secrets = tuple(sorted((item for item in found if item), key=len, reverse=True))
 
     def scrub(self, value: Any) -> Any:
         """`value` with every catalog secret replaced, in every string it holds."""
