@@ -16,6 +16,7 @@ from sglguard.client import REDACTED, SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
 from sglguard.config.types import Duration, Threshold, ThresholdField, format_duration
+from sglguard.logs import log_context
 
 if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
@@ -248,13 +249,15 @@ class Check(Generic[ConfigT]):
         started_at = self.context.clock()
         began = time.perf_counter()
         try:
-            measurement = self.run()
+            with log_context(check=self.config.name, target=self.config.target):
+                measurement = self.run()
         except TargetError as exc:
             measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
         except NoWindowYet as exc:
             measurement = Measurement(None, str(exc), Status.UNKNOWN, counts=False)
         except Exception as exc:
-            logger.warning("check %s raised", self.config.name, exc_info=True)
+            logger.warning("check %s raised", self.config.name, exc_info=True,
+                           extra={"check": self.config.name, "target": self.config.target})
             measurement = Measurement(
                 None, f"check failed: {type(exc).__name__}: {exc}", Status.UNKNOWN
             )

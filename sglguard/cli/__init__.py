@@ -33,11 +33,12 @@ def config_option(command: F) -> F:
         help="catalog file (default ./sglguard.yaml, then /etc/sglguard/sglguard.yaml)",
     )(command)
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, kind: str = "text") -> None:
+    from sglguard.logs import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(kind))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     for noisy in ("apscheduler", "urllib3", "alembic", "apprise", "tzlocal"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -64,12 +65,15 @@ def open_store(catalog: Catalog, *, migrate_apart: bool = False) -> Store:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sglguard")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default=None, help="log level on stderr (default: info for run, warning else)")
+              default=None, help="log level on stderr (default: info for run and serve, "
+                                 "warning else)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object per line, with check/target/incident")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str) -> None:
     """Keep SGLang inference servers healthy: checks, incidents, remediation, notifications."""
-    default = "info" if ctx.invoked_subcommand == "run" else "warning"
-    setup_logging(log_level or default)
+    default = "info" if ctx.invoked_subcommand in ("run", "serve") else "warning"
+    setup_logging(log_level or default, log_format)
 
 
 # The commands register themselves on `main` when their modules are imported.
