@@ -130,3 +130,30 @@ def test_serve_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> Non
     bad = CliRunner().invoke(main, ["serve", "--config", str(write(tmp_path)),
                                     "--listen", "nowhere"])
     assert bad.exit_code == 2 and "--listen: invalid listen address" in bad.output
+
+
+def test_run_serves_the_catalogs_listener_and_a_reload_serves_the_new_catalog(
+        tmp_path: Path) -> None:
+    port = free_port()
+    path = write(tmp_path, f"http: {{listen: 127.0.0.1:{port}}}\n")
+    process = subprocess.Popen([PYTHON, "-m", "sglguard", "run", "--config", str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def names() -> list[str]:
+        try:
+            found = requests.get(f"http://127.0.0.1:{port}/api/v1/checks", timeout=2).json()
+        except requests.RequestException:
+            return []
+        return sorted(item["name"] for item in found["checks"])
+
+    try:
+        assert wait_for(names, 15) == ["liveness", "never", "queue"]
+        path.write_text(path.read_text().replace(
+            "checks:\n", "checks:\n  - {name: added, kind: http, target: local}\n"))
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "added" in names(), 15)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=15)[0].decode()
+    assert process.returncode == 0, output
+    assert output.count("status page, API and /metrics on") == 2
