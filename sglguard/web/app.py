@@ -15,12 +15,16 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
-from sglguard.web.metrics import exposition, health, metrics_registry
-from sglguard.web.pages import Pages
 from sglguard.web.view import View
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from sglguard.web.pages import Pages
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +56,7 @@ class WebApp:
 
     def __init__(self, view: View, *, token: str | None = None, refresh_s: int = 10) -> None:
         self.view = view
-        self.pages = Pages(view, refresh_s=refresh_s)
-        self.registry = metrics_registry(view)
+        self.refresh_s = refresh_s
         self._token = token.encode() if token else None
         self._routes: list[tuple[re.Pattern[str], Callable[..., Response | None]]] = [
             (re.compile(r"/"), self._index),
@@ -68,6 +71,19 @@ class WebApp:
             (re.compile(r"/metrics"), self._metrics),
             (re.compile(r"/healthz"), self._healthz),
         ]
+
+    # Built at the first request that needs them: a listener nobody opens costs no templates.
+    @cached_property
+    def pages(self) -> Pages:
+        from sglguard.web.pages import Pages
+
+        return Pages(self.view, refresh_s=self.refresh_s)
+
+    @cached_property
+    def registry(self) -> CollectorRegistry:
+        from sglguard.web.metrics import metrics_registry
+
+        return metrics_registry(self.view)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -147,9 +163,13 @@ class WebApp:
         return _missing(f"incident #{number}") if item is None else _json(item)
 
     def _metrics(self, _query: dict[str, str]) -> Response:
+        from sglguard.web.metrics import exposition
+
         return "200 OK", "text/plain; version=0.0.4; charset=utf-8", exposition(self.registry)
 
     def _healthz(self, _query: dict[str, str]) -> Response:
+        from sglguard.web.metrics import health
+
         found = health(self.view)
         return _json(found.detail, "200 OK" if found.healthy else "503 Service Unavailable")
 
