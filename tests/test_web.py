@@ -256,3 +256,29 @@ def test_pages_link_checks_and_incidents(make_catalog: Callable[[str], Catalog],
     assert incident_url(make_catalog(CATALOG), 1) is None
     with store.session() as session:
         assert session.get(IncidentRow, incident) is not None
+
+
+def test_the_api_and_metrics_read_postgresql_the_same(
+        make_catalog: Callable[[str], Catalog], postgres_url: str, clock: FakeClock) -> None:
+    catalog = make_catalog(CATALOG)
+    store = Store.open(postgres_url)
+    try:
+        incident = with_liveness_cycle(catalog, store, clock)
+        with store.session() as session:
+            queries.add_result(session, CheckResult(
+                "info", "local", Status.OK, 3.0, "GB", "a.b = 3 (server 0.5.23, model m)", 5.0,
+                clock()))
+        web = serve(catalog, store, listen=f"127.0.0.1:{free_port()}")
+        web.app.view.clock = clock
+        try:
+            timeline = get(web, f"/api/v1/incidents/{incident}").json()["timeline"]
+            assert [entry["kind"] for entry in timeline] == [
+                "opened", "remediation_run", "notification", "acknowledged", "resolved"]
+            assert get(web, "/api/v1/targets").json()["targets"][0]["server"]["model"] == "m"
+            assert 'sglguard_check_runs_total{check="liveness",status="ok",target="local"} 2.0' \
+                in get(web, "/metrics").text
+            assert get(web, "/").status_code == 200
+        finally:
+            web.stop()
+    finally:
+        store.close()
