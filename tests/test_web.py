@@ -282,3 +282,14 @@ def test_the_api_and_metrics_read_postgresql_the_same(
             web.stop()
     finally:
         store.close()
+
+
+def test_without_a_token_only_known_host_names_are_answered(
+        make_catalog: Callable[[str], Catalog], start_web: Serve) -> None:
+    catalog = make_catalog(CATALOG + "http: {external_url: 'https://gpu-7.example/sg'}\n")
+    web = start_web(catalog)
+    for host in ("127.0.0.1", f"127.0.0.1:{web.port}", "localhost", "gpu-7.example:443"):
+        assert get(web, "/api/v1/targets", headers={"Host": host}).status_code == 200, host
+    rebound = get(web, "/api/v1/targets", headers={"Host": f"attacker.example:{web.port}"})
+    assert rebound.status_code == 421
+    assert "local" not in rebound.text

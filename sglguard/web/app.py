@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 Response = tuple[str, str, bytes]  # status line, content type, body
 API = "/api/v1"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 SECURITY_HEADERS = [
@@ -54,10 +55,14 @@ def _missing(what: str) -> Response:
 class WebApp:
     """Routes a request to the page, the API, /metrics or /healthz."""
 
-    def __init__(self, view: View, *, token: str | None = None, refresh_s: int = 10) -> None:
+    def __init__(self, view: View, *, token: str | None = None, refresh_s: int = 10,
+                 hosts: Iterable[str] = ()) -> None:
         self.view = view
         self.refresh_s = refresh_s
         self._token = token.encode() if token else None
+        # Without a token, only these Host names are answered: a web page elsewhere cannot
+        # point its own name at 127.0.0.1 (DNS rebinding) and read the page from a browser.
+        self._hosts = frozenset({*LOOPBACK_NAMES, *(host.lower() for host in hosts)})
         self._routes: list[tuple[re.Pattern[str], Callable[..., Response | None]]] = [
             (re.compile(r"/"), self._index),
             (re.compile(r"/checks/([^/]+)"), self._check_page),
@@ -91,6 +96,10 @@ class WebApp:
         if method not in ("GET", "HEAD"):
             status, kind, body = _json({"error": "read-only: GET only"}, "405 Method Not Allowed")
             extra = [("Allow", "GET, HEAD")]
+        elif self._token is None and _host_name(environ.get("HTTP_HOST", "")) not in self._hosts:
+            status, kind, body = _json({"error": "unknown Host; set http.external_url (or a "
+                                                 "token) to serve it"}, "421 Misdirected Request")
+            extra = []
         elif path != "/healthz" and not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
             status, kind, body = _json({"error": "a token is required"}, "401 Unauthorized")
             extra = [("WWW-Authenticate", 'Basic realm="sglguard", charset="UTF-8"')]
@@ -172,6 +181,14 @@ class WebApp:
 
         found = health(self.view)
         return _json(found.detail, "200 OK" if found.healthy else "503 Service Unavailable")
+
+
+def _host_name(header: str) -> str:
+    """The name of a Host header, without its port (`[::1]:9466` -> `::1`)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 def _limit(query: dict[str, str], default: int) -> int:

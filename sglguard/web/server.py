@@ -13,6 +13,7 @@ import socket
 import threading
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from sglguard.config.models import Catalog, is_loopback, split_listen
@@ -85,5 +86,8 @@ def serve(catalog: Catalog, store: Store, *, listen: str | None = None) -> WebSe
     if not is_loopback(split_listen(address)[0]) and not token:
         raise ValueError(f"listen {address} is beyond loopback: set http.token in the catalog "
                          "so the page and API are not open to everyone")
-    app = WebApp(View(catalog, store), token=token, refresh_s=max(1, refresh))
+    hosts = [split_listen(address)[0]]
+    if http is not None and http.external_url is not None:
+        hosts.append(urlsplit(http.external_url).hostname or "")
+    app = WebApp(View(catalog, store), token=token, refresh_s=max(1, refresh), hosts=hosts)
     return WebServer(app, address).start()
