@@ -293,3 +293,15 @@ def test_without_a_token_only_known_host_names_are_answered(
     rebound = get(web, "/api/v1/targets", headers={"Host": f"attacker.example:{web.port}"})
     assert rebound.status_code == 421
     assert "local" not in rebound.text
+
+
+def test_an_empty_store_shows_every_check_pending(make_catalog: Callable[[str], Catalog],
+                                                  start_web: Serve) -> None:
+    web = start_web(make_catalog(CATALOG))
+    for path in ("/", "/checks/liveness", "/checks/info", "/api/v1/targets"):
+        assert get(web, path).status_code == 200, path
+    checks = get(web, "/api/v1/checks").json()["checks"]
+    assert {item["status"] for item in checks} == {"pending"}
+    assert "no chart yet" in get(web, "/checks/liveness").text
+    head = requests.head(f"http://127.0.0.1:{web.port}/", timeout=5)
+    assert head.status_code == 200 and head.content == b""
