@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -190,4 +190,57 @@ def incident_timeline(console: Console, item: dict[str, Any]) -> None:
         table.add_column(column, overflow="fold")
     for at, kind, detail in sorted(events, key=lambda event: event[0] or ""):
         table.add_row(_short_time(at), _styled(kind), detail or "")
+    console.print(table)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{max(seconds, 0):.0f}s ago"
+
+
+def status_table(console: Console, checks: Sequence[dict[str, Any]]) -> None:
+    """`sglguard status`: one line per check, worst first (as given); long messages are cut
+    to the screen's width."""
+    rows = [(item["target"], item["name"], item["status"], _value(item["value"], item["unit"]),
+             _age(item["age_s"]), f"#{item['incident_id']}" if item["incident_id"] else "",
+             item["message"]) for item in checks]
+    headers = ("target", "check", "status", "value", "last result", "incident")
+    widths = [max([len(column), *(len(row[index]) for row in rows)])
+              for index, column in enumerate(headers)]
+    room = max(10, console.width - sum(widths) - 3 * (len(headers) + 1) - 1)
+    table = Table(title="status", title_justify="left")
+    for column, width in zip(headers, widths, strict=True):
+        table.add_column(column, no_wrap=True, min_width=width)
+    table.add_column("message", no_wrap=True, max_width=room)
+    for row in rows:
+        message = row[6] if len(row[6]) <= room else row[6][:room - 1] + "…"
+        table.add_row(row[0], row[1], _styled(row[2]), *row[3:6], message)
+    console.print(table)
+
+
+def worst_label(statuses: Iterable[str]) -> int:
+    """The Nagios exit status of stored statuses, as `sglguard check` gives it; skipped and
+    not yet run say nothing about the server."""
+    return max((int(Status.from_label(label)) for label in statuses
+                if label.upper() in Status.__members__), default=int(Status.OK))
+
+
+def runs_table(console: Console, runs: Sequence[dict[str, Any]]) -> None:
+    """`sglguard runs`: remediation runs, newest first."""
+    table = Table(title="remediation runs", title_justify="left")
+    for column in ("id", "started (UTC)", "remediation", "target", "trigger", "outcome",
+                   "incident", "detail"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        outcome = _styled(run["outcome"]) + (" (dry run)" if run["dry_run"] else "")
+        if run["verified"] is not None:
+            outcome += ", verified" if run["verified"] else ", [red]not verified[/]"
+        table.add_row(str(run["id"]), _short_time(run["started_at"]),
+                      f"{run['remediation']} ({run['kind']})", run["target"], run["trigger"],
+                      outcome, f"#{run['incident_id']}" if run["incident_id"] else "",
+                      run["error"] or run["detail"])
     console.print(table)

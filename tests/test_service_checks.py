@@ -180,7 +180,7 @@ def test_server_info_reads_a_path_and_records_the_version(
                                "unit: GB")
     assert result.status is Status.OK and result.unit == "GB"
     assert result.value is not None and result.value > 0
-    assert "(server 0.5.23)" in result.message
+    assert "(server 0.5.23, model " in result.message
 
 
 def test_server_info_never_shows_the_api_key(run: Callable[[str, str], CheckResult]) -> None:

@@ -8,14 +8,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from sglguard.client import REDACTED, SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
 from sglguard.config.types import Duration, Threshold, ThresholdField, format_duration
+from sglguard.logs import log_context
 
 if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
@@ -98,8 +99,10 @@ class CheckConfig(KindModel):
     warning: ThresholdField | None = None
     critical: ThresholdField | None = None
     remediate: tuple[Name, ...] = ()
-    depends_on: tuple[Name, ...] = Field(
-        default=(), description="while one of these checks is not OK, this one is skipped")
+    depends_on: Annotated[tuple[Name, ...], WithJsonSchema({
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})] = Field(
+        default=(), description="while one of these checks is not OK, this one is skipped "
+                                "(a name, or a list of names)")
     runbook: str | None = Field(
         default=None, description="link (or short text) notifications show for this check")
 
@@ -251,13 +254,15 @@ class Check(Generic[ConfigT]):
         started_at = self.context.clock()
         began = time.perf_counter()
         try:
-            measurement = self.run()
+            with log_context(check=self.config.name, target=self.config.target):
+                measurement = self.run()
         except TargetError as exc:
             measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
         except NoWindowYet as exc:
             measurement = Measurement(None, str(exc), Status.UNKNOWN, counts=False)
         except Exception as exc:
-            logger.warning("check %s raised", self.config.name, exc_info=True)
+            logger.warning("check %s raised", self.config.name, exc_info=True,
+                           extra={"check": self.config.name, "target": self.config.target})
             measurement = Measurement(
                 None, f"check failed: {type(exc).__name__}: {exc}", Status.UNKNOWN
             )

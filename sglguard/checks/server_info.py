@@ -50,7 +50,10 @@ class ServerInfoCheck(Check[ServerInfoCheckConfig]):
     def run(self) -> Measurement:
         config = self.config
         info = self.client.server_info(timeout=self.timeout)
-        version = info.get("version", "unknown")
+        version = str(info.get("version", "unknown"))
+        model = info.get("served_model_name") or info.get("model_path")
+        if isinstance(model, str) and model:  # the status page shows which model runs
+            version = f"{version}, model {model}"
         values = lookup(info, config.path)
         numbers = [float(value) for value in values
                    if isinstance(value, int | float) and not isinstance(value, bool)]

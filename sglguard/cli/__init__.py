@@ -47,11 +47,12 @@ def config_option(command: F) -> F:
         help="catalog file (default ./sglguard.yaml, then /etc/sglguard/sglguard.yaml)",
     )(command)
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def setup_logging(level: str, kind: str = "text") -> None:
+    from sglguard.logs import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(kind))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     for noisy in ("apscheduler", "urllib3", "alembic", "apprise", "tzlocal"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -85,15 +86,19 @@ def open_store(catalog: Catalog, *, migrate_apart: bool = False,
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sglguard")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default=None, help="log level on stderr (default: info for run, warning else)")
+              default=None, help="log level on stderr (default: info for run and serve, "
+                                 "warning else)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object per line, with check/target/incident")
 @click.option("--env-file", type=click.Path(dir_okay=False), default=None,
               help="read KEY=value lines into the environment first, as the unit's "
                    "EnvironmentFile= does (e.g. /etc/sglguard/env); variables already set win")
 @click.pass_context
-def main(ctx: click.Context, log_level: str | None, env_file: str | None) -> None:
+def main(ctx: click.Context, log_level: str | None, log_format: str,
+         env_file: str | None) -> None:
     """Keep SGLang inference servers healthy: checks, incidents, remediation, notifications."""
-    default = "info" if ctx.invoked_subcommand == "run" else "warning"
-    setup_logging(log_level or default)
+    default = "info" if ctx.invoked_subcommand in ("run", "serve") else "warning"
+    setup_logging(log_level or default, log_format)
     if env_file is not None:
         from sglguard.envfile import EnvFileError, read_env_file
 
@@ -108,4 +113,5 @@ def main(ctx: click.Context, log_level: str | None, env_file: str | None) -> Non
 import sglguard.cli.catalog  # noqa: E402
 import sglguard.cli.notices  # noqa: E402
 import sglguard.cli.service  # noqa: E402
-import sglguard.cli.silence  # noqa: E402, F401
+import sglguard.cli.silence  # noqa: E402
+import sglguard.cli.web  # noqa: E402, F401

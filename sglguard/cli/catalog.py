@@ -1,4 +1,4 @@
-"""Commands about the catalog and what is recorded: init, validate, check, history,
+"""Commands about the catalog and what is recorded: init, schema, validate, check, history,
 incidents."""
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ if TYPE_CHECKING:
                                       "rule lets sglguard restart (repeatable)")
 def init(target_path: str | None, force: bool, system: bool, root: str,
          server_units: tuple[str, ...]) -> None:
-    """Write the example catalog (every family of checks) for a new installation."""
+    """Write the example catalog (every family of checks) for a new installation, and its
+    JSON Schema beside it for editors."""
     from importlib import resources
+
+    from sglguard.config.schema import MODELINE, SCHEMA_FILE, catalog_schema
 
     if system:
         if target_path is not None:
@@ -44,13 +47,33 @@ def init(target_path: str | None, force: bool, system: bool, root: str,
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite it")
     text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
+    schema_path = path.parent / SCHEMA_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(f"{MODELINE}\n{text}")
+        schema_path.write_text(json.dumps(catalog_schema(), indent=2) + "\n")
     except OSError as exc:
         fail(f"cannot write {path}: {exc.strerror or exc}")
-    click.echo(f"wrote {path}: edit the target and its start command, then "
-               f"`sglguard validate --config {path}` and `sglguard check --config {path}`")
+    click.echo(f"wrote {path} (and {schema_path} for editors): edit the target and its start "
+               f"command, then `sglguard validate --config {path}` and "
+               f"`sglguard check --config {path}`")
+
+
+@main.command()
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
+              help="write it to this file (default: print it)")
+def schema(output_path: str | None) -> None:
+    """Print the catalog's JSON Schema (every check, control and remediation kind)."""
+    from sglguard.config.schema import catalog_schema
+
+    text = json.dumps(catalog_schema(), indent=2)
+    if output_path is None:
+        click.echo(text)
+        return
+    try:
+        Path(output_path).write_text(text + "\n")
+    except OSError as exc:
+        fail(f"cannot write {output_path}: {exc.strerror or exc}")
 
 
 def init_system(root: Path, force: bool, units: list[str]) -> None:

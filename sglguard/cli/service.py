@@ -22,11 +22,13 @@ logger = logging.getLogger(__name__)
 @click.option("--dry-run", is_flag=True, help="plan remediations, record them, change nothing")
 def run(config_path: str | None, dry_run: bool) -> None:
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the catalog."""
+    from sglguard.cli.web import restart_web, start_web
     from sglguard.service import Service
 
     path, catalog = load(config_path, service=True)
     service = Service(catalog, open_store(catalog, migrate_apart=True, service=path),
                       dry_run=dry_run)
+    web = start_web(catalog, service.store)  # the catalog's `http:` listener, if any
     asked: set[str] = set()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
@@ -49,8 +51,12 @@ def run(config_path: str | None, dry_run: bool) -> None:
         os.read(wake, 64)
         if "reload" in asked and "stop" not in asked:
             asked.discard("reload")
-            service = reloaded(path, service)
+            previous, service = service, reloaded(path, service)
+            if service is not previous:
+                web = restart_web(web, service.catalog, service.store)
     service.stop()
+    if web is not None:
+        web.stop()
 
 
 def reloaded(path: Path, service: Any) -> Any:

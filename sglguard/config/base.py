@@ -5,18 +5,21 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
@@ -101,3 +104,15 @@ class KindModel(ConfigModel):
                 "unknown_kind", f"unknown {cls.family} kind '{kind}': valid kinds are {valid}"
             )
         return model.model_validate(data, context=info.context)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """A family base (one with `kinds`) is, for editors, the discriminated union of its
+        kinds' models on `kind`: each kind with its own fields, `kind` written once."""
+        if "kinds" not in cls.__dict__ or not cls.kinds:
+            return handler(core_schema)
+        models = tuple(cls.kinds[kind] for kind in sorted(cls.kinds))
+        union: TypeAdapter[Any] = TypeAdapter(
+            Annotated[Union[models], Field(discriminator="kind")])  # type: ignore[arg-type]  # noqa: UP007
+        return handler(union.core_schema)

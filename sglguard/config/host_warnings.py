@@ -10,6 +10,7 @@ from pathlib import Path
 from sglguard.checks.gpu import GpuCheckConfig, nvml_unavailable
 from sglguard.checks.log import LogCheckConfig
 from sglguard.config.models import Catalog, TargetConfig
+from sglguard.config.notifier_urls import disabled_here
 from sglguard.deploy import STATE_DIR
 
 
@@ -24,6 +25,12 @@ def host_warnings(catalog: Catalog) -> list[str]:
     for check in catalog.checks:
         if isinstance(check, LogCheckConfig):
             warnings += _log(check, targets.get(check.target))
+    for notifier in catalog.notifiers:
+        for url in notifier.urls:
+            scheme = url.get_secret_value().partition("://")[0]
+            if disabled_here(scheme):
+                warnings.append(f"notifier {notifier.name}: Apprise cannot send {scheme}:// "
+                                "from this host (a library it needs is not installed)")
     return warnings
 
 

@@ -142,6 +142,54 @@ class StoreConfig(ConfigModel):
                     "result at once")
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:9466` for IPv6) as a host and a port; raises ValueError."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"invalid listen address {listen!r}: expected host:port, "
+                         "e.g. 127.0.0.1:9466")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+class HttpConfig(ConfigModel):
+    """sglguard's own listener: the status page, the read-only API, /metrics and /healthz."""
+
+    listen: str = Field(
+        default="127.0.0.1:9466",
+        description="host:port; an address beyond loopback requires `token`")
+    token: SecretStr | None = Field(
+        default=None, description="required as `Authorization: Bearer TOKEN` (or as the "
+                                  "password of basic auth); use ${VAR}")
+    external_url: str | None = Field(
+        default=None, pattern=r"^https?://\S+$",
+        description="how people reach the page (e.g. https://gpu-07.example.com/sglguard): "
+                    "notifications link to the check and incident pages under it")
+    refresh: Duration = Field(default=timedelta(seconds=10),
+                              description="how often the status page reloads itself")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        split_listen(listen)
+        return listen
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> HttpConfig:
+        host, _ = split_listen(self.listen)
+        if not is_loopback(host) and (self.token is None or not self.token.get_secret_value()):
+            raise ValueError(f"listen {self.listen} is beyond loopback: set `token` "
+                             "(e.g. token: ${SGLGUARD_HTTP_TOKEN}) so the page and API are "
+                             "not open to everyone")
+        return self
+
+
 class Catalog(ConfigModel):
     """The whole catalog file."""
 
@@ -156,6 +204,8 @@ class Catalog(ConfigModel):
     notifiers: tuple[NotifierConfig, ...] = ()
     notifications: NotificationsConfig = NotificationsConfig()
     maintenance: tuple[MaintenanceWindow, ...] = ()
+    http: HttpConfig | None = Field(
+        default=None, description="serve the status page, API and /metrics while running")
 
     @model_validator(mode="wrap")
     @classmethod
@@ -197,6 +247,8 @@ class Catalog(ConfigModel):
                        if key is not None]
         for notifier in self.notifiers:
             values += [url.get_secret_value() for url in notifier.urls]
+        if self.http is not None and self.http.token is not None:
+            values.append(self.http.token.get_secret_value())
         return tuple(value for value in values if value)
 
 

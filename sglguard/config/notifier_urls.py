@@ -53,11 +53,6 @@ def apprise_problem(url: str) -> str | None:
     if not separator or not scheme:
         return "not an Apprise URL (expected scheme://..., e.g. slack://..., mailto://...)"
     shown = f"{scheme}://..."
-    schemas = _schemas()
-    if schemas and scheme.lower() not in schemas:
-        close = difflib.get_close_matches(scheme.lower(), sorted(schemas), n=1)
-        hint = f" (did you mean {close[0]}://?)" if close else ""
-        return f"{shown}: Apprise has no service with the scheme {scheme!r}{hint}"
     collect = _Collect()
     logger = logging.getLogger("apprise")
     with _LOCK:  # its warnings are collected here, not logged: they may quote a token
@@ -71,10 +66,27 @@ def apprise_problem(url: str) -> str | None:
             logger.removeHandler(collect)
             logger.setLevel(level)
             logger.propagate = propagate
-    if plugin:
-        return None
+    if plugin or disabled_here(scheme):
+        return None  # (a service this host lacks the libraries for is a warning, not an error)
+    schemas = _schemas()
+    if schemas and scheme.lower() not in schemas:
+        close = difflib.get_close_matches(scheme.lower(), sorted(schemas), n=1)
+        hint = f" (did you mean {close[0]}://?)" if close else ""
+        return f"{shown}: Apprise has no service with the scheme {scheme!r}{hint}"
     reasons = "; ".join(dict.fromkeys(_hidden(reason, url).strip().rstrip(":.").strip()
                                       for reason in collect.reasons))
     return (f"{shown}: Apprise cannot read this URL"
             + (f": {reasons}" if reasons else ": a part is missing or malformed")
             + f" (see Apprise's page for {scheme}://)")
+
+
+def disabled_here(scheme: str) -> bool:
+    """Apprise knows the service but turned it off on this host (a library it needs, such as
+    D-Bus's for desktop notifications, is not installed)."""
+    try:
+        from apprise.manager_plugins import NotificationManager
+
+        plugin = NotificationManager()[scheme.lower()]  # type: ignore[no-untyped-call]
+    except (ImportError, KeyError, AttributeError, TypeError):
+        return False
+    return getattr(plugin, "enabled", True) is False

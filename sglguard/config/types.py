@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -52,10 +52,15 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds:g}s"
 
 
+_DURATION_SCHEMA = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*$"
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "pattern": _DURATION_SCHEMA}, {"type": "number", "exclusiveMinimum": 0}],
+        "description": "a duration: 250ms, 30s, 5m, 1h, 1d (or seconds as a number)"}),
 ]
 
 # Where zero means "none" (e.g. no batching): 0s is allowed.
@@ -63,6 +68,9 @@ DurationOrZero = Annotated[
     timedelta,
     BeforeValidator(parse_duration_or_zero),
     PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "pattern": _DURATION_SCHEMA}, {"type": "number", "minimum": 0}],
+        "description": "a duration: 0s (none), 250ms, 30s, 5m, 1h (or seconds as a number)"}),
 ]
 
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
@@ -106,6 +114,9 @@ ThresholdField = Annotated[
     Threshold,
     BeforeValidator(parse_threshold),
     PlainSerializer(str, return_type=str),
+    WithJsonSchema({
+        "type": "string", "pattern": r"^\s*(>=|<=|==|!=|>|<)\s*-?\d+(\.\d+)?([eE][-+]?\d+)?\s*$",
+        "description": 'an operator and a number: "> 50", ">= 0.9", "< 10" (> >= < <= == !=)'}),
 ]
 
 

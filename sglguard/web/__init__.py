@@ -1,0 +1,1 @@
+"""sglguard's own listener: the status page, the read-only JSON API, /metrics and /healthz."""
