@@ -155,6 +155,7 @@ class Notifications:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._planned = -1  # batches handed out by the newest plan
+        self.successor: Notifications | None = None  # after a reload, the one to wake
 
     @classmethod
     def from_catalog(cls, catalog: Catalog, store: Store, *,
@@ -211,6 +212,8 @@ class Notifications:
 
     def poke(self) -> None:
         self._wake.set()
+        if self.successor is not None:
+            self.successor.poke()
 
     # -- running -------------------------------------------------------------------------
 

@@ -29,9 +29,11 @@ class Requests:
 
     def __init__(self, catalog: Catalog, store: Store, responder: Responder, agents: Agents, *,
                  clock: Callable[[], datetime], stop: threading.Event,
-                 poll: float = POLL) -> None:
+                 interrupt: threading.Event | None = None, poll: float = POLL) -> None:
         self.catalog, self.store, self.responder = catalog, store, responder
         self.agents, self.clock, self.stopping, self.poll = agents, clock, stop, poll
+        self.interrupt = interrupt or stop  # remediations in flight give up their waits
+        self.successor: Requests | None = None  # after a reload, the one to wake
         self._targets = {target.name for target in catalog.targets}
         self._busy: set[str] = set()
         self._lock = threading.Lock()
@@ -47,14 +49,21 @@ class Requests:
 
     def poke(self) -> None:
         self._wake.set()
+        if self.successor is not None:
+            self.successor.poke()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, wait_for_work: bool = True) -> None:
         self.poke()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=timeout)
-        for running in list(self._running):
-            running.join(timeout=timeout)
+        if wait_for_work:
+            for running in list(self._running):
+                running.join(timeout=timeout)
+
+    def adopt(self, previous: Requests) -> None:
+        """Share the previous instance's busy targets: its work in flight goes on."""
+        self._busy, self._lock = previous._busy, previous._lock
 
     def hold(self, target: str) -> bool:
         """Mark the target busy in this process; False if it already is."""
@@ -160,7 +169,7 @@ class Requests:
             return "cancelled", "the check is no longer in the catalog"
         said = self.responder.respond(self.catalog.check(name), incident.id,
                                       acted=lambda: self.let_go(target))
-        if self.stopping.is_set() and said in ("not verified", "nothing run"):
+        if self.interrupt.is_set() and said in ("not verified", "nothing run"):
             return "pending", f"sglguard stopped during it ({said})"
         if said == "deferred":
             return "pending", "deferred by the rails (backoff, cooldown)"

@@ -126,28 +126,29 @@ class Service:
     """Everything `sglguard run` does, startable and stoppable from a test."""
 
     def __init__(self, catalog: Catalog, store: Store, *, dry_run: bool = False,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, agents: Agents | None = None) -> None:
         self.catalog = catalog
         self.store = store
         self.dry_run = dry_run
         self.clock = clock
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # no new check run, no new request taken
+        self.interrupt = threading.Event()  # remediations in flight give up their waits
         self.clients = build_clients(catalog)
         self.checks = build_checks(catalog, self.clients, store, clock)
         flush = catalog.store.flush_interval.total_seconds()
         self.writer = ResultWriter(store, interval=flush) if flush > 0 else None
-        self.agents = Agents(store, role="service", clock=clock)
+        self.agents = agents or Agents(store, role="service", clock=clock)
         self.notifications = Notifications.from_catalog(catalog, store, clock=clock,
                                                         agents=self.agents)
         self.engine = IncidentEngine(catalog, store, clock, writer=self.writer,
                                      notifications=self.notifications, dry_run=dry_run)
-        self.runner = RemediationRunner(catalog, store, self.clients, stop=self.stopping,
+        self.runner = RemediationRunner(catalog, store, self.clients, stop=self.interrupt,
                                         clock=clock)
         self.responder = Responder(catalog, store, self.engine, self.runner, self.notifications,
-                                   self.checks, clock=clock, stop=self.stopping,
+                                   self.checks, clock=clock, stop=self.interrupt,
                                    dry_run=dry_run, agents=self.agents)
         self.requests = Requests(catalog, store, self.responder, self.agents, clock=clock,
-                                 stop=self.stopping)
+                                 stop=self.stopping, interrupt=self.interrupt)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
         # Set once each check's first run of this process is recorded: on the first round a
         # check waits for the checks it depends on.
@@ -203,8 +204,12 @@ class Service:
         logger.info("sglguard running: %s checks on %s targets%s", len(self.catalog.checks),
                     len(self.catalog.targets), " (dry run)" if self.dry_run else "")
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Finish the check runs in flight, interrupt waits of remediations, flush notices."""
+    def stop(self, timeout: float = 5.0, *, handing_over: bool = False) -> None:
+        """Finish the check runs in flight, interrupt waits of remediations, flush notices.
+
+        `handing_over` (a reload): remediations in flight are not interrupted; they finish
+        under the catalog they started with, in their own threads, while the next service
+        (see `take_over`) runs; this process stays the same agent."""
         self.stopping.set()
         schedulers = [*self.check_schedulers.values(), self.scheduler]
         for one in schedulers:  # no new run anywhere while the ones in flight finish
@@ -215,12 +220,27 @@ class Service:
                 one.shutdown(wait=True)
         if self.writer is not None:
             self.writer.flush()
+        if handing_over:
+            self.requests.stop(timeout=timeout, wait_for_work=False)
+            self.notifications.stop(timeout=timeout)
+            logger.info("previous catalog stopped; work in flight finishes under it")
+            return
+        self.interrupt.set()
         self.requests.stop(timeout=timeout)
         self.notifications.stop(timeout=timeout)
         self.agents.leave()
         for client in self.clients.values():
             client.close()
         logger.info("sglguard stopped")
+
+    def take_over(self, previous: Service) -> None:
+        """After a reload: keep what the previous service's work in flight needs (controls
+        that know their child, the targets it is busy with), and wake this one for what that
+        work writes into the outbox."""
+        self.runner.adopt(previous.runner)
+        self.requests.adopt(previous.requests)
+        previous.notifications.successor = self.notifications
+        previous.requests.successor = self.requests
 
     def jobs(self) -> list[Job]:
         """Every scheduled job: one per check, then housekeeping."""

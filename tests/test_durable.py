@@ -7,6 +7,7 @@ The webhook is the repair: when it is called, the server turns healthy."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ class World:
         self.hook_gate = threading.Event()
         self.hook_gate.set()
         self.hook_calls = 0
+        self.heal_after = 0.0  # seconds between the repair and the server answering again
         self.server = Loopback(self._health)
         self.hook = Loopback(self._repair)
         self.alert_gate = threading.Event()
@@ -40,8 +42,14 @@ class World:
     def _repair(self, _request: Request) -> Reply:
         self.hook_calls += 1
         self.hook_gate.wait(20)
-        self.healthy = True
+        if self.heal_after:
+            threading.Timer(self.heal_after, self._heal).start()
+        else:
+            self.healthy = True
         return 200, "application/json", b"{}"
+
+    def _heal(self) -> None:
+        self.healthy = True
 
     def titles(self) -> list[str]:
         return [alert["title"] for alert in self.inbox.received()]
@@ -177,3 +185,28 @@ def test_a_kill_at_any_point_after_an_incident_opens_still_pages_once(
         assert service.stop() == 0
     assert world.count("incident opened") == 1, world.titles()
     assert world.hook_calls >= 1
+
+
+def test_a_reload_during_a_remediation_lets_it_finish_under_its_own_rules(
+        tmp_path: Path, world: World) -> None:
+    path = catalog(tmp_path, world, group_wait="0s")
+    service = start(path)
+    world.hook_gate.clear()  # the repair is in flight...
+    world.healthy = False
+    wait_for(lambda: world.hook_calls == 1, 10)
+    service.process.send_signal(signal.SIGHUP)  # ...when the catalog is reloaded
+    wait_for(lambda: "reloaded" in (tmp_path / "service.log").read_text(), 10)
+    world.heal_after = 2.0  # and its verification is still waiting when...
+    world.hook_gate.set()
+    threading.Event().wait(1.0)
+    service.process.send_signal(signal.SIGHUP)  # ...a second reload comes
+    try:
+        wait_for(lambda: world.count("incident resolved") == 1, 30)
+    finally:
+        assert service.stop() == 0
+    log = (tmp_path / "service.log").read_text()
+    assert world.hook_calls == 1, log[-3000:]  # not run a second time
+    runs = service.query("select outcome, verified from remediation_runs")
+    assert [tuple(run) for run in runs] == [("succeeded", 1)], runs
+    got = world.titles()
+    assert not any("[FAILED]" in title or "[ESCALATION]" in title for title in got), got

@@ -72,9 +72,10 @@ def reloaded(path: Path, service: Any) -> Any:
     except (ConfigError, StoreError) as exc:
         logger.error("reload refused, still running the previous catalog: %s", exc)
         return service
-    service.stop()
-    fresh = Service(catalog, store, dry_run=service.dry_run)
-    fresh.runner.adopt(service.runner)
+    service.stop(handing_over=True)
+    fresh = Service(catalog, store, dry_run=service.dry_run,
+                    agents=service.agents if store is service.store else None)
+    fresh.take_over(service)
     fresh.start(reloaded=True)
     logger.info("reloaded %s", path)
     return fresh
