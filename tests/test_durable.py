@@ -117,7 +117,7 @@ def running(service: ServiceProcess) -> None:
 
 def open_incident(service: ServiceProcess) -> None:
     """Until an incident has opened (it may be resolved already when this looks)."""
-    wait_for(lambda: service.query("select 1 from incidents"), 15)
+    wait_for(lambda: service.query("select 1 from incidents"), 30)
 
 
 def test_a_kill_inside_group_wait_and_mid_remediation_loses_no_page_and_no_repair(
@@ -127,7 +127,7 @@ def test_a_kill_inside_group_wait_and_mid_remediation_loses_no_page_and_no_repai
     world.hook_gate.clear()  # the repair hangs: the kill finds it in flight
     world.healthy = False
     open_incident(service)
-    wait_for(lambda: world.hook_calls >= 1, 10)
+    wait_for(lambda: world.hook_calls >= 1, 30)
     assert world.titles() == []  # the opening still waits for its group window
     service.kill()
     world.hook_gate.set()
@@ -152,7 +152,7 @@ def test_a_kill_while_a_message_is_being_delivered_redelivers_it_once_and_says_s
     service = start(path)
     world.alert_gate.clear()  # the receiver takes the opening but never answers
     world.healthy = False
-    wait_for(lambda: world.count("incident opened") == 1, 10)
+    wait_for(lambda: world.count("incident opened") == 1, 30)
     service.kill()
     world.alert_gate.set()
     service = ServiceProcess(path, database=DATABASE)
