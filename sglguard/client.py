@@ -48,6 +48,16 @@ class TargetTimeout(TargetError):
     reason = "timeout"
 
 
+class HTTPStatusError(TargetError):
+    """The server answered, with a status that is not the one asked for."""
+
+    reason = "status"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def redact_secrets(value: Any, secrets: Sequence[str] = ()) -> Any:
     """Copy of a JSON value with every `api_key`-like field replaced, at any depth, and each of
     `secrets` scrubbed from every string (`launch_command` echoes `--api-key <key>`)."""
@@ -364,12 +374,13 @@ class SGLangClient:
     # A gateway (smg / sglang-router) in front of several servers.
 
     def workers(self) -> list[dict[str, Any]]:
-        """GET /workers of a gateway: `{"workers": [...]}` (or a bare list in some releases)."""
+        """GET /workers of a gateway: `{"workers": [...]}` (or a bare list in some releases);
+        HTTPStatusError for any answer but 200."""
         response = self.request("GET", "/workers")
         with response:
             if response.status_code != 200:
-                raise TargetError(f"GET /workers: HTTP {response.status_code}: "
-                                  f"{error_message(response)}")
+                raise HTTPStatusError(f"GET /workers: HTTP {response.status_code}: "
+                                      f"{error_message(response)}", response.status_code)
             try:
                 body = response.json()
             except ValueError:
@@ -379,17 +390,33 @@ class SGLangClient:
             raise TargetError("GET /workers: no list of workers in the answer")
         return [item for item in items if isinstance(item, dict)]
 
-    def add_worker(self, url: str, *, legacy: bool = False) -> Answer:
-        """POST /workers {"url": url}, or the legacy router's POST /add_worker?url=."""
+    def add_worker(self, registration: Mapping[str, Any], *, legacy: bool = False) -> Answer:
+        """POST /workers with the worker's registration (url, worker_type, bootstrap_port,
+        priority, cost, labels, model_id), or the legacy router's POST /add_worker?url=."""
         if legacy:
-            return _answer(self.request("POST", "/add_worker", params={"url": url}))
-        return _answer(self.request("POST", "/workers", json={"url": url}))
+            return _answer(self.request("POST", "/add_worker",
+                                        params={"url": str(registration["url"])}))
+        return _answer(self.request("POST", "/workers", json=dict(registration)))
 
     def remove_worker(self, worker: str, *, legacy: bool = False) -> Answer:
         """DELETE /workers/{id} (drains it), or the legacy POST /remove_worker?url=."""
         if legacy:
             return _answer(self.request("POST", "/remove_worker", params={"url": worker}))
         return _answer(self.request("DELETE", f"/workers/{quote(worker, safe='')}"))
+
+    def running_requests(self) -> int:
+        """Requests running or waiting on the server, by its own count (GET /v1/loads)."""
+        response = self.request("GET", "/v1/loads")
+        with response:
+            if response.status_code != 200:
+                raise HTTPStatusError(f"GET /v1/loads: HTTP {response.status_code}",
+                                      response.status_code)
+            body = _json_object(response, "/v1/loads")
+        aggregate = body.get("aggregate")
+        if not isinstance(aggregate, dict):
+            raise TargetError("GET /v1/loads: no aggregate in the answer")
+        return int(aggregate.get("total_running_reqs", 0)) + int(
+            aggregate.get("total_waiting_reqs", 0))
 
 
 @dataclass

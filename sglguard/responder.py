@@ -16,6 +16,7 @@ from sglguard.engine import Decision, IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.rails import Leases, next_run_allowed
 from sglguard.remediations.base import RemediationConfig, RemediationError
+from sglguard.remediations.drained import return_workers
 from sglguard.remediations.runner import RemediationRunner, RunOutcome
 from sglguard.store import Store, queries
 
@@ -126,7 +127,8 @@ class Responder:
 
     def _verify_config(self, config: CheckConfig) -> RemediationConfig | None:
         chain = [self.catalog.remediation(name) for name in config.remediate]
-        return next((item for item in reversed(chain) if item.verify is not None), None)
+        return next((item for item in reversed(chain)
+                     if item.verify is not None or item.verify_within is not None), None)
 
     def _verify_within(self, config: CheckConfig) -> timedelta:
         chosen = self._verify_config(config)
@@ -150,6 +152,9 @@ class Responder:
             last = f"{result.status.label}: {result.message}"
             if result.status is Status.OK:
                 self._verified(incident_id, outcome, True, f"{name} passed")
+                for said in return_workers(self.store, self.catalog, config.target,
+                                           by=f"verified: {name} passed", clock=self.clock):
+                    self.engine.note(incident_id, "undrained", said)
                 return
             if time.monotonic() >= deadline:
                 break

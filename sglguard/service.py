@@ -26,6 +26,7 @@ from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.engine import Decision, IncidentEngine
 from sglguard.notify import Notifications
+from sglguard.remediations.drained import return_when_well
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.responder import Responder
@@ -178,6 +179,8 @@ class Service:
                                id="_reminders", name="reminders")
         self.scheduler.add_job(self.restore_levels, every(60), next_run_time=soon,
                                id="_restore", name="restore lowered levels")
+        self.scheduler.add_job(self.return_drained, every(15), next_run_time=soon,
+                               id="_undrain", name="re-add drained workers once well")
         if self.writer is not None:
             # Runs flush when their result finds the queue due; this timer only catches rows
             # left when no check runs for a while.
@@ -281,6 +284,18 @@ class Service:
         except Exception:
             logger.exception("restoring lowered levels failed")
         return stepped
+
+    def return_drained(self) -> list[str]:
+        """Re-add workers drained out of a gateway whose target has no open incident (also
+        those an sglguard killed mid-drain left out)."""
+        if self.dry_run or self.catalog.mode == "passive":
+            return []
+        try:
+            return return_when_well(self.store, self.catalog, busy=self._is_busy,
+                                    clock=self.clock, stop=self.stopping)
+        except Exception:
+            logger.exception("re-adding drained workers failed")
+            return []
 
     def _restore(self, due: RestoreDue) -> bool:
         with self._busy_lock:

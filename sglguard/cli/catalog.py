@@ -128,6 +128,7 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
     from rich.console import Console
 
     from sglguard import output
+    from sglguard.cli.drained import drained_lines, drained_of
     from sglguard.store import queries
     from sglguard.store.models import IncidentRow
 
@@ -143,8 +144,12 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
                                  queries.events_of(session, incident.id))
             for incident in chosen if incident is not None
         ]
+        if show_id is not None:
+            items[0]["drained"] = drained_of(session, items[0]["target"], show_id)
     if show_id is not None and not as_json:
         output.incident_timeline(Console(highlight=False), items[0])
+        for line in drained_lines(items[0]["target"], items[0]["drained"]):
+            click.echo(line)
     elif as_json:
         click.echo(json.dumps(items, indent=2))
     else:
