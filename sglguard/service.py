@@ -243,6 +243,9 @@ class Service:
             return None
 
     def _act(self, config: CheckConfig, decision: Decision) -> None:
+        if decision.resolved is not None and self.scheduler.get_job("_undrain") is not None:
+            # A worker drained for this incident may go back now, not at the next tick.
+            self.scheduler.modify_job("_undrain", next_run_time=datetime.now(UTC))
         if not decision.messages and decision.remediate is None and decision.flapping is None:
             return
         quiet = silences.quiet(self.store, self.catalog.maintenance, config.target, config.name,

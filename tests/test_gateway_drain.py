@@ -8,6 +8,9 @@ a test that drains waits that long once."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ from sglguard.service import Service, build_clients
 from sglguard.store import Store
 from sglguard.store.models import DrainedWorkerRow, IncidentEventRow
 
-from conftest import FakeClock, StartEmulator, emulator_command, free_port, wait_for
+from conftest import PYTHON, FakeClock, StartEmulator, emulator_command, free_port, wait_for
 
 StartGateway = Callable[..., SmgGateway]
 
@@ -409,3 +412,52 @@ def test_the_legacy_routes_smg_no_longer_has_are_a_permanent_error(
     assert outcome.error is not None and "answered 404 (the gateway has no such route)" \
         in outcome.error
     assert gateway.worker(sick.url) is not None and out_rows(store) == []
+
+
+# 3: a drain interrupted by SIGKILL of sglguard ----------------------------------------------------
+
+def test_a_worker_out_when_sglguard_was_killed_returns_after_sglguard_starts_again(
+        smg: StartGateway, start_emulator: StartEmulator, tmp_path: Path) -> None:
+    sick = start_emulator()
+    gateway = smg(workers=[sick.url])
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        store: {{url: "sqlite:///{tmp_path / 'killed.db'}", flush_interval: 0s}}
+        targets: [{{name: local, url: "{sick.url}"}}]
+        checks:
+          - {{name: liveness, kind: http, target: local, path: /health, interval: 0.3s,
+              timeout: 1s, failure_threshold: 1, remediate: [drain]}}
+        remediations:
+          - {{name: drain, kind: drain, gateway: "{gateway.url}", wait_idle: 60s}}
+        """))
+    database = Store.open(f"sqlite:///{tmp_path / 'killed.db'}")
+    sick.set_fault("stall")  # /health fails; a request sent now stays in flight
+    stuck = threading.Thread(target=lambda: gateway.generate(timeout=60))
+    stuck.start()
+    wait_for(lambda: (gateway.worker(sick.url) or {}).get("load") == 1, timeout=5)
+    command = [PYTHON, "-m", "sglguard", "run", "--config", str(path)]
+    with (tmp_path / "first.log").open("wb") as log:
+        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # The drain waits for the stuck request: sglguard dies in the middle of it.
+        wait_for(lambda: gateway.worker(sick.url) is None and out_rows(database), timeout=20)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    assert [row.state for row in out_rows(database)] == ["draining"]
+    sick.set_fault(None)
+    stuck.join()
+    assert gateway.worker(sick.url) is None
+
+    with (tmp_path / "second.log").open("wb") as log:
+        second = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: gateway.worker(sick.url) is not None and not out_rows(database),
+                 timeout=15)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=10)
+    assert out_rows(database) == []
+    assert len(gateway.workers()) == 1
+    database.close()
