@@ -94,12 +94,8 @@ class SmgGateway:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.process.kill()  # on SIGTERM it waits out a grace period of ~5 s
+            self.process.wait()
         self._log_file.close()
         self.session.close()
 
