@@ -25,6 +25,7 @@ from sglguard.checks.base import CheckResult, Status
 from sglguard.cli import main
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
+from sglguard.receiver import AlertReceiver
 from sglguard.remediations.drained import return_when_well, return_workers
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.service import Service, build_clients
@@ -68,7 +69,7 @@ def catalog_text(worker: str, gateway: str, *, control: str = "", checks: str = 
         remediations:
           - {{name: drain, kind: drain, gateway: {gateway}, timeout: 15s, {drain}}}
           - {{name: restart, kind: restart}}
-        """
+        """.rstrip(" ")
 
 
 @pytest.fixture
@@ -461,3 +462,69 @@ def test_a_worker_out_when_sglguard_was_killed_returns_after_sglguard_starts_aga
     assert out_rows(database) == []
     assert len(gateway.workers()) == 1
     database.close()
+
+
+def service_run(catalog: Catalog, store: Store) -> list[tuple[str, str]]:
+    """One incident of `liveness` handled by the service's responder; its timeline."""
+    service = Service(catalog, store)
+    service.notifications.start()
+    try:
+        decision = service.engine.record(CheckResult(
+            "liveness", "local", Status.CRITICAL, None, "s", "refused", 1.0, utcnow()))
+        assert decision.remediate is not None
+        service.responder.respond(catalog.check("liveness"), decision.remediate)
+        assert service.notifications.flush(5)
+    finally:
+        service.stop()
+        control = service.runner.control(catalog.targets[0])
+        if control is not None:
+            control.stop()
+    with store.session() as session:
+        return [(row.kind, row.detail) for row in
+                session.query(IncidentEventRow).order_by(IncidentEventRow.id)]
+
+
+def test_with_the_gateway_down_the_restart_still_runs_and_the_notice_says_why(
+        make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    port, nowhere = free_port(), f"http://127.0.0.1:{free_port()}"
+    worker = f"http://127.0.0.1:{port}"
+    receiver = AlertReceiver().start()
+    try:
+        catalog = make_catalog(catalog_text(
+            worker, nowhere, checks="remediate: [drain, restart]",
+            control="{kind: process, start: " + json.dumps(emulator_command(port))
+            + ", pidfile: w.pid, startup_timeout: 10s}") + f"""\
+        notifications: {{group_wait: 0s}}
+        notifiers: [{{name: ops, urls: ["json://127.0.0.1:{receiver.port}/alerts"]}}]
+        """)
+        events = service_run(catalog, store)
+        wait_for(lambda: any("still registered" in json.dumps(alert)
+                             for alert in receiver.received()), timeout=5)
+    finally:
+        receiver.stop()
+    kinds = [kind for kind, _ in events]
+    assert "remediation_succeeded" in kinds and "verified" in kinds
+    drained_note = next(detail for kind, detail in events
+                        if kind == "remediation_succeeded" and detail.startswith("drain:"))
+    assert f"gateway {nowhere}: GET /workers" in drained_note
+    assert "restart" in [detail for kind, detail in events if kind == "remediation_started"]
+
+
+def test_a_gateway_key_missing_escalates_at_once_with_the_reason(
+        smg: StartGateway, start_emulator: StartEmulator,
+        make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    sick = start_emulator()
+    gateway = smg(workers=[sick.url], ready=False,
+                  extra=["--control-plane-api-keys", "ops:Ops:admin:s3cret-key"])
+    gateway.wait_ready({"Authorization": "Bearer s3cret-key"})
+    catalog = make_catalog(catalog_text(
+        sick.url, gateway.url, checks="remediate: [drain, restart]",
+        control='{kind: process, start: ["/bin/true"], pidfile: x.pid, startup_timeout: 2s}'))
+
+    events = service_run(catalog, store)
+
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("remediation_started") == 1  # no restart, no retry
+    assert "escalated" in kinds
+    escalated = next(detail for kind, detail in events if kind == "escalated")
+    assert "answered 401 (the gateway wants a key (set api_key))" in escalated

@@ -143,10 +143,15 @@ class Drain(Remediation[DrainConfig]):
             if row_id is not None and store is not None:
                 drained.forget(store, row_id)
             raise
-        in_flight, waited = self._wait_idle(gateway, str(entry["url"]), load_of(entry))
+        said = f"drained {entry['url']} ({describe(body)}) from {self.config.gateway}"
+        try:
+            in_flight, waited = self._wait_idle(gateway, str(entry["url"]), load_of(entry))
+        except GatewayDown as exc:  # after DELETE: the worker is on its way out all the same
+            if row_id is not None and store is not None:
+                drained.update(store, row_id, state="out")
+            return f"{said}; then the gateway stopped answering: {exc}"
         if row_id is not None and store is not None:
             drained.update(store, row_id, state="out", in_flight=in_flight)
-        said = f"drained {entry['url']} ({describe(body)}) from {self.config.gateway}"
         if in_flight:
             return (f"{said}; {in_flight} request(s) still in flight after {waited:.1f} s "
                     f"(wait_idle {self.config.wait_idle.total_seconds():g} s)")
