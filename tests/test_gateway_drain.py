@@ -528,3 +528,55 @@ def test_a_gateway_key_missing_escalates_at_once_with_the_reason(
     assert "escalated" in kinds
     escalated = next(detail for kind, detail in events if kind == "escalated")
     assert "answered 401 (the gateway wants a key (set api_key))" in escalated
+
+
+# the gateway as a target: the example catalog ---------------------------------------------------
+
+GATEWAY_CHECKS = ["gateway-ready", "gateway-workers-healthy", "gateway-breaker",
+                  "gateway-5xx-ratio", "gateway-retries", "gateway-latency-p95"]
+
+
+def test_the_gateway_example_is_quiet_while_healthy_and_loud_when_a_worker_is_lost(
+        smg: StartGateway, start_emulator: StartEmulator, store: Store, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import resources
+
+    from sglguard.config.loader import parse_catalog
+    from sglguard.service import run_once
+
+    a, b = start_emulator(), start_emulator()
+    gateway = smg(workers=[a.url, b.url], extra=["--cb-failure-threshold", "2"])
+    for name, value in (("SMG_URL", gateway.url), ("SMG_METRICS_URL", gateway.metrics_url),
+                        ("WORKER_A_URL", a.url), ("WORKER_B_URL", b.url)):
+        monkeypatch.setenv(name, value)
+    text = resources.files("sglguard.config").joinpath("gateway.example.yaml").read_text()
+    catalog = parse_catalog(text, tmp_path / "gateway.yaml")
+    assert all(gateway.generate().status_code == 200 for _ in range(4))
+
+    def statuses() -> dict[str, str]:
+        return {result.check: result.status.label
+                for result in run_once(catalog, store, GATEWAY_CHECKS)}
+
+    quiet = statuses()
+    assert {quiet[name] for name in GATEWAY_CHECKS[:3]} == {"ok"}, quiet
+    assert not {"warning", "critical"} & set(quiet.values()), quiet
+
+    b.set_fault("error:500")  # its breaker opens after two failed requests
+    wait_for(lambda: [gateway.generate() for _ in range(2)]
+             and statuses()["gateway-breaker"] == "critical", timeout=10)
+    b.stop()  # lost: the gateway's health check marks it unhealthy
+    wait_for(lambda: statuses()["gateway-workers-healthy"] == "critical", timeout=10)
+    assert statuses()["gateway-ready"] == "ok"  # one worker is still healthy
+    a.stop()
+    wait_for(lambda: statuses()["gateway-ready"] == "critical", timeout=10)
+
+
+def test_init_gateway_writes_the_gateway_example_and_it_validates(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    cli = CliRunner()
+    written = cli.invoke(main, ["init", "--gateway", "--path", str(path)])
+    assert written.exit_code == 0, written.output
+    assert "smg_worker_cb_state" in path.read_text()
+    checked = cli.invoke(main, ["validate", "--config", str(path)])
+    assert checked.exit_code == 0, checked.output
+    assert "remediate: drain-a, restart" in checked.output

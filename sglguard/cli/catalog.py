@@ -16,14 +16,17 @@ from sglguard.cli import config_option, fail, load, main, open_store
 @click.option("--path", "target_path", type=click.Path(dir_okay=False), default="sglguard.yaml",
               show_default=True, help="where to write the catalog")
 @click.option("--force", is_flag=True, help="overwrite an existing file")
-def init(target_path: str, force: bool) -> None:
+@click.option("--gateway", is_flag=True,
+              help="the example for an SGLang gateway (smg) and its workers instead")
+def init(target_path: str, force: bool, gateway: bool) -> None:
     """Write the example catalog (every family of checks) for a new installation."""
     from importlib import resources
 
     path = Path(target_path)
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite it")
-    text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
+    example = "gateway.example.yaml" if gateway else "catalog.example.yaml"
+    text = resources.files("sglguard.config").joinpath(example).read_text()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
