@@ -25,6 +25,9 @@ from urllib3.exceptions import (
 logger = logging.getLogger(__name__)
 
 REDACTED = "***"
+# An SGLang gateway (smg) marks its own errors; its 404 body has this code.
+GATEWAY_HEADER = "x-smg-error-code"
+_GATEWAY_404 = b'"code":"unknown_url"'
 _SECRET_KEYS = frozenset({"api_key", "admin_api_key"})
 # A launch command echoes keys sglguard may not know, e.g. `--admin-api-key X`.
 _KEY_FLAG = re.compile(r"(--(?:admin-)?api-key(?:=|\s+))(\S+)")
@@ -282,6 +285,10 @@ class SGLangClient:
         """The Prometheus text of `/metrics`."""
         response = self.probe("GET", "/metrics", timeout=timeout)
         if response.status == 404:
+            if _GATEWAY_404 in response.body:
+                raise TargetError(f"GET /metrics: 404: {self.base_url} is an SGLang gateway "
+                                  "(smg), whose metrics are on its --prometheus-port "
+                                  "(default 29000)")
             raise TargetError("GET /metrics: 404 (launch the server with --enable-metrics)")
         if response.status != 200:
             raise TargetError(f"GET /metrics: HTTP {response.status}")
@@ -351,6 +358,11 @@ class SGLangClient:
     def server_info(self, timeout: float | None = None) -> dict[str, Any]:
         """`/server_info`, falling back to `/get_server_info` on older releases; keys redacted."""
         response = self.request("GET", "/server_info", timeout=timeout)
+        if response.status_code == 404 and GATEWAY_HEADER in response.headers:
+            # The gateway would hand /get_server_info to one of its workers: not its own.
+            response.close()
+            raise TargetError(f"GET /server_info: {self.base_url} is an SGLang gateway (smg), "
+                              "which has no server info of its own: check its workers")
         if response.status_code == 404:
             response = self.request("GET", "/get_server_info", timeout=timeout)
         if response.status_code != 200:

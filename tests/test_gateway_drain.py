@@ -580,3 +580,32 @@ def test_init_gateway_writes_the_gateway_example_and_it_validates(tmp_path: Path
     checked = cli.invoke(main, ["validate", "--config", str(path)])
     assert checked.exit_code == 0, checked.output
     assert "remediate: drain-a, restart" in checked.output
+
+
+def test_checks_aimed_at_the_gateways_main_port_say_it_is_a_gateway(
+        smg: StartGateway, start_emulator: StartEmulator, store: Store,
+        make_catalog: Callable[[str], Catalog]) -> None:
+    from sglguard.service import run_once
+
+    worker = start_emulator()
+    gateway = smg(workers=[worker.url])
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: gateway, url: "{gateway.url}"}}]
+        checks:
+          - {{name: queue, kind: metric, target: gateway, metric: "sglang:num_queue_reqs",
+              critical: "> 100"}}
+          - {{name: running, kind: server_info, target: gateway,
+              path: max_running_requests, critical: "< 1"}}
+        """)
+
+    results = {result.check: result for result in run_once(catalog, store,
+                                                            ["queue", "running"])}
+
+    queue, running = results["queue"], results["running"]
+    assert queue.status is Status.UNKNOWN and "--enable-metrics" not in queue.message
+    assert (f"{gateway.url} is an SGLang gateway (smg), whose metrics are on its "
+            "--prometheus-port") in queue.message
+    # Before, the gateway handed /get_server_info to its worker: a worker's figure, quietly.
+    assert running.status is Status.UNKNOWN and running.value is None
+    assert "is an SGLang gateway (smg), which has no server info of its own" in running.message
