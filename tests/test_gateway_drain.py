@@ -291,6 +291,9 @@ def test_undrain_by_hand_and_incidents_show_the_worker_that_is_out(
     assert (f"out of gateway: {sick.url} (regular, priority 50, cost 1.0, 14 labels) out of "
             f"{gateway.url} since") in shown.output
     assert "sglguard undrain local" in shown.output
+    listed = cli.invoke(main, ["incidents", "--config", str(path)])
+    assert listed.exit_code == 0, listed.output
+    assert f"out of gateway: {sick.url} (regular" in listed.output
 
     done = cli.invoke(main, ["undrain", "--config", str(path), "local"])
 

@@ -131,7 +131,7 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
     from rich.console import Console
 
     from sglguard import output
-    from sglguard.cli.drained import drained_lines, drained_of
+    from sglguard.cli.drained import drained_lines, drained_now, drained_of
     from sglguard.store import queries
     from sglguard.store.models import IncidentRow
 
@@ -149,6 +149,7 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
         ]
         if show_id is not None:
             items[0]["drained"] = drained_of(session, items[0]["target"], show_id)
+        out_now = [] if show_id is not None or as_json else drained_now(session)
     if show_id is not None and not as_json:
         output.incident_timeline(Console(highlight=False), items[0])
         for line in drained_lines(items[0]["target"], items[0]["drained"]):
@@ -157,3 +158,5 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
         click.echo(json.dumps(items, indent=2))
     else:
         output.incidents_table(Console(), items)
+        for target, item in out_now:
+            click.echo(drained_lines(target, [item])[0])

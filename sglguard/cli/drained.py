@@ -50,11 +50,22 @@ def drained_of(session: Session, target: str, incident_id: int) -> list[dict[str
         DrainedWorkerRow.target == target,
         or_(DrainedWorkerRow.returned_at.is_(None),
             DrainedWorkerRow.incident_id == incident_id)).order_by(DrainedWorkerRow.id)).all()
-    return [{"worker": row.worker_url, "gateway": row.gateway, "state": row.state,
-             "registration": json.loads(row.registration), "in_flight": row.in_flight,
-             "drained_at": row.drained_at.isoformat(),
-             "returned_at": row.returned_at.isoformat() if row.returned_at else None,
-             "returned_by": row.returned_by, "last_error": row.last_error} for row in rows]
+    return [_item(row) for row in rows]
+
+
+def _item(row: DrainedWorkerRow) -> dict[str, Any]:
+    return {"worker": row.worker_url, "gateway": row.gateway, "state": row.state,
+            "registration": json.loads(row.registration), "in_flight": row.in_flight,
+            "drained_at": row.drained_at.isoformat(),
+            "returned_at": row.returned_at.isoformat() if row.returned_at else None,
+            "returned_by": row.returned_by, "last_error": row.last_error}
+
+
+def drained_now(session: Session) -> list[tuple[str, dict[str, Any]]]:
+    """Every worker out of its gateway now, with its target."""
+    rows = session.scalars(select(DrainedWorkerRow).where(
+        DrainedWorkerRow.returned_at.is_(None)).order_by(DrainedWorkerRow.id)).all()
+    return [(row.target, _item(row)) for row in rows]
 
 
 def drained_lines(target: str, items: list[dict[str, Any]]) -> list[str]:
