@@ -25,6 +25,9 @@ from urllib3.exceptions import (
 logger = logging.getLogger(__name__)
 
 REDACTED = "***"
+# An SGLang gateway (smg) marks its own errors; its 404 body has this code.
+GATEWAY_HEADER = "x-smg-error-code"
+_GATEWAY_404 = b'"code":"unknown_url"'
 _SECRET_KEYS = frozenset({"api_key", "admin_api_key"})
 # A launch command echoes keys sglguard may not know, e.g. `--admin-api-key X`.
 _KEY_FLAG = re.compile(r"(--(?:admin-)?api-key(?:=|\s+))(\S+)")
@@ -46,6 +49,16 @@ class TargetTimeout(TargetError):
     """The server accepted the connection or the request but did not answer in time."""
 
     reason = "timeout"
+
+
+class HTTPStatusError(TargetError):
+    """The server answered, with a status that is not the one asked for."""
+
+    reason = "status"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def redact_secrets(value: Any, secrets: Sequence[str] = ()) -> Any:
@@ -272,6 +285,10 @@ class SGLangClient:
         """The Prometheus text of `/metrics`."""
         response = self.probe("GET", "/metrics", timeout=timeout)
         if response.status == 404:
+            if _GATEWAY_404 in response.body:
+                raise TargetError(f"GET /metrics: 404: {self.base_url} is an SGLang gateway "
+                                  "(smg), whose metrics are on its --prometheus-port "
+                                  "(default 29000)")
             raise TargetError("GET /metrics: 404 (launch the server with --enable-metrics)")
         if response.status != 200:
             raise TargetError(f"GET /metrics: HTTP {response.status}")
@@ -341,6 +358,11 @@ class SGLangClient:
     def server_info(self, timeout: float | None = None) -> dict[str, Any]:
         """`/server_info`, falling back to `/get_server_info` on older releases; keys redacted."""
         response = self.request("GET", "/server_info", timeout=timeout)
+        if response.status_code == 404 and GATEWAY_HEADER in response.headers:
+            # The gateway would hand /get_server_info to one of its workers: not its own.
+            response.close()
+            raise TargetError(f"GET /server_info: {self.base_url} is an SGLang gateway (smg), "
+                              "which has no server info of its own: check its workers")
         if response.status_code == 404:
             response = self.request("GET", "/get_server_info", timeout=timeout)
         if response.status_code != 200:
@@ -364,12 +386,13 @@ class SGLangClient:
     # A gateway (smg / sglang-router) in front of several servers.
 
     def workers(self) -> list[dict[str, Any]]:
-        """GET /workers of a gateway: `{"workers": [...]}` (or a bare list in some releases)."""
+        """GET /workers of a gateway: `{"workers": [...]}` (or a bare list in some releases);
+        HTTPStatusError for any answer but 200."""
         response = self.request("GET", "/workers")
         with response:
             if response.status_code != 200:
-                raise TargetError(f"GET /workers: HTTP {response.status_code}: "
-                                  f"{error_message(response)}")
+                raise HTTPStatusError(f"GET /workers: HTTP {response.status_code}: "
+                                      f"{error_message(response)}", response.status_code)
             try:
                 body = response.json()
             except ValueError:
@@ -379,17 +402,33 @@ class SGLangClient:
             raise TargetError("GET /workers: no list of workers in the answer")
         return [item for item in items if isinstance(item, dict)]
 
-    def add_worker(self, url: str, *, legacy: bool = False) -> Answer:
-        """POST /workers {"url": url}, or the legacy router's POST /add_worker?url=."""
+    def add_worker(self, registration: Mapping[str, Any], *, legacy: bool = False) -> Answer:
+        """POST /workers with the worker's registration (url, worker_type, bootstrap_port,
+        priority, cost, labels, model_id), or the legacy router's POST /add_worker?url=."""
         if legacy:
-            return _answer(self.request("POST", "/add_worker", params={"url": url}))
-        return _answer(self.request("POST", "/workers", json={"url": url}))
+            return _answer(self.request("POST", "/add_worker",
+                                        params={"url": str(registration["url"])}))
+        return _answer(self.request("POST", "/workers", json=dict(registration)))
 
     def remove_worker(self, worker: str, *, legacy: bool = False) -> Answer:
         """DELETE /workers/{id} (drains it), or the legacy POST /remove_worker?url=."""
         if legacy:
             return _answer(self.request("POST", "/remove_worker", params={"url": worker}))
         return _answer(self.request("DELETE", f"/workers/{quote(worker, safe='')}"))
+
+    def running_requests(self) -> int:
+        """Requests running or waiting on the server, by its own count (GET /v1/loads)."""
+        response = self.request("GET", "/v1/loads")
+        with response:
+            if response.status_code != 200:
+                raise HTTPStatusError(f"GET /v1/loads: HTTP {response.status_code}",
+                                      response.status_code)
+            body = _json_object(response, "/v1/loads")
+        aggregate = body.get("aggregate")
+        if not isinstance(aggregate, dict):
+            raise TargetError("GET /v1/loads: no aggregate in the answer")
+        return int(aggregate.get("total_running_reqs", 0)) + int(
+            aggregate.get("total_waiting_reqs", 0))
 
 
 @dataclass

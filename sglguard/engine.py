@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -101,11 +102,22 @@ class IncidentEngine:
         self.dry_run = dry_run
         self._views: dict[str, StateView] = {}
         self._views_lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
         if writer is not None:
             writer.on_stale = self.forget
 
     def record(self, result: CheckResult) -> Decision:
-        """Store the result and move the check's state; one transaction, retried if locked."""
+        """Store the result and move the check's state; one transaction, retried if locked.
+        Results of one check are recorded one at a time (a scheduled run and a verification
+        may finish together)."""
+        with self._check_lock(result.check):
+            return self._record_one(result)
+
+    def _check_lock(self, check: str) -> threading.Lock:
+        with self._views_lock:
+            return self._locks.setdefault(check, threading.Lock())
+
+    def _record_one(self, result: CheckResult) -> Decision:
         if self.writer is not None:
             quiet = self._record_quietly(result, self.writer)
             if quiet is not None:
@@ -257,7 +269,10 @@ class IncidentEngine:
         incident = session.get_one(IncidentRow, state.incident_id)
         failing = result.status is not Status.OK
         if not failing and state.consecutive_successes >= check.success_threshold:
-            self._resolve(session, state, incident, now)
+            if owed.acting_on(session, incident.id):
+                return  # its remediation is still acting: the verification resolves it
+            if not self._resolve(session, state, incident, now):
+                return  # another sglguard process resolved it a moment ago
             decision.resolved = incident.id
             # Goes to whoever was told of the incident (nobody, if it opened hushed).
             decision.messages.append(messages.incident_resolved(
@@ -358,13 +373,22 @@ class IncidentEngine:
 
     @staticmethod
     def _resolve(session: Session, state: CheckStateRow, incident: IncidentRow,
-                 now: datetime) -> None:
-        incident.status, incident.resolved_at = "resolved", now
+                 now: datetime) -> bool:
+        """Resolve the incident if it is still open; False when it was resolved meanwhile."""
         state.incident_id = None
+        done = session.execute(
+            update(IncidentRow).where(IncidentRow.id == incident.id,
+                                      IncidentRow.status == "open")
+            .values(status="resolved", resolved_at=now)
+            .execution_options(synchronize_session=False))
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+        incident.status, incident.resolved_at = "resolved", now
         queries.add_event(session, incident.id, now, "resolved",
                           f"{state.consecutive_successes} consecutive passing runs")
         logger.warning("incident #%s resolved: %s/%s", incident.id, incident.target,
                        incident.check_name)
+        return True
 
     def begin_grace(self, target: str, until: datetime) -> None:
         """Failures of the target's checks do not count until `until` or until they pass."""

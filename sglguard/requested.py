@@ -14,6 +14,7 @@ from typing import Any
 from sglguard.agents import Agents, may_take
 from sglguard.config.models import Catalog
 from sglguard.rails import clear_escalations
+from sglguard.remediations.runner import RunOutcome
 from sglguard.responder import Responder
 from sglguard.store import Store
 from sglguard.store import outbox as owed
@@ -167,13 +168,28 @@ class Requests:
         name = payload.get("check", incident.check_name)
         if name not in {check.name for check in self.catalog.checks}:
             return "cancelled", "the check is no longer in the catalog"
-        said = self.responder.respond(self.catalog.check(name), incident.id,
-                                      acted=lambda: self.let_go(target))
+        check = self.catalog.check(name)
+        progress = json.loads(row.detail or "{}") if (row.detail or "").startswith("{") else {}
+        if progress.get("phase") == "verifying":  # the action ran; its verification was cut
+            self.let_go(target)
+            said = self.responder.resume(check, incident.id, int(progress["run_id"]))
+        else:
+            said = self.responder.respond(check, incident.id,
+                                          acted=lambda last: self._acted(row, target, last))
         if self.interrupt.is_set() and said in ("not verified", "nothing run"):
             return "pending", f"sglguard stopped during it ({said})"
         if said == "deferred":
             return "pending", "deferred by the rails (backoff, cooldown)"
         return "done", said
+
+    def _acted(self, row: OutboxRow, target: str, last: RunOutcome | None) -> None:
+        """The chain is done: its target is free, and the request remembers that only the
+        verification is left (a process killed now does not repeat the action)."""
+        self.let_go(target)
+        if last is not None and last.outcome == "succeeded":
+            with self.store.session() as session:
+                owed.note(session, row.id, self.agents.name,
+                          json.dumps({"phase": "verifying", "run_id": last.run_id}))
 
     def _manual(self, target: str, payload: dict[str, Any]) -> tuple[str, str]:
         """A run a person asked for: the same lease, control and start-up grace as the

@@ -17,6 +17,7 @@ from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.rails import Leases, next_run_allowed
 from sglguard.remediations.base import RemediationConfig, RemediationError
+from sglguard.remediations.drained import return_workers
 from sglguard.remediations.runner import RemediationRunner, RunOutcome
 from sglguard.store import Store, queries
 
@@ -41,7 +42,7 @@ class Responder:
         self.deferred_until: dict[int, datetime] = {}  # when a deferred incident may act
 
     def respond(self, config: CheckConfig, incident_id: int,
-                acted: Callable[[], None] | None = None) -> str:
+                acted: Callable[[RunOutcome | None], None] | None = None) -> str:
         """Run the incident's chain under the target's lease, then verify it (the lease and
         `acted()` are given back first, so another incident of the target can act while this
         one is verified). What became of it, in a few words."""
@@ -54,16 +55,24 @@ class Responder:
             self._note_once(incident_id, "remediation_deferred",
                             f"another sglguard ({holder}) is remediating {target.name}")
             return "deferred: target leased"
+        last: RunOutcome | None = None
         try:
             last = self._run_chain(config, incident_id)
         finally:
             if not self.dry_run:
                 self.leases.release(target.name)
             if acted is not None:
-                acted()
+                acted(last)
         if last is None or last.outcome != "succeeded":
             return last.outcome if last is not None else "nothing run"
         return "verified" if self._verify(config, incident_id, last) else "not verified"
+
+    def resume(self, config: CheckConfig, incident_id: int, run_id: int) -> str:
+        """Verify a run that a process stopped or killed while verifying it: the action is
+        not repeated."""
+        self.engine.note(incident_id, "verification_resumed", f"run #{run_id}")
+        outcome = RunOutcome(run_id, "", config.target, "succeeded", [])
+        return "verified" if self._verify(config, incident_id, outcome) else "not verified"
 
     def _run_chain(self, config: CheckConfig, incident_id: int) -> RunOutcome | None:
         target = self.catalog.target(config.target)
@@ -84,6 +93,10 @@ class Responder:
         target = self.catalog.target(config.target)
         last: RunOutcome | None = None
         for name in config.remediate:
+            if not self.dry_run and self.engine.incident(incident_id).status != "open":
+                self.engine.note(incident_id, "remediation_skipped",
+                                 f"{name}: the incident resolved meanwhile")
+                return last
             self.engine.note(incident_id, "remediation_started", name)
             if not self.dry_run and self.runner.refusal(name, target.name) is None:
                 # "acting" only for an action that will run: a spent budget says so instead
@@ -137,7 +150,8 @@ class Responder:
 
     def _verify_config(self, config: CheckConfig) -> RemediationConfig | None:
         chain = [self.catalog.remediation(name) for name in config.remediate]
-        return next((item for item in reversed(chain) if item.verify is not None), None)
+        return next((item for item in reversed(chain)
+                     if item.verify is not None or item.verify_within is not None), None)
 
     def _verify_within(self, config: CheckConfig) -> timedelta:
         """The last `verify_within` of the chain, with or without its own `verify:`."""
@@ -154,6 +168,9 @@ class Responder:
         here meanwhile (its scheduled runs wait); every other check keeps its schedule."""
         chosen = self._verify_config(config)
         name = chosen.verify if chosen is not None and chosen.verify else config.name
+        if name == config.name and self.engine.incident(incident_id).status != "open":
+            self._verified(incident_id, outcome, True, f"{name}: the incident resolved")
+            return True
         check = self.checks[name]
         within = self._verify_within(config)
         deadline = time.monotonic() + within.total_seconds()
@@ -168,6 +185,9 @@ class Responder:
                 last = f"{result.status.label}: {result.message}"
                 if result.status is Status.OK:
                     self._verified(incident_id, outcome, True, f"{name} passed")
+                    for said in return_workers(self.store, self.catalog, config.target,
+                                               by=f"verified: {name} passed", clock=self.clock):
+                        self.engine.note(incident_id, "undrained", said)
                     return True
                 if time.monotonic() >= deadline:
                     break

@@ -27,6 +27,7 @@ from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
+from sglguard.remediations.drained import return_when_well
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.requested import Requests
@@ -191,6 +192,8 @@ class Service:
                                id="_reminders", name="reminders")
         self.scheduler.add_job(self.restore_levels, every(60), next_run_time=soon,
                                id="_restore", name="restore lowered levels")
+        self.scheduler.add_job(self.return_drained, every(15), next_run_time=soon,
+                               id="_undrain", name="re-add drained workers once well")
         if self.writer is not None:
             # Runs flush when their result finds the queue due; this timer only catches rows
             # left when no check runs for a while.
@@ -265,6 +268,8 @@ class Service:
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             decision = self.engine.record(result)
             self._latest[name] = result.shown_status
+            if decision.resolved is not None:
+                self.undrain_soon()
             if decision.staged:
                 self.notifications.poke()
                 if decision.requested:
@@ -275,6 +280,12 @@ class Service:
             return None
         finally:
             self._first_run[name].set()
+
+    def undrain_soon(self) -> None:
+        """A worker drained for an incident that just resolved goes back now, not at the next
+        tick of the re-add job."""
+        if self.scheduler.running and self.scheduler.get_job("_undrain") is not None:
+            self.scheduler.modify_job("_undrain", next_run_time=datetime.now(UTC))
 
     def _await_dependencies(self, config: CheckConfig) -> None:
         """On the first round, the checks this one depends on run first."""
@@ -296,6 +307,18 @@ class Service:
         except Exception:
             logger.exception("restoring lowered levels failed")
         return stepped
+
+    def return_drained(self) -> list[str]:
+        """Re-add workers drained out of a gateway whose target has no open incident (also
+        those an sglguard killed mid-drain left out)."""
+        if self.dry_run or self.catalog.mode == "passive":
+            return []
+        try:
+            return return_when_well(self.store, self.catalog, busy=self.requests.busy,
+                                    clock=self.clock, stop=self.stopping)
+        except Exception:
+            logger.exception("re-adding drained workers failed")
+            return []
 
     def _restore(self, due: RestoreDue) -> bool:
         if self.stopping.is_set() or not self.requests.hold(due.target):

@@ -162,6 +162,7 @@ def test_a_kill_while_a_message_is_being_delivered_redelivers_it_once_and_says_s
     finally:
         assert service.stop() == 0
     assert world.count("incident opened") == 2, world.titles()  # one duplicate, at most
+    assert world.count("incident resolved") == 1, world.titles()
     notes = service.query("select error from notification_attempts "
                           "where event = 'incident_opened' and outcome = 'sent'")
     assert [row[0] for row in notes] == ["redelivered: an earlier attempt was cut off "

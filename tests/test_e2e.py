@@ -163,9 +163,9 @@ def test_two_services_on_one_database_restart_the_target_once(
 def test_crash_looping_server_gets_no_more_restarts_than_the_budget(
         tmp_path: Path, receiver: AlertReceiver) -> None:
     port = free_port()
-    # Each start answers /health, passes verification, and crashes a second later.
+    # Each start answers /health, passes verification, and crashes a few seconds later.
     catalog = write_catalog(tmp_path, port, receiver.port,
-                            emulator_command(port, "--fault", "crash:1"),
+                            emulator_command(port, "--fault", "crash:3"),
                             budget=2, backoff="{initial: 2s, max: 8s}")
     service = ServiceProcess(catalog)
     try:

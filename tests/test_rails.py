@@ -316,3 +316,37 @@ def test_the_service_says_once_that_a_check_flaps_and_once_that_it_stopped(
     assert len(flaps) == 2, flaps
     assert flaps[0].startswith("[FLAPPING] local/liveness")
     assert flaps[1].startswith("[STABLE] local/liveness")
+
+
+def test_verify_within_alone_bounds_the_verification_of_the_trigger(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    start = json.dumps(emulator_command(port, "--fault", "queue:300"))
+    catalog = make_catalog(f"""\
+        version: 1
+        targets:
+          - name: local
+            url: http://127.0.0.1:{port}
+            control: {{kind: process, start: {start}, pidfile: local.pid,
+                       startup_timeout: 20s, stop_timeout: 2s}}
+        checks:
+          - {{name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs",
+             critical: "> 200", interval: 0.3s, timeout: 1s, failure_threshold: 1,
+             remediate: [restart]}}
+        remediations:
+          - {{name: restart, kind: restart, verify_within: 1s}}
+        """)
+    service = Service(catalog, store)
+    service.runner.control(catalog.targets[0]).start()  # type: ignore[union-attr]
+    service.start()
+    try:
+        wait_for(lambda: _events(store, "not_verified"), 15)
+    finally:
+        service.stop()
+        control = service.runner.control(catalog.targets[0])
+        if control is not None:
+            control.stop()
+    # The trigger (no `verify:`) had the 1 s given, not the 20 s start-up budget.
+    assert _events(store, "not_verified")[0].startswith(
+        "not verified: queue did not pass within 0:00:01")

@@ -25,6 +25,7 @@ from sglguard.config.loader import ConfigError
 from sglguard.config.models import Catalog
 from sglguard.emulator import Emulator
 from sglguard.receiver import AlertReceiver
+from sglguard.remediations.drained import return_workers
 from sglguard.remediations.levels import Level, lowered, restore_is_due, stepped_up
 from sglguard.remediations.registry import REMEDIATIONS
 from sglguard.remediations.restore import restore_due, restore_level
@@ -352,28 +353,6 @@ def recorders() -> Iterator[Callable[[Callable[[str, str, Any], tuple[int, Any]]
         recorder.close()
 
 
-def test_drain_removes_the_worker_by_id_and_adds_it_back_after_success(
-        make_runner: Callable[[str], RemediationRunner], recorders: Callable[..., Recorder],
-        ) -> None:
-    worker = "http://10.0.0.5:30000"
-    gateway = Gateway({"w-1": "http://10.0.0.4:30000", "w-2": worker + "/"})
-    server = recorders(gateway.respond)
-    runner = make_runner(target(worker) + f"""\
-        remediations:
-          - {{name: drain, kind: drain, gateway: {server.url}}}
-        """)
-    outcome = runner.run("drain", "local", trigger="manual")
-    assert outcome.outcome == "succeeded", outcome
-    assert server.calls == [("GET", "/workers", None), ("DELETE", "/workers/w-2", None),
-                            ("GET", "/workers", None)]
-    assert runner.build("drain", "local").after_chain(False) is not None
-    assert len(server.calls) == 3  # a failed chain leaves it out
-    done = runner.build("drain", "local").after_chain(True)
-    assert done == f"added {worker} back to {server.url}"
-    assert server.calls[-1] == ("POST", "/workers", {"url": worker})
-    assert worker in gateway.workers.values()
-
-
 def test_drain_with_the_legacy_router_api(make_runner: Callable[[str], RemediationRunner],
                                           recorders: Callable[..., Recorder]) -> None:
     server = recorders(Gateway({}).respond)
@@ -385,24 +364,14 @@ def test_drain_with_the_legacy_router_api(make_runner: Callable[[str], Remediati
     outcome = runner.run("drain", "local", trigger="manual")
     assert outcome.outcome == "succeeded", outcome
     assert outcome.plan == [f"POST {server.url}/remove_worker?url=http://sglang-5:30000",
-                            f"after the chain succeeded: POST {server.url}/add_worker"
+                            "re-added once well (verified, incident resolved, or `sglguard "
+                            f"undrain local`): POST {server.url}/add_worker"
                             "?url=http://sglang-5:30000"]
-    runner.build("drain", "local").after_chain(True)
+    assert return_workers(runner.store, runner.catalog, "local", by="test") == [
+        f"added http://sglang-5:30000 back to {server.url} (legacy API)"]
     assert [call[:2] for call in server.calls] == [
         ("POST", "/remove_worker?url=http://sglang-5:30000"),
         ("POST", "/add_worker?url=http://sglang-5:30000")]
-
-
-def test_drain_of_a_worker_not_in_the_gateway_is_already_done(
-        make_runner: Callable[[str], RemediationRunner],
-        recorders: Callable[..., Recorder]) -> None:
-    server = recorders(Gateway({"w-1": "http://10.0.0.4:30000"}).respond)
-    runner = make_runner(target("http://10.0.0.5:30000") + f"""\
-        remediations:
-          - {{name: drain, kind: drain, gateway: {server.url}}}
-        """)
-    outcome = runner.run("drain", "local", trigger="manual")
-    assert outcome.outcome == "succeeded" and "already drained" in outcome.detail
 
 
 # webhook --------------------------------------------------------------------------------------
@@ -498,48 +467,6 @@ def test_every_remediation_kind_builds_from_the_catalog_and_plans(
     with store.session() as session:
         [run] = queries.manual_runs(session, 5)
     assert (run.kind, run.dry_run, json.loads(run.plan)) == (kind, True, outcome.plan)
-
-
-def test_the_service_drains_restarts_and_adds_the_worker_back(
-        make_catalog: Callable[[str], Catalog], store: Store,
-        recorders: Callable[..., Recorder]) -> None:
-    from sglguard.checks.base import CheckResult, Status
-    from sglguard.clock import utcnow
-    from sglguard.service import Service
-    from sglguard.store.models import IncidentEventRow
-
-    port = free_port()
-    worker = f"http://127.0.0.1:{port}"
-    gateway = Gateway({"w-1": worker})
-    server = recorders(gateway.respond)
-    start = json.dumps(emulator_command(port))
-    catalog = make_catalog(target(worker, "{kind: process, start: " + start + ", pidfile: "
-                                          "local.pid, startup_timeout: 10s}") + f"""\
-        checks: [{{name: liveness, kind: http, target: local, failure_threshold: 1,
-                   remediate: [drain, restart]}}]
-        remediations:
-          - {{name: drain, kind: drain, gateway: {server.url}}}
-          - {{name: restart, kind: restart}}
-        """)
-    service = Service(catalog, store)
-    try:
-        decision = service.engine.record(CheckResult(
-            "liveness", "local", Status.CRITICAL, None, "s", "refused", 1.0, utcnow()))
-        assert decision.remediate is not None
-        service.responder.respond(catalog.check("liveness"), decision.remediate)
-    finally:
-        service.stop()
-        control = service.runner.control(catalog.targets[0])
-        if control is not None:
-            control.stop()
-    assert [call[:2] for call in server.calls] == [
-        ("GET", "/workers"), ("DELETE", "/workers/w-1"), ("GET", "/workers"),
-        ("GET", "/workers"), ("POST", "/workers")]
-    assert worker in gateway.workers.values()
-    with store.session() as session:
-        kinds = [row.kind for row in session.query(IncidentEventRow).order_by(IncidentEventRow.id)]
-    assert kinds.index("after_chain") > kinds.index("remediation_succeeded")
-    assert "verified" in kinds
 
 
 # restart: the server answering must be the one started ------------------------------------------

@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 @click.option("--server-unit", "server_units", multiple=True, default=["sglang.service"],
               show_default=True, help="with --system: the SGLang server's unit, which the polkit "
                                       "rule lets sglguard restart (repeatable)")
+@click.option("--gateway", is_flag=True,
+              help="the example for an SGLang gateway (smg) and its workers instead")
 def init(target_path: str | None, force: bool, system: bool, root: str,
-         server_units: tuple[str, ...]) -> None:
+         server_units: tuple[str, ...], gateway: bool) -> None:
     """Write the example catalog (every family of checks) for a new installation, and its
     JSON Schema beside it for editors."""
     from importlib import resources
@@ -46,7 +48,8 @@ def init(target_path: str | None, force: bool, system: bool, root: str,
     path = Path(target_path or "sglguard.yaml")
     if path.exists() and not force:
         fail(f"{path} exists; pass --force to overwrite it")
-    text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
+    example = "gateway.example.yaml" if gateway else "catalog.example.yaml"
+    text = resources.files("sglguard.config").joinpath(example).read_text()
     schema_path = path.parent / SCHEMA_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,6 +232,7 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
               as_json: bool) -> None:
     """Incidents with their remediations and notifications, newest first."""
     from sglguard import output
+    from sglguard.cli.drained import drained_lines, drained_now, drained_of
     from sglguard.store import queries
     from sglguard.store.models import IncidentRow
 
@@ -244,9 +248,16 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
                                  queries.events_of(session, incident.id))
             for incident in chosen if incident is not None
         ]
+        if show_id is not None:
+            items[0]["drained"] = drained_of(session, items[0]["target"], show_id)
+        out_now = [] if show_id is not None or as_json else drained_now(session)
     if show_id is not None and not as_json:
         output.incident_timeline(output.console(highlight=False), items[0])
+        for line in drained_lines(items[0]["target"], items[0]["drained"]):
+            click.echo(line)
     elif as_json:
         click.echo(json.dumps(items, indent=2))
     else:
         output.incidents_table(output.console(), items)
+        for target, item in out_now:
+            click.echo(drained_lines(target, [item])[0])

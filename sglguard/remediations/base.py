@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
     from sglguard.controls.base import Control
     from sglguard.remediations.levels import TargetLevels
+    from sglguard.store import Store
 
 
 class Budget(ConfigModel):
@@ -66,7 +67,8 @@ class RemediationError(Exception):
 @dataclass(frozen=True)
 class RemediationContext:
     """What a remediation may use: its target, the client, the control, a stop signal, the
-    launch levels kept lowered for the target, and the incident it acts on (if any)."""
+    launch levels kept lowered for the target, the incident it acts on (if any), and the store
+    (for what must outlive the run, e.g. the registration of a drained worker)."""
 
     target: TargetConfig
     client: SGLangClient
@@ -75,6 +77,7 @@ class RemediationContext:
     clock: Callable[[], datetime] = field(default=utcnow)
     levels: TargetLevels | None = None
     incident_id: int | None = None
+    store: Store | None = None
 
     def overrides(self) -> dict[str, str]:
         """The launch flags every restart of the target must keep (reduce_concurrency)."""

@@ -77,6 +77,7 @@ class RemediationRunner:
             target=target, client=self.clients[target.name], control=self.control(target),
             stop=self.stop, clock=self.clock,
             levels=TargetLevels(self.store, target.name, self.clock), incident_id=incident_id,
+            store=self.store,
         )
 
     def build(self, name: str, target_name: str, *,

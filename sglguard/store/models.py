@@ -269,3 +269,25 @@ class AgentRow(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DrainedWorkerRow(Base):
+    """A worker that sglguard took out of a gateway (drain) and owes the gateway back: its
+    registration as the gateway listed it, kept until it is re-added as it was."""
+
+    __tablename__ = "drained_workers"
+    __table_args__ = (Index("ix_drained_workers_target", "target", "returned_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(String(128))
+    remediation: Mapped[str] = mapped_column(String(128))  # the drain that removed it
+    gateway: Mapped[str] = mapped_column(String(512))
+    worker_url: Mapped[str] = mapped_column(String(512))  # as the gateway wrote it
+    registration: Mapped[str] = mapped_column(Text)  # JSON body of POST /workers
+    incident_id: Mapped[int | None] = mapped_column(Id)
+    state: Mapped[str] = mapped_column(String(16))  # draining | out | returned
+    in_flight: Mapped[int | None] = mapped_column(Integer)  # left when the chain went on
+    drained_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    returned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    returned_by: Mapped[str | None] = mapped_column(Text)  # why / who put it back
+    last_error: Mapped[str | None] = mapped_column(Text)  # the last failed attempt to re-add

@@ -50,6 +50,15 @@ def has_active_request(session: Session, incident_id: int) -> bool:
         OutboxRow.status.in_(ACTIVE)).limit(1)) is not None
 
 
+def acting_on(session: Session, incident_id: int) -> bool:
+    """A remediation of the incident is under way and not yet at its verification."""
+    return session.scalar(select(OutboxRow.id).where(
+        OutboxRow.kind == REMEDIATION, OutboxRow.incident_id == incident_id,
+        OutboxRow.status == "claimed",
+        or_(OutboxRow.detail.is_(None), ~OutboxRow.detail.contains('"verifying"')),
+    ).limit(1)) is not None
+
+
 def has_active_message(session: Session, incident_id: int, notifier: str,
                        events: Sequence[str]) -> bool:
     return session.scalar(select(OutboxRow.id).where(
@@ -89,6 +98,13 @@ def extend(session: Session, row_id: int, holder: str, until: datetime) -> None:
     session.execute(update(OutboxRow).where(
         OutboxRow.id == row_id, OutboxRow.claimed_by == holder, OutboxRow.status == "claimed",
     ).values(claim_until=until).execution_options(synchronize_session=False))
+
+
+def note(session: Session, row_id: int, holder: str, detail: str) -> None:
+    """Record progress on a claimed row (kept if its holder dies)."""
+    session.execute(update(OutboxRow).where(
+        OutboxRow.id == row_id, OutboxRow.claimed_by == holder,
+    ).values(detail=detail).execution_options(synchronize_session=False))
 
 
 def finish(session: Session, row_id: int, holder: str, status: str, detail: str | None,

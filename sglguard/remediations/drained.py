@@ -1,0 +1,209 @@
+"""Workers that drain took out of a gateway, kept in the store until they are back in.
+
+A drain saves the worker's registration before its DELETE; the worker goes back, registered as
+it was, only when it is well again:
+
+- after the remediation chain's verification passed (the responder calls `return_workers`);
+- when the target has no open incident any more (the service's timer calls `return_when_well`,
+  which also finds workers left out by an sglguard that was killed mid-drain);
+- by hand: `sglguard undrain TARGET`.
+
+Only workers this store records are re-added: a worker someone else removed stays out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sglguard.client import SGLangClient
+from sglguard.clock import utcnow
+from sglguard.remediations.base import RemediationError
+from sglguard.remediations.gateway import (
+    GatewayDown,
+    asking,
+    describe,
+    find,
+    permanent,
+    same_worker,
+)
+from sglguard.store import Store, queries
+from sglguard.store.models import DrainedWorkerRow
+
+if TYPE_CHECKING:
+    from sglguard.config.models import Catalog
+
+logger = logging.getLogger(__name__)
+DEFAULT_WAIT = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class GatewayAccess:
+    """How to reach a gateway: its URL, API style, key, and how long a worker may take."""
+
+    url: str
+    legacy: bool = False
+    api_key: str | None = None
+    timeout: timedelta = DEFAULT_WAIT
+
+    def client(self) -> SGLangClient:
+        return SGLangClient(self.url, api_key=self.api_key,
+                            timeout=min(10.0, max(1.0, self.timeout.total_seconds())))
+
+
+def out(session: Session, target: str | None = None) -> Sequence[DrainedWorkerRow]:
+    """Workers not yet back in their gateway (of one target, or all), oldest first."""
+    query = select(DrainedWorkerRow).where(DrainedWorkerRow.returned_at.is_(None))
+    if target is not None:
+        query = query.where(DrainedWorkerRow.target == target)
+    return session.scalars(query.order_by(DrainedWorkerRow.id)).all()
+
+
+def owed(store: Store, target: str, gateway: str, worker_url: str) -> DrainedWorkerRow | None:
+    """The record of this worker being out of this gateway, if sglguard took it out."""
+    with store.session() as session:
+        for row in out(session, target):
+            if row.gateway.rstrip("/") == gateway.rstrip("/") and same_worker(row.worker_url,
+                                                                              worker_url):
+                session.expunge(row)
+                return row
+    return None
+
+
+def record(store: Store, *, target: str, remediation: str, gateway: str,
+           body: dict[str, Any], incident_id: int | None, at: datetime) -> int:
+    """Save the registration before the DELETE goes out."""
+    with store.session() as session:
+        row = DrainedWorkerRow(target=target, remediation=remediation, gateway=gateway,
+                               worker_url=str(body["url"]), registration=json.dumps(body),
+                               incident_id=incident_id, state="draining", drained_at=at)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def update(store: Store, row_id: int, **values: Any) -> None:
+    with store.session() as session:
+        row = session.get(DrainedWorkerRow, row_id)
+        if row is not None:
+            for key, value in values.items():
+                setattr(row, key, value)
+
+
+def forget(store: Store, row_id: int) -> None:
+    """The DELETE did not happen: nothing is owed."""
+    with store.session() as session:
+        row = session.get(DrainedWorkerRow, row_id)
+        if row is not None:
+            session.delete(row)
+
+
+def access_for(catalog: Catalog | None, row: DrainedWorkerRow) -> GatewayAccess:
+    """The drain config that removed the worker (for its key), else the gateway URL alone."""
+    from sglguard.remediations.drain import DrainConfig
+
+    if catalog is not None:
+        for config in catalog.remediations:
+            if (isinstance(config, DrainConfig)
+                    and config.gateway.rstrip("/") == row.gateway.rstrip("/")):
+                key = config.api_key.get_secret_value() if config.api_key else None
+                return GatewayAccess(row.gateway, config.api == "legacy", key, config.timeout)
+    return GatewayAccess(row.gateway)
+
+
+def return_workers(store: Store, catalog: Catalog | None, target: str, *, by: str,
+                   clock: Callable[[], datetime] = utcnow,
+                   stop: threading.Event | None = None) -> list[str]:
+    """Re-add every worker of the target that sglguard took out, each as it was registered;
+    one line per worker saying what became of it. Never raises for a gateway's errors: a
+    worker that could not go back stays recorded (with the error) for the next attempt."""
+    with store.session() as session:
+        rows = list(out(session, target))
+        session.expunge_all()
+    said: list[str] = []
+    for row in rows:
+        try:
+            said.append(_return_one(store, access_for(catalog, row), row, by, clock,
+                                    stop or threading.Event()))
+        except (RemediationError, GatewayDown) as exc:
+            update(store, row.id, last_error=str(exc))
+            said.append(f"could not re-add {row.worker_url} to {row.gateway}: {exc}")
+            logger.warning("re-adding %s to %s failed: %s", row.worker_url, row.gateway, exc)
+    return said
+
+
+def return_when_well(store: Store, catalog: Catalog, *, busy: Callable[[str], bool],
+                     clock: Callable[[], datetime] = utcnow,
+                     stop: threading.Event | None = None) -> list[str]:
+    """Re-add the workers of targets that have no open incident (and are not being
+    remediated now)."""
+    with store.session() as session:
+        targets = sorted({row.target for row in out(session)})
+        well = [target for target in targets
+                if not queries.target_trouble(session, target)[0] and not busy(target)]
+    said: list[str] = []
+    for target in well:
+        said += return_workers(store, catalog, target, by="the target is well: no open incident",
+                               clock=clock, stop=stop)
+    return said
+
+
+def _return_one(store: Store, access: GatewayAccess, row: DrainedWorkerRow, by: str,
+                clock: Callable[[], datetime], stop: threading.Event) -> str:
+    body: dict[str, Any] = json.loads(row.registration)
+    with closing(access.client()) as client:
+        if access.legacy:
+            with asking(access.url, "POST /add_worker"):
+                _expect(client.add_worker(body, legacy=True), access.url, "POST /add_worker")
+            return _returned(store, row, by, clock, f"added {row.worker_url} back to "
+                                                    f"{access.url} (legacy API)")
+        with asking(access.url, "GET /workers"):
+            entry = find(client.workers(), row.worker_url)
+        if entry is not None and entry.get("status") != "draining":
+            return _returned(store, row, by, clock,
+                             f"{row.worker_url} is already in {access.url}")
+        deadline = time.monotonic() + access.timeout.total_seconds()
+        while True:
+            with asking(access.url, "POST /workers"):
+                answer = client.add_worker(body)
+            if answer.ok:
+                break
+            # 409: the gateway still holds the worker as draining (removed ~5 s after DELETE).
+            if answer.status != 409 or time.monotonic() > deadline or stop.wait(0.2):
+                _expect(answer, access.url, "POST /workers")
+        while True:  # POST is accepted (202) and carried out in the background
+            with asking(access.url, "GET /workers"):
+                entry = find(client.workers(), row.worker_url)
+            if entry is not None and entry.get("status", "ready") == "ready":
+                break
+            if time.monotonic() > deadline or stop.wait(0.2):
+                raise RemediationError(f"POST /workers accepted, but {row.worker_url} is not "
+                                       f"ready in {access.url} after "
+                                       f"{access.timeout.total_seconds():g} s")
+    return _returned(store, row, by, clock, f"added {row.worker_url} back to {access.url} as "
+                                            f"it was: {describe(body)}")
+
+
+def _returned(store: Store, row: DrainedWorkerRow, by: str, clock: Callable[[], datetime],
+              said: str) -> str:
+    update(store, row.id, state="returned", returned_at=clock(), returned_by=by,
+           last_error=None)
+    logger.info("%s (%s)", said, by)
+    return said
+
+
+def _expect(answer: Any, gateway: str, call: str) -> None:
+    if answer.ok:
+        return
+    error = permanent(answer.status, gateway, call, answer.message)
+    raise error or RemediationError(f"gateway {gateway}: {call} answered {answer.status}: "
+                                    f"{answer.message}")
