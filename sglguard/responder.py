@@ -148,7 +148,7 @@ class Responder:
             result = check.execute()
             self.announce(check.config, self.engine.record(result))
             last = f"{result.status.label}: {result.message}"
-            if result.status is Status.OK:
+            if result.status is Status.OK and result.counts:  # not 'no data'
                 self._verified(incident_id, outcome, True, f"{name} passed")
                 return
             if time.monotonic() >= deadline:

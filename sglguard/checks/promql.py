@@ -94,17 +94,24 @@ def increases(before: Mapping[str, float], now: Mapping[str, float]) -> dict[str
 
 def carry(previous: Mapping[str, Any] | None, raw: Mapping[str, float]) -> dict[str, Any]:
     """A counter sample: the raw values and running totals corrected for resets, so that an
-    increase over a window counts every reset inside it, not only its two ends."""
+    increase over a window counts every reset inside it, not only its two ends.
+
+    A series missing from a page that was read keeps its running total: SGLang drops a series
+    only when its process restarts, so when it comes back it counts from zero on top of what it
+    had counted (as `increase()` treats a reset). Nothing is ever taken away."""
     if previous is None:
         return {"raw": dict(raw), "adj": dict(raw)}
-    grown = increases(previous.get("raw", {}), raw)
-    adjusted = previous.get("adj", {})
-    return {"raw": dict(raw),
-            "adj": {key: adjusted.get(key, 0.0) + value for key, value in grown.items()}}
+    last_raw = previous.get("raw", {})
+    adjusted = dict(previous.get("adj", {}))
+    for key, value in raw.items():
+        last = last_raw.get(key)
+        grown = value if last is None or value < last else value - last
+        adjusted[key] = adjusted.get(key, 0.0) + grown
+    return {"raw": dict(raw), "adj": adjusted}
 
 
 def window_increases(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, float]:
-    """Per-series increase between two carried samples, never negative."""
+    """Per-series increase between two carried samples (never negative: totals only grow)."""
     start = before.get("adj", {})
     return {key: max(0.0, value - start.get(key, 0.0)) for key, value in now["adj"].items()}
 
