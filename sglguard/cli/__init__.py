@@ -20,12 +20,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 USAGE_ERROR = 2
+PLUGIN_ERROR = 3  # `check` is a Nagios plugin: 2 means critical there, its own errors are 3
 
 
-def fail(message: str) -> NoReturn:
-    """A clear one-paragraph error on stderr, exit status 2, no traceback."""
+def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
+    """A clear one-paragraph error on stderr, exit status 2 (or `status`), no traceback."""
     click.echo(f"sglguard: {message}", err=True)
-    sys.exit(USAGE_ERROR)
+    sys.exit(status)
+
+
+class PluginCommand(click.Command):
+    """A command run as a Nagios plugin: a usage error exits 3 (UNKNOWN), not click's 2."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            exc.exit_code = PLUGIN_ERROR
+            raise
 
 def config_option(command: F) -> F:
     return click.option(
@@ -42,23 +55,24 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def load(config_path: str | None) -> tuple[Path, Catalog]:
+def load(config_path: str | None, status: int = USAGE_ERROR) -> tuple[Path, Catalog]:
     from sglguard.config.loader import ConfigError, find_catalog, load_catalog
 
     try:
         path = find_catalog(config_path)
         return path, load_catalog(path)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), status)
 
 
-def open_store(catalog: Catalog, *, migrate_apart: bool = False) -> Store:
+def open_store(catalog: Catalog, *, migrate_apart: bool = False,
+               status: int = USAGE_ERROR) -> Store:
     from sglguard.store import Store, StoreError
 
     try:
         return Store.open(catalog.store.url, migrate_apart=migrate_apart)
     except StoreError as exc:
-        fail(str(exc))
+        fail(str(exc), status)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
