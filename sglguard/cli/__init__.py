@@ -37,7 +37,7 @@ class PluginCommand(click.Command):
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as exc:
-            exc.exit_code = PLUGIN_ERROR
+            exc.exit_code = PLUGIN_ERROR  # type: ignore[misc]  # click reads it per instance
             raise
 
 def config_option(command: F) -> F:
