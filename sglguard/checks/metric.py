@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from sglguard.checks import pages
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
 from sglguard.checks.promql import (
     ALIASES,
@@ -151,7 +152,7 @@ class MetricCheck(Check[MetricCheckConfig]):
     def run(self) -> Measurement:
         config = self.config
         names = [config.metric] + ([config.ratio_to.metric] if config.ratio_to else [])
-        scrape = Scrape.parse(self.client.metrics_text(timeout=self.timeout), only=names)
+        scrape = pages.scrape(self.client, self.context.target, names, self.timeout)
         try:
             if config.quantile is not None:
                 return self._quantile(scrape, config.quantile)

@@ -8,9 +8,10 @@ from typing import Literal
 
 from pydantic import Field
 
+from sglguard.checks import pages
 from sglguard.checks.base import Check, CheckConfig, Measurement, NoWindowYet, Status
 from sglguard.checks.metric import no_data
-from sglguard.checks.promql import Scrape, carry, window_increases
+from sglguard.checks.promql import carry, window_increases
 from sglguard.config.types import Duration
 
 # Only the total of each rank: with priority scheduling the gauges are also split by priority.
@@ -45,7 +46,7 @@ class ProgressCheck(Check[ProgressCheckConfig]):
         names = [config.tokens_metric, config.running_metric]
         if config.fallback_metric:
             names.append(config.fallback_metric)
-        scrape = Scrape.parse(self.client.metrics_text(timeout=self.timeout), only=names)
+        scrape = pages.scrape(self.client, self.context.target, names, self.timeout)
         running_series = scrape.select(config.running_metric, _TOTALS)
         if not running_series:
             return no_data(f"metric {config.running_metric} not found in /metrics", "tokens")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,47 @@ def _keep_families(text: str, names: Iterable[str]) -> str:
         elif line.startswith(prefixes):
             kept.append(line)
     return "\n".join(kept) + "\n"
+
+
+def _family_key(name: str) -> str:
+    return next((name.removesuffix(s) for s in _SUFFIXES if name.endswith(s)), name)
+
+
+def _wanted(names: Iterable[str]) -> set[str]:
+    return {_family_key(each) for name in names for each in (name, ALIASES.get(name))
+            if each is not None}
+
+
+class Page:
+    """One fetched `/metrics` page, split by family once; each family is parsed at most once,
+    however many checks read it (a big server's page has thousands of series)."""
+
+    def __init__(self, text: str) -> None:
+        self.size = len(text)
+        self._lines: dict[str, list[str]] = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) > 2 and parts[1] in ("HELP", "TYPE"):
+                    self._lines.setdefault(_family_key(parts[2]), []).append(line)
+            elif line:
+                name = line.split("{", 1)[0].split(None, 1)[0]
+                self._lines.setdefault(_family_key(name), []).append(line)
+        self._parsed: dict[str, dict[str, list[tuple[dict[str, str], float]]]] = {}
+        self._lock = threading.Lock()
+
+    def scrape(self, names: Iterable[str]) -> Scrape:
+        """The samples of the families `names` (and their aliases) belong to."""
+        scrape = Scrape()
+        for key in sorted(_wanted(names)):
+            with self._lock:
+                parsed = self._parsed.get(key)
+                if parsed is None:
+                    parsed = self._parsed[key] = Scrape.parse(
+                        "\n".join(self._lines.get(key, ())) + "\n").samples
+            for name, samples in parsed.items():
+                scrape.samples.setdefault(name, []).extend(samples)
+        return scrape
 
 
 def series_key(labels: Mapping[str, str]) -> str:
