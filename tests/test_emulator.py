@@ -138,17 +138,12 @@ SCHEDULER_GAUGES = [
     "max_total_num_tokens",
     "num_used_tokens",
     "utilization",
-    "num_retracted_reqs",
+    "kv_used_tokens",
+    "kv_available_tokens",
+    "kv_evictable_tokens",
 ]
-SCHEDULER_COUNTERS = [
-    "prompt_tokens_total",
-    "generation_tokens_total",
-    "num_requests_total",
-    "num_aborted_requests_total",
-    "num_retracted_requests_total",
-    "num_grammar_aborted_total",
-    "num_grammar_timeout_total",
-]
+TOKENIZER_LABELS = {"model_name": MODEL, "engine_type": "unified"}
+TOKENIZER_COUNTERS = ["prompt_tokens_total", "generation_tokens_total", "num_requests_total"]
 REQUEST_HISTOGRAMS = [
     "time_to_first_token_seconds",
     "inter_token_latency_seconds",
@@ -163,10 +158,20 @@ def test_metrics_parse_and_use_sglang_0_5_23_names_and_labels(emulator: Emulator
     assert "# HELP sglang:num_running_reqs " in raw
     assert "# TYPE sglang:time_to_first_token_seconds histogram" in raw
     samples = scrape(emulator)
-    for name in SCHEDULER_GAUGES + SCHEDULER_COUNTERS:
+    for name in SCHEDULER_GAUGES:
         assert next(s for s in samples if s.name == f"sglang:{name}").labels == SCHEDULER_LABELS
+    retracted = next(s for s in samples if s.name == "sglang:num_retracted_reqs")
+    assert retracted.labels == {**SCHEDULER_LABELS, "pid": retracted.labels["pid"]}
+    decode = next(s for s in samples if s.name == "sglang:realtime_tokens_total"
+                  and s.labels.get("mode") == "decode")
+    assert decode.labels == {**SCHEDULER_LABELS, "mode": "decode"}
+    for name in TOKENIZER_COUNTERS:
+        found = next(s for s in samples if s.name == f"sglang:{name}")
+        assert found.labels == {**TOKENIZER_LABELS, "is_streaming": "false"}
     for name in REQUEST_HISTOGRAMS:
-        labels = {**SCHEDULER_LABELS, "is_streaming": "false"}
+        labels = dict(TOKENIZER_LABELS)
+        if name != "inter_token_latency_seconds":
+            labels["is_streaming"] = "false"
         assert value(samples, f"sglang:{name}_count", **labels) >= 1
         assert any(s.name == f"sglang:{name}_sum" for s in samples)
     assert value(samples, "sglang:queue_time_seconds_count") == 1
@@ -393,13 +398,16 @@ def test_set_internal_state_refuses_max_running_requests_with_false(emulator: Em
     assert post(emulator, "/configure_logging", {"log_requests": True}).status_code == 200
 
 
-def test_abort_all_clears_the_queue_and_counts_the_aborts(emulator: Emulator) -> None:
+def test_abort_all_clears_the_queue_and_counts_the_call_once(emulator: Emulator) -> None:
+    assert "num_aborted_requests_total" not in get(emulator, "/metrics").text  # first use
     set_fault(emulator, "queue:4")
     response = post(emulator, "/abort_request", {"abort_all": True})
     assert (response.status_code, response.content) == (200, b"")
     samples = scrape(emulator)
     assert value(samples, "sglang:num_queue_reqs") == 0
-    assert value(samples, "sglang:num_aborted_requests_total") == 4
+    assert value(samples, "sglang:num_aborted_requests_total") == 1  # as SGLang: per call
+    post(emulator, "/abort_request", {"rid": "no-such-request"})
+    assert value(scrape(emulator), "sglang:num_aborted_requests_total") == 1
     assert post(emulator, "/flush_cache").status_code == 200
 
 
@@ -431,7 +439,7 @@ def test_abort_all_ends_requests_waiting_in_a_pause(emulator: Emulator) -> None:
     assert answers[0].json()["meta_info"]["finish_reason"]["type"] == "abort"
     samples = scrape(emulator)
     assert value(samples, "sglang:num_aborted_requests_total") == 1
-    assert value(samples, "sglang:num_requests_total") == 0
+    assert total(samples, "sglang:num_requests_total") == 0
 
 
 # -- faults ----------------------------------------------------------------------------------
@@ -717,7 +725,7 @@ def test_stall_keeps_requests_running_blocks_generate_and_fails_health_at_its_ti
     assert time.monotonic() - began >= 0.2
     samples = scrape(emulator)
     assert value(samples, "sglang:num_running_reqs") == 2
-    assert value(samples, "sglang:generation_tokens_total") == 0
+    assert total(samples, "sglang:generation_tokens_total") == 0
     assert get(emulator, "/server_info").status_code == 200
     assert post(emulator, "/flush_cache").status_code == 400
     assert not answers
@@ -731,12 +739,13 @@ def test_stall_keeps_requests_running_blocks_generate_and_fails_health_at_its_ti
 
 def test_stall_stops_synthetic_load_from_completing(start_emulator: StartEmulator) -> None:
     emulator = start_emulator(load=50)
-    poll(lambda: value(scrape(emulator), "sglang:generation_tokens_total") > 0)
+    poll(lambda: total(scrape(emulator), "sglang:generation_tokens_total") > 0)
     set_fault(emulator, "stall")
     before = scrape(emulator)
     assert get(emulator, "/health").status_code == 503  # waits 0.2 s: time for tokens to move
     after = scrape(emulator)
-    for name in ("sglang:generation_tokens_total", "sglang:num_requests_total"):
+    for name in ("sglang:generation_tokens_total", "sglang:num_requests_total",
+                 "sglang:realtime_tokens_total"):
         assert value(after, name) == value(before, name), name
     assert value(after, "sglang:num_running_reqs") >= 1
     set_fault(emulator, None)
@@ -775,7 +784,7 @@ def test_errors_fault_fails_synthetic_load_too(start_emulator: StartEmulator) ->
     poll(lambda: total(scrape(emulator), "sglang:http_responses_total", **failed) >= 3)
     samples = scrape(emulator)
     assert total(samples, "sglang:http_responses_total", **GENERATE, status_code="200") == 0
-    assert value(samples, "sglang:num_requests_total") == 0
+    assert total(samples, "sglang:num_requests_total") == 0
 
 
 def test_memory_growth_grows_kvcache_at_the_set_rate(start_emulator: StartEmulator) -> None:
