@@ -204,6 +204,18 @@ def test_gpu_check_nvml_init_failure_is_unknown_and_can_count_as_critical(
     assert strict.status is Status.CRITICAL
 
 
+def test_gpu_check_on_a_host_without_gpu_can_be_no_data(
+    monkeypatch: pytest.MonkeyPatch, make_check: MakeCheck
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML(FakeGpu(), init_error=9))
+
+    result = make_check({"kind": "gpu", "metric": "temperature_c",
+                         "on_unavailable": "no_data"}).execute()
+
+    assert (result.status, result.value, result.counts) == (Status.OK, None, False)
+    assert result.message.startswith("no data: NVML unavailable")
+
+
 def test_gpu_check_host_without_gpus_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, make_check: MakeCheck
 ) -> None:

@@ -11,7 +11,7 @@ from pydantic import Field
 from sglguard.checks import pages
 from sglguard.checks.base import Check, CheckConfig, Measurement, NoWindowYet, Status
 from sglguard.checks.metric import no_data
-from sglguard.checks.promql import carry, window_increases
+from sglguard.checks.promql import Scrape, carry, window_increases
 from sglguard.config.types import Duration
 
 # Only the total of each rank: with priority scheduling the gauges are also split by priority.
@@ -28,6 +28,10 @@ class ProgressCheckConfig(CheckConfig):
         description="moves on every decode step (SGLang 0.5.23), so one long generation is "
                     "progress")
     tokens_labels: dict[str, str] = Field(default_factory=lambda: {"mode": "decode"})
+    prefill_labels: dict[str, str] = Field(
+        default_factory=lambda: {"mode": "prefill_compute"},
+        description="on a PD prefill worker (engine_type=\"prefill\"), which never decodes, "
+                    "its prefill steps are its progress")
     fallback_metric: str | None = Field(
         default="sglang:generation_tokens_total",
         description="used only where tokens_metric is not served: it moves when a request "
@@ -50,7 +54,9 @@ class ProgressCheck(Check[ProgressCheckConfig]):
         running_series = scrape.select(config.running_metric, _TOTALS)
         if not running_series:
             return no_data(f"metric {config.running_metric} not found in /metrics", "tokens")
-        labels = {name: re.compile(pattern) for name, pattern in config.tokens_labels.items()}
+        chosen = (config.prefill_labels if _prefill_worker(scrape, config.tokens_metric)
+                  else config.tokens_labels)
+        labels = {name: re.compile(pattern) for name, pattern in chosen.items()}
         decoded = scrape.select(config.tokens_metric, labels)
         finished = (scrape.select(config.fallback_metric, {}) if config.fallback_metric
                     else {})
@@ -75,3 +81,8 @@ class ProgressCheck(Check[ProgressCheckConfig]):
         state = f"{running:g} requests running" if running > 0 else "idle"
         return Measurement(generated, f"{generated:g} tokens in {span} ({which}), {state}",
                            Status.OK, "tokens")
+
+
+def _prefill_worker(scrape: Scrape, metric: str) -> bool:
+    series = scrape.samples.get(metric, ())
+    return bool(series) and all(labels.get("engine_type") == "prefill" for labels, _ in series)
