@@ -938,3 +938,104 @@ def test_module_parser_takes_load_and_metrics_version() -> None:
     assert (args.load, args.metrics_version) == (5.0, "legacy")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--metrics-version", "0.4"])
+
+
+# -- fidelity to 0.5.23 ------------------------------------------------------------------------
+
+
+def test_a_chunked_request_body_is_read_as_a_gateway_sends_it(emulator: Emulator) -> None:
+    body = json.dumps({"text": "Say something kind.", "sampling_params": {"max_new_tokens": 4}})
+
+    def pieces() -> Any:
+        yield body[:10].encode()
+        yield body[10:].encode()
+
+    response = requests.post(emulator.url + "/generate", data=pieces(), timeout=TIMEOUT,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.json()["meta_info"]["completion_tokens"] == 4
+
+
+def test_streamed_chat_completion_sends_chunks_then_done(emulator: Emulator) -> None:
+    response = post(emulator, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 5})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
+    assert text
+    streamed = {"endpoint": "/v1/chat/completions", "method": "POST", "status_code": "200"}
+    samples = scrape(emulator)
+    assert value(samples, "sglang:http_responses_total", **streamed) == 1
+    assert value(samples, "sglang:num_requests_total", is_streaming="true") == 1
+
+
+def test_loads_and_v1_loads_list_one_load_per_dp_rank(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(dp_size=3)
+    for path in ("/loads", "/v1/loads"):
+        body = get(emulator, path).json()
+        assert body["dp_rank_count"] == 3
+        assert [load["dp_rank"] for load in body["loads"]] == [0, 1, 2]
+
+
+def test_warmup_creates_the_latency_series_unless_skipped(start_emulator: StartEmulator) -> None:
+    warm = start_emulator(skip_server_warmup=False)
+    cold = start_emulator(skip_server_warmup=True)
+    warm_page, cold_page = get(warm, "/metrics").text, get(cold, "/metrics").text
+    assert "sglang:time_to_first_token_seconds_count" in warm_page
+    assert "sglang:generation_tokens_total" in warm_page
+    for absent in ("time_to_first_token_seconds", "generation_tokens_total",
+                   "realtime_tokens_total", "num_requests_total"):
+        assert absent not in cold_page, absent
+    assert 'sglang:startup_time_seconds{engine_type="unified"' in cold_page
+    assert value(scrape(warm), "sglang:http_requests_total", endpoint="/generate") == 1
+
+
+def test_a_prefill_worker_observes_no_ttft_itl_or_tpot(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(disaggregation_mode="prefill")
+    generate(emulator, sampling_params={"max_new_tokens": 8})
+    page = get(emulator, "/metrics").text
+    for absent in ("time_to_first_token_seconds", "inter_token_latency_seconds",
+                   "request_time_per_output_token_seconds"):
+        assert absent not in page, absent
+    samples = scrape(emulator)
+    assert value(samples, "sglang:e2e_request_latency_seconds_count",
+                 engine_type="prefill") == 1
+    assert total(samples, "sglang:realtime_tokens_total", mode="decode") == 0
+    assert value(samples, "sglang:realtime_tokens_total", mode="prefill_compute") > 0
+
+
+def test_decode_counter_moves_every_step_of_a_long_request(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=100.0)
+    worker = threading.Thread(target=generate, args=(emulator,), kwargs={
+        "rid": "long", "sampling_params": {"max_new_tokens": 1000}}, daemon=True)
+    worker.start()
+    poll(lambda: emulator.active_requests >= 1)
+
+    def decoded() -> float:
+        return total(scrape(emulator), "sglang:realtime_tokens_total", mode="decode")
+
+    first = decoded()
+    poll(lambda: decoded() > first + 5)
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_running_reqs") == 1
+    assert total(samples, "sglang:generation_tokens_total") == 0  # nothing finished
+    post(emulator, "/abort_request", {"rid": "long"})
+    worker.join(TIMEOUT)
+
+
+def test_a_restarted_emulator_starts_clean(start_emulator: StartEmulator) -> None:
+    first = start_emulator()
+    post(first, "/abort_request", {"abort_all": True})
+    generate(first, stream=True)
+    assert "num_aborted_requests_total" in get(first, "/metrics").text
+    port = int(first.url.rsplit(":", 1)[1])
+    first.stop()
+    again = start_emulator(port=port)
+    page = get(again, "/metrics").text
+    assert "num_aborted_requests_total" not in page
+    assert 'is_streaming="true"' not in page
