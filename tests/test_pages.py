@@ -3,6 +3,7 @@ from the target itself or from its `metrics_url`."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.request
 from collections.abc import Callable
@@ -88,6 +89,13 @@ def test_a_failed_scrape_is_shared_too() -> None:
             errors.append(str(exc))
     assert len(errors) == 3 and pages.fetches(client) == 1
     assert "refused" in errors[0]
+    now = [0.0]
+    later = SharedPages(clock=lambda: now[0])
+    for step in (0.0, 0.5, 1.5):  # a failure is shared for a second, a page for max_age
+        now[0] = step
+        with contextlib.suppress(TargetError):
+            later.page(client, target, 1.0)
+    assert later.fetches(client) == 2
 
 
 def test_a_page_parses_each_family_once_and_only_those_asked_for() -> None:

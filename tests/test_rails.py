@@ -212,6 +212,33 @@ def test_restart_that_does_not_fix_the_check_is_not_verified_and_escalates(
         assert first.check_name == "liveness" and first.escalated_at is not None
 
 
+def test_no_data_after_a_restart_does_not_verify_it(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    text = service_catalog(tmp_path, port, receiver.port,
+                           emulator_command(port, "--skip-server-warmup"),
+                           verify=", verify: ttft, verify_within: 3s")
+    text = text.replace("remediations:", """\
+  - {name: ttft, kind: metric, target: local, metric: "sglang:time_to_first_token_seconds",
+     quantile: 0.95, window: 5m, warning: "> 0.5", interval: 30s, timeout: 1s}
+remediations:""")
+    catalog = make_catalog(text)
+    service = Service(catalog, store)
+    service.start()
+    try:
+        wait_for(lambda: _events(store, "not_verified"), 15)
+    finally:
+        service.stop()
+        control = service.runner.control(catalog.targets[0])
+        if control is not None:
+            control.stop()
+    with store.session() as session:
+        runs = session.query(RemediationRunRow).all()
+        assert runs[0].verified is False
+        assert "no data" in (runs[0].verification or "")  # restarted, no request since
+
+
 def _events(store: Store, kind: str) -> list[str]:
     with store.session() as session:
         return [row.detail for row in session.query(IncidentEventRow).filter_by(kind=kind)]

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
 
 
+ERROR_MAX_AGE_S = 1.0
+
+
 @dataclass(frozen=True)
 class _Fetched:
     at: float
@@ -52,6 +55,10 @@ class SharedPages:
         max_age = target.metrics_max_age.total_seconds()
         with slot.lock:
             fetched = slot.fetched
+            if fetched is not None and fetched.error is not None:
+                # Shared by the checks that start together, no longer: a restarted server
+                # must be read again at once.
+                max_age = min(max_age, ERROR_MAX_AGE_S)
             if fetched is None or self.clock() - fetched.at > max_age:
                 fetched = slot.fetched = self._fetch(client, target, timeout)
                 slot.fetches += 1
