@@ -288,3 +288,48 @@ def test_error_ratio_stays_critical_through_a_restart_with_lingering_errors(
     assert (fresh.status, fresh.value) == (Status.OK, 0.0)  # one answer since, no error
     assert lingering.status is Status.CRITICAL  # 2 errors in 3 responses since the first scrape
     assert lingering.value == pytest.approx(2 / 3)
+
+
+def test_a_burst_past_max_running_requests_queues_and_slows_ttft(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(max_running_requests=1, decode_speed=100.0)
+    body = {"text": "x", "sampling_params": {"max_new_tokens": 20}}  # 0.2 s each
+    answers: list[dict[str, Any]] = []
+    workers = [threading.Thread(target=lambda: answers.append(requests.post(
+        f"{emulator.url}/generate", json=body, timeout=10).json()), daemon=True)
+        for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    wait_for(lambda: '"} 3.0' in next(
+        line for line in requests.get(f"{emulator.url}/metrics", timeout=5).text.splitlines()
+        if line.startswith("sglang:num_queue_reqs{")))
+    for worker in workers:
+        worker.join(10)
+    page = requests.get(f"{emulator.url}/metrics", timeout=5).text
+    ttft_sum = float(next(line.split()[-1] for line in page.splitlines()
+                          if line.startswith("sglang:time_to_first_token_seconds_sum")))
+    # queued behind 0, 1, 2 and 3 requests of 0.2 s each: at least 0 + 0.2 + 0.4 + 0.6
+    assert ttft_sum >= 1.1
+    assert len(answers) == 4
+
+
+def test_a_slow_start_up_fires_no_metric_check(start_emulator: StartEmulator,
+                                               rounds: Rounds) -> None:
+    emulator = start_emulator(startup_delay=60.0, health_latency=0.01)
+    for results in rounds(emulator.url, 3):
+        reading = [result for result in results if result.check != "liveness"
+                   and result.check not in ("gpu-memory-growth", "gpu-temperature")]
+        assert all(result.skipped for result in reading), failing(results)
+        assert {result.check: result.status for result in results}["liveness"] is (
+            Status.CRITICAL)  # what the restart's start-up grace is for
+
+
+def test_a_dead_server_pages_through_liveness_only(make_catalog: Callable[[str], Catalog],
+                                                   store: Store, clock: FakeClock) -> None:
+    text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
+    catalog = make_catalog(text.replace("http://127.0.0.1:30000",
+                                        f"http://127.0.0.1:{free_port()}"))
+    results = {result.check: result for result in run_once(
+        catalog, store, ["liveness", "server-process", "hang", "queue"], clock)}
+    assert results["liveness"].status is Status.CRITICAL
+    assert all(results[name].skipped for name in ("server-process", "hang", "queue"))

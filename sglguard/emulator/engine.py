@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import EmulatorContext
-from .state import GenerationRecord
+from .snapshot import GenerationRecord
 from .structured import Constraint, constrained_text, violating_text
 from .textgen import output_pieces, prompt_tokens, synth_words, word_pieces
 from .wire import BadRequest

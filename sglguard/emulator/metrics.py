@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .profiles import CURRENT, HistogramFamily, MetricsProfile
-from .state import SeriesKey, Snapshot
+from .snapshot import SeriesKey, Snapshot
 
 Labels = Mapping[str, str]
 Sample = tuple[str, Labels, float]  # (name suffix, labels, value)
