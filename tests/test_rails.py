@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from sglguard.checks.base import CheckResult, Status
+from sglguard.cli.service import run_by_hand
 from sglguard.config.models import Catalog
 from sglguard.engine import IncidentEngine
 from sglguard.rails import Leases, next_run_allowed
@@ -18,7 +19,7 @@ from sglguard.receiver import AlertReceiver
 from sglguard.service import Service
 from sglguard.silences import add_silence, expire_silence, list_silences, quiet
 from sglguard.store import Store, queries
-from sglguard.store.models import IncidentEventRow, RemediationRunRow
+from sglguard.store.models import CheckResultRow, IncidentEventRow, RemediationRunRow
 
 from conftest import PYTHON, FakeClock, emulator_command, free_port, wait_for
 
@@ -237,6 +238,46 @@ remediations:""")
         runs = session.query(RemediationRunRow).all()
         assert runs[0].verified is False
         assert "no data" in (runs[0].verification or "")  # restarted, no request since
+
+
+def test_a_restart_by_hand_with_a_slow_start_up_opens_no_incident(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    catalog = make_catalog(service_catalog(
+        tmp_path, port, receiver.port, emulator_command(port, "--startup-delay", "1.5")))
+    service = Service(catalog, store)
+    control = service.runner.control(catalog.targets[0])
+    assert control is not None
+    control.start()
+    wait_for(lambda: _healthy(port), 10)
+    service.start()
+    try:
+        wait_for(lambda: _latest_status(store, "liveness") == "ok")
+        outcome = run_by_hand(service.runner, store, "restart", "local")
+        assert outcome.outcome == "succeeded"
+        wait_for(lambda: _latest_status(store, "liveness") == "ok")
+    finally:
+        service.stop()
+        control.stop()
+    with store.session() as session:
+        assert queries.incidents(session, open_only=False, limit=5) == []
+        failed = [row for row in session.query(CheckResultRow).filter_by(check_name="liveness")
+                  if row.status != "ok"]
+    assert failed and not any(row.evaluated for row in failed)  # seen, in grace, not counted
+    assert receiver.received() == []
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _latest_status(store: Store, check: str) -> str | None:
+    with store.session() as session:
+        return queries.latest_status(session, check)
 
 
 def _events(store: Store, kind: str) -> list[str]:

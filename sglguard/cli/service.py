@@ -124,6 +124,7 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
     from datetime import timedelta
 
     from sglguard.clock import utcnow
+    from sglguard.engine import IncidentEngine
     from sglguard.rails import Leases, clear_escalations
 
     leases = Leases(store)
@@ -131,10 +132,18 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
         click.echo(f"sglguard: {target} is being remediated by {leases.holder_of(target)}; "
                    "try again when it is done", err=True)
         sys.exit(1)
+    # A planned restart is not an outage: the target's checks get the start-up grace the
+    # service gives its own restarts (a running service reads it from the store).
+    engine = IncidentEngine(runner.catalog, store)
+    control = runner.catalog.target(target).control
+    if control is not None:
+        engine.begin_grace(target, utcnow() + control.startup_timeout)
     try:
         outcome = runner.run(name, target, trigger="manual")
     finally:
         leases.release(target)
+    if control is not None and outcome.outcome != "succeeded":
+        engine.end_grace(target)
     clear_escalations(store, target, utcnow(), f"sglguard remediate {name}")
     return outcome
 
