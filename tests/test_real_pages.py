@@ -160,7 +160,7 @@ def test_counter_created_on_first_use_counts_as_zero_then_counts_its_first_burst
     clock.advance(30)
     quiet = run(fields)
     assert (quiet.status, quiet.value) == (Status.OK, 0.0)
-    assert "nothing counted yet" in quiet.message
+    assert "not counted yet" in quiet.message
     clock.advance(30)
     server.body = DP8.encode()  # the first aborts: the series appears with 5
     assert run(fields).value == pytest.approx(5.0)

@@ -220,7 +220,7 @@ class MetricCheck(Check[MetricCheckConfig]):
                       else grown)
         value = aggregate(per_series.values(), config.aggregate)
         what = "rate" if config.rate else "increase"
-        note = f"; {missing}: nothing counted yet" if missing else ""
+        note = f"; now {missing} (not counted yet, or gone with a restart)" if missing else ""
         return self._measure(value, f"{what} of {name} over {_span(elapsed)} "
                                     f"({config.aggregate} of {len(grown)} series) = {value:g}"
                                     f"{note}")
