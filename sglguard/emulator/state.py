@@ -274,6 +274,15 @@ class EmulatorState:
         self._realtime(flight.rank, "prefill_cache", rec.cached_tokens)
         if not self.prefill_only:
             self._realtime(flight.rank, "decode", rec.completion_tokens - flight.decoded)
+        self._observe(rec, flight)
+        tokens = rec.completion_tokens
+        if tokens > 0 and rec.e2e > rec.ttft:
+            self._last_throughput = tokens / (rec.e2e - rec.ttft)
+        self._last_finished = time.monotonic()
+
+    def _observe(self, rec: GenerationRecord, flight: _Flight) -> None:
+        """The latency histograms one finished request adds to (none of TTFT, ITL and TPOT on
+        a PD prefill worker)."""
         tokens = rec.completion_tokens
         values: dict[Source, tuple[float, int]] = {
             "ttft": (rec.ttft, 1),
@@ -297,9 +306,6 @@ class EmulatorState:
             if histogram is None:
                 histogram = self._histograms[key] = Histogram(family.buckets)
             histogram.observe(value, times)
-        if tokens > 0 and rec.e2e > rec.ttft:
-            self._last_throughput = tokens / (rec.e2e - rec.ttft)
-        self._last_finished = time.monotonic()
 
     def _realtime(self, rank: int, mode: str, tokens: float) -> None:
         if tokens > 0:  # SGLang skips a zero delta: each mode appears with its first token
