@@ -52,6 +52,9 @@ def start_emulator(port: int) -> subprocess.Popen[bytes]:
 def example_catalog(directory: Path, port: int) -> Path:
     text = resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text()
     text = text.replace("127.0.0.1:30000", f"127.0.0.1:{port}")
+    # Each run fetches its own page, as each check alone costs (no shared scrape).
+    text = text.replace(f"url: http://127.0.0.1:{port}\n",
+                        f"url: http://127.0.0.1:{port}\n    metrics_max_age: 0s\n", 1)
     path = directory / "sglguard.yaml"
     path.write_text(text)
     return path
