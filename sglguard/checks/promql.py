@@ -57,14 +57,23 @@ class Page:
     def __init__(self, text: str) -> None:
         self.size = len(text)
         self._lines: dict[str, list[str]] = {}
+        # A family's lines come together: look its key up only when the name changes.
+        name, lines = "", None
         for line in text.splitlines():
             if line.startswith("#"):
                 parts = line.split(None, 3)
-                if len(parts) > 2 and parts[1] in ("HELP", "TYPE"):
-                    self._lines.setdefault(_family_key(parts[2]), []).append(line)
+                if len(parts) <= 2 or parts[1] not in ("HELP", "TYPE"):
+                    continue
+                current = parts[2]
             elif line:
-                name = line.split("{", 1)[0].split(None, 1)[0]
-                self._lines.setdefault(_family_key(name), []).append(line)
+                end = line.find("{")
+                current = line[:end] if end > 0 else line.split(None, 1)[0]
+            else:
+                continue
+            if current != name or lines is None:
+                name = current
+                lines = self._lines.setdefault(_family_key(name), [])
+            lines.append(line)
         self._parsed: dict[str, dict[str, list[tuple[dict[str, str], float]]]] = {}
         self._lock = threading.Lock()
 
