@@ -87,7 +87,7 @@ def test_example_catalog_is_quiet_on_a_healthy_server(start_emulator: StartEmula
                                                       rounds: Rounds, shape: str) -> None:
     emulator = start_emulator(health_latency=0.01, **{"skip_server_warmup": False,
                                                       **HEALTHY[shape]})
-    seen = rounds(emulator.url, 5)
+    seen = rounds(emulator.url, 7)  # 3 minutes on the clock, 30 s apart
     for results in seen:
         assert failing(results) == {}, shape
     last = {result.check: result for result in seen[-1]}
