@@ -1039,3 +1039,26 @@ def test_a_restarted_emulator_starts_clean(start_emulator: StartEmulator) -> Non
     page = get(again, "/metrics").text
     assert "num_aborted_requests_total" not in page
     assert 'is_streaming="true"' not in page
+
+
+def test_pause_in_retract_mode_counts_retractions_on_first_use(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=100.0)
+    assert "num_retracted_requests_total" not in get(emulator, "/metrics").text
+    worker = threading.Thread(target=generate, args=(emulator,), kwargs={
+        "rid": "long", "sampling_params": {"max_new_tokens": 1000}}, daemon=True)
+    worker.start()
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    assert post(emulator, "/pause_generation", {"mode": "retract"}).status_code == 200
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_retracted_requests_total") == 1
+    assert value(samples, "sglang:num_retracted_input_tokens_total") > 0
+    assert "pid" in next(s for s in samples if s.name == "sglang:num_retracted_reqs").labels
+    assert (value(samples, "sglang:num_retracted_reqs"), value(samples, "sglang:num_running_reqs"),
+            value(samples, "sglang:num_queue_reqs")) == (1, 0, 1)
+    assert post(emulator, "/continue_generation", {}).status_code == 200
+    samples = scrape(emulator)
+    assert (value(samples, "sglang:num_retracted_reqs"),
+            value(samples, "sglang:num_running_reqs")) == (0, 1)
+    post(emulator, "/abort_request", {"rid": "long"})
+    worker.join(TIMEOUT)

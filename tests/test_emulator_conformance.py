@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sglguard.emulator import Emulator
 
-from conftest import FIXTURES, StartEmulator
+from conftest import FIXTURES, StartEmulator, wait_for
 
 FAMILIES = json.loads((FIXTURES / "sglang-0.5.23-families.json").read_text())["families"]
 # prometheus_client's multiprocess mode adds `pid` to gauges written in its "all" mode.
@@ -88,7 +89,15 @@ def exercise(emulator: Emulator) -> str:
     schema = json.dumps({"type": "object", "properties": {"a": {"type": "string"}}})
     requests.post(f"{url}/generate", json={"text": "x", "sampling_params": {
         "json_schema": schema, "max_new_tokens": 16}}, timeout=5).raise_for_status()
+    long = threading.Thread(target=requests.post, args=(f"{url}/generate",), kwargs={
+        "json": {"text": "x", "rid": "long", "sampling_params": {"max_new_tokens": 5000}},
+        "timeout": 10}, daemon=True)
+    long.start()
+    wait_for(lambda: emulator.active_requests >= 1)
+    requests.post(f"{url}/pause_generation", json={"mode": "retract"}, timeout=5)
+    requests.post(f"{url}/continue_generation", json={}, timeout=5)
     requests.post(f"{url}/abort_request", json={"abort_all": True}, timeout=5)
+    long.join(10)
     requests.post(f"{url}/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "hi"}], "stream": True}, timeout=5)
     return requests.get(f"{url}/metrics", timeout=5).text
@@ -107,16 +116,18 @@ SHAPES = {
 def test_every_served_family_matches_sglang_0_5_23(start_emulator: StartEmulator,
                                                    shape: str) -> None:
     options, labels = SHAPES[shape]
-    emulator = start_emulator(skip_server_warmup=False, **options)
+    emulator = start_emulator(skip_server_warmup=False, decode_speed=500.0, **options)
     text = exercise(emulator)
     served = {family.name for family in text_string_to_metric_families(text)}
+    assert {"sglang:num_retracted_requests", "sglang:num_retracted_input_tokens",
+            "sglang:realtime_tokens", "sglang:num_aborted_requests"} <= served
     assert len(served) >= 25
     assert conformance_problems(text, labels) == []
 
 
 def test_the_conformance_check_fails_on_a_drifted_bucket_or_label(
         start_emulator: StartEmulator) -> None:
-    text = exercise(start_emulator(skip_server_warmup=False))
+    text = exercise(start_emulator(skip_server_warmup=False, decode_speed=500.0))
     assert conformance_problems(text, Shape()) == []
     no_bucket = "\n".join(line for line in text.splitlines()
                           if 'time_to_first_token_seconds_bucket' not in line

@@ -39,6 +39,7 @@ class _Flight:
     decode_target: int = 0  # tokens to decode in real time (--decode-speed), 0: none
     decoded: float = 0.0  # of those, counted in realtime_tokens_total so far
     last_step: float = 0.0
+    retracted: bool = False  # sent back to the queue (pause mode "retract") until resumed
 
 
 @dataclass
@@ -324,6 +325,26 @@ class EmulatorState:
                 self._realtime(flight.rank, "decode", done)
             flight.last_step = now
 
+    def retract_running(self) -> int:
+        """Send every running request back to the queue, counting the retraction and its
+        tokens as SGLang's scheduler does; return how many."""
+        with self.cond:
+            hits = [f for f in self._flights.values()
+                    if f.running and not f.retracted and not f.aborted]
+            for flight in hits:
+                flight.retracted = True
+                self._count("num_retracted_requests_total", 1, flight.rank)
+                self._count("num_retracted_input_tokens_total", flight.tokens, flight.rank)
+                self._count("num_retracted_output_tokens_total", int(flight.decoded),
+                            flight.rank)
+            return len(hits)
+
+    def resume_retracted(self) -> None:
+        with self.cond:
+            for flight in self._flights.values():
+                flight.retracted = False
+            self.cond.notify_all()
+
     def count_grammar_abort(self) -> None:
         with self.cond:
             self._count("num_grammar_aborted_total", 1, 0)
@@ -370,7 +391,7 @@ class EmulatorState:
                 last_gen_throughput=self._last_throughput,
                 utilization=running / (self.max_running_requests * self.dp_size),
                 num_grammar_queue_reqs=0,  # grammars compile at once here
-                num_retracted_reqs=0,  # the emulated KV cache never runs short
+                num_retracted_reqs=sum(view.num_retracted_reqs for view in ranks),
                 counters=dict(self._counters),
                 histograms={k: h.view() for k, h in self._histograms.items()},
                 http_requests=dict(self._http.requests),
@@ -383,8 +404,8 @@ class EmulatorState:
 
     def _rank_view(self, rank: int, leaked_tokens: int) -> RankView:
         flights = [f for f in self._flights.values() if f.rank == rank]
-        running = [f for f in flights if f.running]
-        waiting = [f for f in flights if not f.running]
+        running = [f for f in flights if f.running and not f.retracted]
+        waiting = [f for f in flights if not f.running or f.retracted]
         # A stalled scheduler shows at least the request it is stuck on.
         num_running = max(len(running), 1) if self.flags.stalled and rank == 0 else len(running)
         used = min(sum(f.tokens for f in running) + leaked_tokens, MAX_TOTAL_NUM_TOKENS)
@@ -406,7 +427,7 @@ class EmulatorState:
                             if recent and not self.flags.stalled else 0.0),
             utilization=num_running / self.max_running_requests,
             num_grammar_queue_reqs=0,
-            num_retracted_reqs=0,
+            num_retracted_reqs=sum(1 for f in flights if f.retracted),
             num_paused_reqs=len(running) if self.flags.paused else 0,
             kv_used_tokens=used,
             kv_available_tokens=MAX_TOTAL_NUM_TOKENS - used - evictable,
