@@ -268,6 +268,49 @@ def test_a_restart_by_hand_with_a_slow_start_up_opens_no_incident(
     assert receiver.received() == []
 
 
+def test_a_restart_that_leaves_errors_is_not_verified_by_the_error_ratio(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    start = emulator_command(port, "--load", "50", "--fault", "errors:0.5")
+    inference = "/generate|/v1/(chat/)?completions"
+    catalog = make_catalog(f"""\
+version: 1
+targets:
+  - name: local
+    url: http://127.0.0.1:{port}
+    control: {{kind: process, start: {json.dumps(start)}, pidfile: local.pid,
+               startup_timeout: 5s, stop_timeout: 2s}}
+checks:
+  - {{name: error-ratio, kind: metric, target: local, metric: sglang:http_responses_total,
+     labels: {{status_code: "5..", endpoint: "{inference}"}}, window: 5m,
+     ratio_to: {{metric: sglang:http_responses_total, labels: {{endpoint: "{inference}"}}}},
+     critical: "> 0.05", interval: 0.5s, timeout: 1s, failure_threshold: 1,
+     remediate: [restart]}}
+remediations:
+  - {{name: restart, kind: restart, verify: error-ratio, verify_within: 1s,
+     budget: {{max: 1, within: 1h}},
+     backoff: {{initial: 0.1s, max: 0.2s}}}}
+notifications: {{group_wait: 0.2s}}
+notifiers: [{{name: ops, urls: ["json://127.0.0.1:{receiver.port}/alerts"]}}]
+""")
+    service = Service(catalog, store)
+    control = service.runner.control(catalog.targets[0])
+    assert control is not None
+    control.start()
+    wait_for(lambda: _healthy(port), 10)
+    service.start()
+    try:
+        wait_for(lambda: _events(store, "not_verified"), 20)
+    finally:
+        service.stop()
+        control.stop()
+    with store.session() as session:
+        runs = session.query(RemediationRunRow).all()
+    assert [(run.outcome, run.verified) for run in runs] == [("succeeded", False)]
+    assert "critical" in (runs[0].verification or "")  # the errors went on after the restart
+
+
 def _healthy(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200

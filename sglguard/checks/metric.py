@@ -152,7 +152,8 @@ class MetricCheck(Check[MetricCheckConfig]):
     def run(self) -> Measurement:
         config = self.config
         names = [config.metric] + ([config.ratio_to.metric] if config.ratio_to else [])
-        scrape = pages.scrape(self.client, self.context.target, names, self.timeout)
+        scrape = pages.scrape(self.client, self.context.target, names, self.timeout,
+                              self.config.interval.total_seconds())
         try:
             if config.quantile is not None:
                 return self._quantile(scrape, config.quantile)

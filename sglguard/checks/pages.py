@@ -47,12 +47,16 @@ class SharedPages:
         self._lock = threading.Lock()
         self._metrics_clients: dict[str, SGLangClient] = {}
 
-    def page(self, client: SGLangClient, target: TargetConfig, timeout: float) -> Page:
+    def page(self, client: SGLangClient, target: TargetConfig, timeout: float,
+             max_age: float | None = None) -> Page:
+        """The target's page, fetched unless one younger than its metrics_max_age (and than
+        `max_age`, the caller's own bound) is there."""
         with self._lock:
             slot = self._slots.get(client)
             if slot is None:
                 slot = self._slots[client] = _Slot()
-        max_age = target.metrics_max_age.total_seconds()
+        max_age = min(target.metrics_max_age.total_seconds(),
+                      max_age if max_age is not None else float("inf"))
         with slot.lock:
             fetched = slot.fetched
             if fetched is not None and fetched.error is not None:
@@ -101,6 +105,8 @@ PAGES = SharedPages()
 
 
 def scrape(client: SGLangClient, target: TargetConfig, names: Iterable[str],
-           timeout: float) -> Scrape:
-    """The families of `names` from the target's current page (fetched if none is fresh)."""
-    return PAGES.page(client, target, timeout).scrape(names)
+           timeout: float, interval: float) -> Scrape:
+    """The families of `names` from the target's current page (fetched if none is fresh).
+    A check never takes a page older than half its own interval: each of its runs sees a
+    page of its own."""
+    return PAGES.page(client, target, timeout, interval / 2).scrape(names)

@@ -50,7 +50,8 @@ class ProgressCheck(Check[ProgressCheckConfig]):
         names = [config.tokens_metric, config.running_metric]
         if config.fallback_metric:
             names.append(config.fallback_metric)
-        scrape = pages.scrape(self.client, self.context.target, names, self.timeout)
+        scrape = pages.scrape(self.client, self.context.target, names, self.timeout,
+                              self.config.interval.total_seconds())
         running_series = scrape.select(config.running_metric, _TOTALS)
         if not running_series:
             return no_data(f"metric {config.running_metric} not found in /metrics", "tokens")
