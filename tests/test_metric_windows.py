@@ -209,6 +209,9 @@ def test_legacy_tpot_name_answers_for_the_new_one(run: Callable[[str], CheckResu
     ("window: 1m", "`window:` needs one of"),
     ("change_over: 3m, window: 3m", "change_over is itself the window"),
     ("quantile: 1.5, window: 1m", "less than or equal to 1"),
+    ("quantile: 0.9, window: 1m, on_absent: zero", "on_absent: zero does not apply to a "
+                                                    "quantile"),
+    ("on_absent: maybe", "on_absent"),
 ])
 def test_window_config_errors(fields: str, error: str,
                               make_catalog: Callable[[str], Catalog]) -> None:
