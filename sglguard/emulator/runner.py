@@ -51,6 +51,7 @@ class Emulator:
                 dp_size=options.dp_size,
                 priority_scheduling=options.enable_priority_scheduling,
                 prefill_only=options.disaggregation_mode == "prefill",
+                decode_only=options.disaggregation_mode == "decode",
                 decode_speed=options.decode_speed,
                 streaming_counters=PROFILES[options.metrics_version].streaming_counters,
             ),

@@ -69,6 +69,7 @@ class EmulatorState:
         dp_size: int = 1,
         priority_scheduling: bool = False,
         prefill_only: bool = False,
+        decode_only: bool = False,
         decode_speed: float = 0.0,
         streaming_counters: bool = True,
     ) -> None:
@@ -78,6 +79,7 @@ class EmulatorState:
         self.dp_size = dp_size
         self.priority_scheduling = priority_scheduling
         self.prefill_only = prefill_only  # a PD prefill worker: no decode, no TTFT/ITL/TPOT
+        self.decode_only = decode_only  # a PD decode worker: its KV arrives, no prefill step
         self.decode_speed = decode_speed
         self.streaming_counters = streaming_counters
         self.flags = _Flags()
@@ -271,8 +273,9 @@ class EmulatorState:
             self._count("cached_tokens_total", rec.cached_tokens, None, {"cache_source": "device"})
         self._prompt_tokens += rec.prompt_tokens
         self._cached_tokens += rec.cached_tokens
-        self._realtime(flight.rank, "prefill_compute", rec.prompt_tokens - rec.cached_tokens)
-        self._realtime(flight.rank, "prefill_cache", rec.cached_tokens)
+        if not self.decode_only:
+            self._realtime(flight.rank, "prefill_compute", rec.prompt_tokens - rec.cached_tokens)
+            self._realtime(flight.rank, "prefill_cache", rec.cached_tokens)
         if not self.prefill_only:
             self._realtime(flight.rank, "decode", rec.completion_tokens - flight.decoded)
         self._observe(rec, flight)
