@@ -268,7 +268,8 @@ class IncidentEngine:
         assert state.incident_id is not None
         incident = session.get_one(IncidentRow, state.incident_id)
         failing = result.status is not Status.OK
-        if not failing and state.consecutive_successes >= check.success_threshold:
+        if (not failing and decision.evaluated
+                and state.consecutive_successes >= check.success_threshold):
             if owed.acting_on(session, incident.id):
                 return  # its remediation is still acting: the verification resolves it
             if not self._resolve(session, state, incident, now):
@@ -333,7 +334,7 @@ class IncidentEngine:
         state.last_result_at = now
         if evaluated:
             state.recent = flapping.remember(state.recent or "", result.status.label)
-        if result.status is Status.OK:
+        if result.status is Status.OK and evaluated:
             state.consecutive_successes += 1
             state.consecutive_failures = 0
             state.failing_since = None

@@ -90,9 +90,15 @@ def results_table(console: Console, results: Sequence[dict[str, Any]], title: st
     console.print(table)
 
 
+# As monitoring plugins combine states: critical, then warning, then unknown, then ok.
+_PLUGIN_RANK = {Status.OK: 0, Status.UNKNOWN: 1, Status.WARNING: 2, Status.CRITICAL: 3}
+
+
 def worst(results: Sequence[CheckResult]) -> Status:
-    """The Nagios exit status; skipped runs say nothing about the server."""
-    return max((result.status for result in results if not result.skipped), default=Status.OK)
+    """The Nagios exit status: CRITICAL outranks UNKNOWN (a dead server is critical even if a
+    GPU check could not tell); skipped runs say nothing about the server."""
+    return max((result.status for result in results if not result.skipped), default=Status.OK,
+               key=_PLUGIN_RANK.__getitem__)
 
 
 def run_dict(run: RemediationRunRow) -> dict[str, Any]:

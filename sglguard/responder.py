@@ -183,7 +183,7 @@ class Responder:
                 self.engine.record(result)
                 self.notifications.poke()
                 last = f"{result.status.label}: {result.message}"
-                if result.status is Status.OK:
+                if result.status is Status.OK and result.counts:  # not 'no data'
                     self._verified(incident_id, outcome, True, f"{name} passed")
                     for said in return_workers(self.store, self.catalog, config.target,
                                                by=f"verified: {name} passed", clock=self.clock):

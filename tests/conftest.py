@@ -99,7 +99,9 @@ def start_emulator() -> Iterator[StartEmulator]:
         clock: Callable[[], float] | None = None,
         **options: Any,
     ) -> Emulator:
-        settings: dict[str, Any] = {"port": 0, "health_latency": 0.02, **options}
+        # No warm-up request unless asked: a test counts exactly what it sent.
+        settings: dict[str, Any] = {"port": 0, "health_latency": 0.02,
+                                    "skip_server_warmup": True, **options}
         extra: dict[str, Any] = {"health_check_timeout": 0.2}
         if exit_fn is not None:
             extra["exit_fn"] = exit_fn

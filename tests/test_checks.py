@@ -198,13 +198,25 @@ def test_metric_check_selects_series_by_label(recorded: Recorded) -> None:
     assert (result.status, result.value) == (Status.OK, 430839.0)
 
 
-def test_metric_check_with_no_matching_series_is_unknown(recorded: Recorded) -> None:
+def test_metric_check_with_no_matching_series_is_no_data_not_counted(
+        recorded: Recorded) -> None:
     result = metric_on(recorded[CAPTURE], "sglang:num_queue_reqs",
                        labels={"tp_rank": "1"}, **QUEUE_THRESHOLDS)
 
-    assert result.status is Status.UNKNOWN
-    assert result.value is None
-    assert "no series of sglang:num_queue_reqs matches" in result.message
+    assert (result.status, result.value, result.counts) == (Status.OK, None, False)
+    assert "no data: no series of sglang:num_queue_reqs matches" in result.message
+
+
+@pytest.mark.parametrize(("how", "status", "value"), [
+    ("unknown", Status.UNKNOWN, None), ("critical", Status.CRITICAL, None),
+    ("zero", Status.OK, 0.0)])
+def test_metric_check_on_absent_says_what_a_missing_series_means(
+        recorded: Recorded, how: str, status: Status, value: float | None) -> None:
+    result = metric_on(recorded[CAPTURE], "sglang:num_queue_reqs", labels={"tp_rank": "1"},
+                       on_absent=how)
+
+    assert (result.status, result.value, result.counts) == (status, value, True)
+    assert f"on_absent: {how}" in result.message
 
 
 def test_metric_check_label_matchers_are_anchored(recorded: Recorded) -> None:
@@ -213,7 +225,7 @@ def test_metric_check_label_matchers_are_anchored(recorded: Recorded) -> None:
     partial = metric_on(server, "sglang:gen_throughput", labels={"model_name": "opt"})
     full = metric_on(server, "sglang:gen_throughput", labels={"model_name": ".*/opt-.*"})
 
-    assert partial.status is Status.UNKNOWN
+    assert (partial.value, partial.counts) == (None, False)
     assert (full.status, full.value) == (Status.OK, 425.5)
 
 
@@ -260,10 +272,10 @@ def test_metric_check_label_regex_that_does_not_compile_is_a_config_error() -> N
                                     "metric": "sglang:num_queue_reqs", "labels": {"tp_rank": "["}})
 
 
-def test_metric_check_absent_metric_is_unknown_not_found(recorded: Recorded) -> None:
+def test_metric_check_absent_metric_is_no_data_not_found(recorded: Recorded) -> None:
     result = metric_on(recorded[CAPTURE], "sglang:num_grammar_queue_reqs")
 
-    assert result.status is Status.UNKNOWN
+    assert (result.status, result.counts) == (Status.OK, False)
     assert "not found" in result.message
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,30 @@ def test_check_of_a_dead_server_is_critical_and_unknown(tmp_path: Path) -> None:
     result = invoke("check", "--config", str(path), "--json")
     statuses = {item["check"]: item["status"] for item in json.loads(result.output)}
     assert statuses == {"liveness": "critical", "queue": "unknown"}
-    assert result.exit_code == 3  # the worst of 2 and 3, as Nagios plugins report
+    assert result.exit_code == 2  # critical outranks unknown, as monitoring plugins combine
+
+
+def test_check_exit_status_is_unknown_only_without_a_warning_or_critical() -> None:
+    from sglguard.checks.base import CheckResult, Status
+    from sglguard.output import worst
+
+    def result(status: Status) -> CheckResult:
+        return CheckResult("c", "t", status, None, "", "", 0.0, datetime.now(UTC))
+
+    assert worst([result(Status.UNKNOWN), result(Status.OK)]) is Status.UNKNOWN
+    assert worst([result(Status.UNKNOWN), result(Status.WARNING)]) is Status.WARNING
+    assert worst([result(Status.CRITICAL), result(Status.UNKNOWN)]) is Status.CRITICAL
+
+
+def test_check_catalog_and_usage_errors_exit_3_with_their_message(tmp_path: Path) -> None:
+    missing = invoke("check", "--config", str(tmp_path / "nope.yaml"))
+    assert missing.exit_code == 3 and "file not found" in missing.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ntargets: [{name: a, url: 'ftp://x'}]\n")
+    invalid = invoke("check", "--config", str(bad))
+    assert invalid.exit_code == 3 and "targets[0].url (line 2)" in invalid.output
+    usage = invoke("check", "--no-such-option")
+    assert usage.exit_code == 3 and "no such option" in usage.output.lower()
 
 
 def test_dependent_checks_are_skipped_while_their_dependency_fails(tmp_path: Path) -> None:
@@ -211,7 +235,7 @@ def test_output_into_a_pipe_is_never_wrapped_whatever_the_width(tmp_path: Path) 
 def test_unknown_check_or_remediation_is_exit_2(tmp_path: Path) -> None:
     path = catalog_for(tmp_path, "http://127.0.0.1:1")
     result = invoke("check", "--config", str(path), "--only", "nope")
-    assert result.exit_code == 2 and "known: liveness, queue" in result.output
+    assert result.exit_code == 3 and "known: liveness, queue" in result.output  # a plugin
     result = invoke("remediate", "reboot", "--config", str(path))
     assert result.exit_code == 2 and "unknown remediation 'reboot'" in result.output
     result = invoke("remediate", "restart", "--target", "x", "--config", str(path))

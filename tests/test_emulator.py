@@ -138,17 +138,12 @@ SCHEDULER_GAUGES = [
     "max_total_num_tokens",
     "num_used_tokens",
     "utilization",
-    "num_retracted_reqs",
+    "kv_used_tokens",
+    "kv_available_tokens",
+    "kv_evictable_tokens",
 ]
-SCHEDULER_COUNTERS = [
-    "prompt_tokens_total",
-    "generation_tokens_total",
-    "num_requests_total",
-    "num_aborted_requests_total",
-    "num_retracted_requests_total",
-    "num_grammar_aborted_total",
-    "num_grammar_timeout_total",
-]
+TOKENIZER_LABELS = {"model_name": MODEL, "engine_type": "unified"}
+TOKENIZER_COUNTERS = ["prompt_tokens_total", "generation_tokens_total", "num_requests_total"]
 REQUEST_HISTOGRAMS = [
     "time_to_first_token_seconds",
     "inter_token_latency_seconds",
@@ -163,10 +158,20 @@ def test_metrics_parse_and_use_sglang_0_5_23_names_and_labels(emulator: Emulator
     assert "# HELP sglang:num_running_reqs " in raw
     assert "# TYPE sglang:time_to_first_token_seconds histogram" in raw
     samples = scrape(emulator)
-    for name in SCHEDULER_GAUGES + SCHEDULER_COUNTERS:
+    for name in SCHEDULER_GAUGES:
         assert next(s for s in samples if s.name == f"sglang:{name}").labels == SCHEDULER_LABELS
+    retracted = next(s for s in samples if s.name == "sglang:num_retracted_reqs")
+    assert retracted.labels == {**SCHEDULER_LABELS, "pid": retracted.labels["pid"]}
+    decode = next(s for s in samples if s.name == "sglang:realtime_tokens_total"
+                  and s.labels.get("mode") == "decode")
+    assert decode.labels == {**SCHEDULER_LABELS, "mode": "decode"}
+    for name in TOKENIZER_COUNTERS:
+        found = next(s for s in samples if s.name == f"sglang:{name}")
+        assert found.labels == {**TOKENIZER_LABELS, "is_streaming": "false"}
     for name in REQUEST_HISTOGRAMS:
-        labels = {**SCHEDULER_LABELS, "is_streaming": "false"}
+        labels = dict(TOKENIZER_LABELS)
+        if name != "inter_token_latency_seconds":
+            labels["is_streaming"] = "false"
         assert value(samples, f"sglang:{name}_count", **labels) >= 1
         assert any(s.name == f"sglang:{name}_sum" for s in samples)
     assert value(samples, "sglang:queue_time_seconds_count") == 1
@@ -393,13 +398,16 @@ def test_set_internal_state_refuses_max_running_requests_with_false(emulator: Em
     assert post(emulator, "/configure_logging", {"log_requests": True}).status_code == 200
 
 
-def test_abort_all_clears_the_queue_and_counts_the_aborts(emulator: Emulator) -> None:
+def test_abort_all_clears_the_queue_and_counts_the_call_once(emulator: Emulator) -> None:
+    assert "num_aborted_requests_total" not in get(emulator, "/metrics").text  # first use
     set_fault(emulator, "queue:4")
     response = post(emulator, "/abort_request", {"abort_all": True})
     assert (response.status_code, response.content) == (200, b"")
     samples = scrape(emulator)
     assert value(samples, "sglang:num_queue_reqs") == 0
-    assert value(samples, "sglang:num_aborted_requests_total") == 4
+    assert value(samples, "sglang:num_aborted_requests_total") == 1  # as SGLang: per call
+    post(emulator, "/abort_request", {"rid": "no-such-request"})
+    assert value(scrape(emulator), "sglang:num_aborted_requests_total") == 1
     assert post(emulator, "/flush_cache").status_code == 200
 
 
@@ -431,7 +439,7 @@ def test_abort_all_ends_requests_waiting_in_a_pause(emulator: Emulator) -> None:
     assert answers[0].json()["meta_info"]["finish_reason"]["type"] == "abort"
     samples = scrape(emulator)
     assert value(samples, "sglang:num_aborted_requests_total") == 1
-    assert value(samples, "sglang:num_requests_total") == 0
+    assert total(samples, "sglang:num_requests_total") == 0
 
 
 # -- faults ----------------------------------------------------------------------------------
@@ -717,7 +725,7 @@ def test_stall_keeps_requests_running_blocks_generate_and_fails_health_at_its_ti
     assert time.monotonic() - began >= 0.2
     samples = scrape(emulator)
     assert value(samples, "sglang:num_running_reqs") == 2
-    assert value(samples, "sglang:generation_tokens_total") == 0
+    assert total(samples, "sglang:generation_tokens_total") == 0
     assert get(emulator, "/server_info").status_code == 200
     assert post(emulator, "/flush_cache").status_code == 400
     assert not answers
@@ -731,12 +739,13 @@ def test_stall_keeps_requests_running_blocks_generate_and_fails_health_at_its_ti
 
 def test_stall_stops_synthetic_load_from_completing(start_emulator: StartEmulator) -> None:
     emulator = start_emulator(load=50)
-    poll(lambda: value(scrape(emulator), "sglang:generation_tokens_total") > 0)
+    poll(lambda: total(scrape(emulator), "sglang:generation_tokens_total") > 0)
     set_fault(emulator, "stall")
     before = scrape(emulator)
     assert get(emulator, "/health").status_code == 503  # waits 0.2 s: time for tokens to move
     after = scrape(emulator)
-    for name in ("sglang:generation_tokens_total", "sglang:num_requests_total"):
+    for name in ("sglang:generation_tokens_total", "sglang:num_requests_total",
+                 "sglang:realtime_tokens_total"):
         assert value(after, name) == value(before, name), name
     assert value(after, "sglang:num_running_reqs") >= 1
     set_fault(emulator, None)
@@ -775,7 +784,7 @@ def test_errors_fault_fails_synthetic_load_too(start_emulator: StartEmulator) ->
     poll(lambda: total(scrape(emulator), "sglang:http_responses_total", **failed) >= 3)
     samples = scrape(emulator)
     assert total(samples, "sglang:http_responses_total", **GENERATE, status_code="200") == 0
-    assert value(samples, "sglang:num_requests_total") == 0
+    assert total(samples, "sglang:num_requests_total") == 0
 
 
 def test_memory_growth_grows_kvcache_at_the_set_rate(start_emulator: StartEmulator) -> None:
@@ -929,3 +938,127 @@ def test_module_parser_takes_load_and_metrics_version() -> None:
     assert (args.load, args.metrics_version) == (5.0, "legacy")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--metrics-version", "0.4"])
+
+
+# -- fidelity to 0.5.23 ------------------------------------------------------------------------
+
+
+def test_a_chunked_request_body_is_read_as_a_gateway_sends_it(emulator: Emulator) -> None:
+    body = json.dumps({"text": "Say something kind.", "sampling_params": {"max_new_tokens": 4}})
+
+    def pieces() -> Any:
+        yield body[:10].encode()
+        yield body[10:].encode()
+
+    response = requests.post(emulator.url + "/generate", data=pieces(), timeout=TIMEOUT,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.json()["meta_info"]["completion_tokens"] == 4
+
+
+def test_streamed_chat_completion_sends_chunks_then_done(emulator: Emulator) -> None:
+    response = post(emulator, "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 5})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert {chunk["object"] for chunk in chunks} == {"chat.completion.chunk"}
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
+    assert text
+    streamed = {"endpoint": "/v1/chat/completions", "method": "POST", "status_code": "200"}
+    samples = scrape(emulator)
+    assert value(samples, "sglang:http_responses_total", **streamed) == 1
+    assert value(samples, "sglang:num_requests_total", is_streaming="true") == 1
+
+
+def test_loads_and_v1_loads_list_one_load_per_dp_rank(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(dp_size=3)
+    for path in ("/loads", "/v1/loads"):
+        body = get(emulator, path).json()
+        assert body["dp_rank_count"] == 3
+        assert [load["dp_rank"] for load in body["loads"]] == [0, 1, 2]
+
+
+def test_warmup_creates_the_latency_series_unless_skipped(start_emulator: StartEmulator) -> None:
+    warm = start_emulator(skip_server_warmup=False)
+    cold = start_emulator(skip_server_warmup=True)
+    warm_page, cold_page = get(warm, "/metrics").text, get(cold, "/metrics").text
+    assert "sglang:time_to_first_token_seconds_count" in warm_page
+    assert "sglang:generation_tokens_total" in warm_page
+    for absent in ("time_to_first_token_seconds", "generation_tokens_total",
+                   "realtime_tokens_total", "num_requests_total"):
+        assert absent not in cold_page, absent
+    assert 'sglang:startup_time_seconds{engine_type="unified"' in cold_page
+    assert value(scrape(warm), "sglang:http_requests_total", endpoint="/generate") == 1
+
+
+def test_a_prefill_worker_observes_no_ttft_itl_or_tpot(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(disaggregation_mode="prefill")
+    generate(emulator, sampling_params={"max_new_tokens": 8})
+    page = get(emulator, "/metrics").text
+    for absent in ("time_to_first_token_seconds", "inter_token_latency_seconds",
+                   "request_time_per_output_token_seconds"):
+        assert absent not in page, absent
+    samples = scrape(emulator)
+    assert value(samples, "sglang:e2e_request_latency_seconds_count",
+                 engine_type="prefill") == 1
+    assert total(samples, "sglang:realtime_tokens_total", mode="decode") == 0
+    assert value(samples, "sglang:realtime_tokens_total", mode="prefill_compute") > 0
+
+
+def test_decode_counter_moves_every_step_of_a_long_request(start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=100.0)
+    worker = threading.Thread(target=generate, args=(emulator,), kwargs={
+        "rid": "long", "sampling_params": {"max_new_tokens": 1000}}, daemon=True)
+    worker.start()
+    poll(lambda: emulator.active_requests >= 1)
+
+    def decoded() -> float:
+        return total(scrape(emulator), "sglang:realtime_tokens_total", mode="decode")
+
+    first = decoded()
+    poll(lambda: decoded() > first + 5)
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_running_reqs") == 1
+    assert total(samples, "sglang:generation_tokens_total") == 0  # nothing finished
+    post(emulator, "/abort_request", {"rid": "long"})
+    worker.join(TIMEOUT)
+
+
+def test_a_restarted_emulator_starts_clean(start_emulator: StartEmulator) -> None:
+    first = start_emulator()
+    post(first, "/abort_request", {"abort_all": True})
+    generate(first, stream=True)
+    assert "num_aborted_requests_total" in get(first, "/metrics").text
+    port = int(first.url.rsplit(":", 1)[1])
+    first.stop()
+    again = start_emulator(port=port)
+    page = get(again, "/metrics").text
+    assert "num_aborted_requests_total" not in page
+    assert 'is_streaming="true"' not in page
+
+
+def test_pause_in_retract_mode_counts_retractions_on_first_use(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=100.0)
+    assert "num_retracted_requests_total" not in get(emulator, "/metrics").text
+    worker = threading.Thread(target=generate, args=(emulator,), kwargs={
+        "rid": "long", "sampling_params": {"max_new_tokens": 1000}}, daemon=True)
+    worker.start()
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    assert post(emulator, "/pause_generation", {"mode": "retract"}).status_code == 200
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_retracted_requests_total") == 1
+    assert value(samples, "sglang:num_retracted_input_tokens_total") > 0
+    assert "pid" in next(s for s in samples if s.name == "sglang:num_retracted_reqs").labels
+    assert (value(samples, "sglang:num_retracted_reqs"), value(samples, "sglang:num_running_reqs"),
+            value(samples, "sglang:num_queue_reqs")) == (1, 0, 1)
+    assert post(emulator, "/continue_generation", {}).status_code == 200
+    samples = scrape(emulator)
+    assert (value(samples, "sglang:num_retracted_reqs"),
+            value(samples, "sglang:num_running_reqs")) == (0, 1)
+    post(emulator, "/abort_request", {"rid": "long"})
+    worker.join(TIMEOUT)

@@ -197,3 +197,31 @@ def test_a_window_still_filling_is_recorded_but_never_opens_an_incident(
         assert decision.opened is None and not decision.evaluated
     with store.session() as session:
         assert queries.check_state(session, "liveness", "local").consecutive_failures == 0
+
+
+def no_data(engine: IncidentEngine, clock: FakeClock) -> None:
+    clock.advance(2)
+    decision = engine.record(CheckResult("liveness", "local", Status.OK, None, "",
+                                         "no data: no observations", 1.0, clock(), counts=False))
+    assert not decision.evaluated and decision.resolved is None
+
+
+def test_no_data_neither_counts_toward_failure_nor_resolves(
+        engine: IncidentEngine, store: Store, clock: FakeClock) -> None:
+    feed(engine, clock, Status.CRITICAL)
+    no_data(engine, clock)  # between two failures: transparent, no reset
+    opened = feed(engine, clock, Status.CRITICAL).opened
+    assert opened is not None
+    for _ in range(3):
+        no_data(engine, clock)  # a server with no traffic after a restart proves nothing
+    assert open_incidents(store) == [opened]
+    assert feed(engine, clock, Status.OK).resolved == opened
+
+
+def test_no_data_does_not_end_a_grace(engine: IncidentEngine, store: Store,
+                                      clock: FakeClock) -> None:
+    feed(engine, clock, Status.CRITICAL)  # the state row exists
+    engine.begin_grace("local", clock() + timedelta(minutes=5))
+    no_data(engine, clock)
+    with store.session() as session:
+        assert queries.check_state(session, "liveness", "local").grace_until is not None

@@ -101,8 +101,8 @@ def test_rate_is_unknown_until_the_window_has_two_samples(run: Callable[[str], C
                                                           clock: FakeClock) -> None:
     fields = 'metric: "sglang:http_responses_total", rate: true, window: 5m'
     first = run(fields)
-    assert first.status is Status.UNKNOWN and "collecting samples for the 5m window" in (
-        first.message)
+    assert (first.status, first.counts) == (Status.OK, False)
+    assert "no data: collecting samples for the 5m window" in first.message
     server.body = page({"200": 120})
     clock.advance(60)
     second = run(fields)
@@ -172,7 +172,7 @@ def test_gauge_change_over_a_window(run: Callable[[str], CheckResult], server: F
     result = run(fields)
     assert result.value == pytest.approx(130) and result.status is Status.CRITICAL
     clock.advance(200)  # the first samples left the window: compare with the newest one only
-    assert run(fields).status is Status.UNKNOWN
+    assert run(fields).counts is False
 
 
 def test_windows_survive_a_new_store_object(run: Callable[[str], CheckResult],
@@ -209,6 +209,9 @@ def test_legacy_tpot_name_answers_for_the_new_one(run: Callable[[str], CheckResu
     ("window: 1m", "`window:` needs one of"),
     ("change_over: 3m, window: 3m", "change_over is itself the window"),
     ("quantile: 1.5, window: 1m", "less than or equal to 1"),
+    ("quantile: 0.9, window: 1m, on_absent: zero", "on_absent: zero does not apply to a "
+                                                    "quantile"),
+    ("on_absent: maybe", "on_absent"),
 ])
 def test_window_config_errors(fields: str, error: str,
                               make_catalog: Callable[[str], Catalog]) -> None:

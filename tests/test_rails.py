@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from sglguard.checks.base import CheckResult, Status
+from sglguard.cli.service import run_by_hand
 from sglguard.config.models import Catalog
 from sglguard.engine import IncidentEngine
 from sglguard.rails import Leases, next_run_allowed
@@ -18,7 +19,7 @@ from sglguard.receiver import AlertReceiver
 from sglguard.service import Service
 from sglguard.silences import add_silence, expire_silence, list_silences, quiet
 from sglguard.store import Store, queries
-from sglguard.store.models import IncidentEventRow, RemediationRunRow
+from sglguard.store.models import CheckResultRow, IncidentEventRow, RemediationRunRow
 
 from conftest import PYTHON, FakeClock, emulator_command, free_port, wait_for
 
@@ -236,6 +237,116 @@ def test_restart_that_does_not_fix_the_check_is_not_verified_and_escalates(
         assert "queue did not pass within" in (runs[0].verification or "")
         first = queries.incidents(session, open_only=False, limit=5)[-1]
         assert first.check_name == "liveness" and first.escalated_at is not None
+
+
+def test_no_data_after_a_restart_does_not_verify_it(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    text = service_catalog(tmp_path, port, receiver.port,
+                           emulator_command(port, "--skip-server-warmup"),
+                           verify=", verify: ttft, verify_within: 3s")
+    text = text.replace("remediations:", """\
+  - {name: ttft, kind: metric, target: local, metric: "sglang:time_to_first_token_seconds",
+     quantile: 0.95, window: 5m, warning: "> 0.5", interval: 30s, timeout: 1s}
+remediations:""")
+    catalog = make_catalog(text)
+    service = Service(catalog, store)
+    service.start()
+    try:
+        wait_for(lambda: _events(store, "not_verified"), 15)
+    finally:
+        service.stop()
+        control = service.runner.control(catalog.targets[0])
+        if control is not None:
+            control.stop()
+    with store.session() as session:
+        runs = session.query(RemediationRunRow).all()
+        assert runs[0].verified is False
+        assert "no data" in (runs[0].verification or "")  # restarted, no request since
+
+
+def test_a_restart_by_hand_with_a_slow_start_up_opens_no_incident(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    catalog = make_catalog(service_catalog(
+        tmp_path, port, receiver.port, emulator_command(port, "--startup-delay", "1.5")))
+    service = Service(catalog, store)
+    control = service.runner.control(catalog.targets[0])
+    assert control is not None
+    control.start()
+    wait_for(lambda: _healthy(port), 10)
+    service.start()
+    try:
+        wait_for(lambda: _latest_status(store, "liveness") == "ok")
+        outcome = run_by_hand(service.runner, store, "restart", "local")
+        assert outcome.outcome == "succeeded"
+        wait_for(lambda: _latest_status(store, "liveness") == "ok")
+    finally:
+        service.stop()
+        control.stop()
+    with store.session() as session:
+        assert queries.incidents(session, open_only=False, limit=5) == []
+        failed = [row for row in session.query(CheckResultRow).filter_by(check_name="liveness")
+                  if row.status != "ok"]
+    assert failed and not any(row.evaluated for row in failed)  # seen, in grace, not counted
+    assert receiver.received() == []
+
+
+def test_a_restart_that_leaves_errors_is_not_verified_by_the_error_ratio(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        receiver: AlertReceiver) -> None:
+    port = free_port()
+    start = emulator_command(port, "--load", "50", "--fault", "errors:0.5")
+    inference = "/generate|/v1/(chat/)?completions"
+    catalog = make_catalog(f"""\
+version: 1
+targets:
+  - name: local
+    url: http://127.0.0.1:{port}
+    control: {{kind: process, start: {json.dumps(start)}, pidfile: local.pid,
+               startup_timeout: 5s, stop_timeout: 2s}}
+checks:
+  - {{name: error-ratio, kind: metric, target: local, metric: sglang:http_responses_total,
+     labels: {{status_code: "5..", endpoint: "{inference}"}}, window: 5m,
+     ratio_to: {{metric: sglang:http_responses_total, labels: {{endpoint: "{inference}"}}}},
+     critical: "> 0.05", interval: 0.5s, timeout: 1s, failure_threshold: 1,
+     remediate: [restart]}}
+remediations:
+  - {{name: restart, kind: restart, verify: error-ratio, verify_within: 1s,
+     budget: {{max: 1, within: 1h}},
+     backoff: {{initial: 0.1s, max: 0.2s}}}}
+notifications: {{group_wait: 0.2s}}
+notifiers: [{{name: ops, urls: ["json://127.0.0.1:{receiver.port}/alerts"]}}]
+""")
+    service = Service(catalog, store)
+    control = service.runner.control(catalog.targets[0])
+    assert control is not None
+    control.start()
+    wait_for(lambda: _healthy(port), 10)
+    service.start()
+    try:
+        wait_for(lambda: _events(store, "not_verified"), 20)
+    finally:
+        service.stop()
+        control.stop()
+    with store.session() as session:
+        runs = session.query(RemediationRunRow).all()
+    assert [(run.outcome, run.verified) for run in runs] == [("succeeded", False)]
+    assert "critical" in (runs[0].verification or "")  # the errors went on after the restart
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _latest_status(store: Store, check: str) -> str | None:
+    with store.session() as session:
+        return queries.latest_status(session, check)
 
 
 def _events(store: Store, kind: str) -> list[str]:

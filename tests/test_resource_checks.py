@@ -169,7 +169,7 @@ def test_gpu_check_memory_growth_over_a_window_fires_past_300_mib(
     nvml.gpus[0].used_mib += 250
     grown_350 = check.execute()
 
-    assert (first.status, first.value) == (Status.UNKNOWN, None)
+    assert (first.status, first.value, first.counts) == (Status.OK, None, False)
     assert "collecting samples for the 3m window" in first.message
     assert (grown_100.status, grown_100.value) == (Status.OK, pytest.approx(100.0))
     assert (grown_350.status, grown_350.value) == (Status.CRITICAL, pytest.approx(350.0))
@@ -203,6 +203,18 @@ def test_gpu_check_nvml_init_failure_is_unknown_and_can_count_as_critical(
     assert (default.status, default.value, default.unit) == (Status.UNKNOWN, None, "%")
     assert default.message == "NVML unavailable: Driver/library version mismatch"
     assert strict.status is Status.CRITICAL
+
+
+def test_gpu_check_on_a_host_without_gpu_can_be_no_data(
+    monkeypatch: pytest.MonkeyPatch, make_check: MakeCheck
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML(FakeGpu(), init_error=9))
+
+    result = make_check({"kind": "gpu", "metric": "temperature_c",
+                         "on_unavailable": "no_data"}).execute()
+
+    assert (result.status, result.value, result.counts) == (Status.OK, None, False)
+    assert result.message.startswith("no data: NVML unavailable")
 
 
 def test_gpu_check_host_without_gpus_is_unavailable(

@@ -174,7 +174,7 @@ class SampleBook(Protocol):
 
 
 class NoWindowYet(Exception):
-    """A windowed value needs an earlier sample than the store has (UNKNOWN, not a breach)."""
+    """A windowed value needs an earlier sample than the store has ("no data", not a breach)."""
 
 
 @dataclass(frozen=True)
@@ -258,8 +258,8 @@ class Check(Generic[ConfigT]):
                 measurement = self.run()
         except TargetError as exc:
             measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
-        except NoWindowYet as exc:
-            measurement = Measurement(None, str(exc), Status.UNKNOWN, counts=False)
+        except NoWindowYet as exc:  # "no data": only an unreadable target is UNKNOWN
+            measurement = Measurement(None, f"no data: {exc}", Status.OK, counts=False)
         except Exception as exc:
             logger.warning("check %s raised", self.config.name, exc_info=True,
                            extra={"check": self.config.name, "target": self.config.target})

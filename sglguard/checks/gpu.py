@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
-from sglguard.checks.metric import Aggregate, aggregate
+from sglguard.checks.metric import Aggregate, aggregate, no_data
 from sglguard.config.types import Duration, format_duration
 
 GpuMetric = Literal["memory_used_mib", "memory_used_ratio", "utilization_percent",
@@ -41,10 +41,10 @@ class GpuCheckConfig(CheckConfig):
     change_over: Duration | None = Field(
         default=None, description="the value now minus the value this long ago, e.g. GPU "
                                   "memory growth: `change_over: 3m` with `critical: '> 300'`")
-    on_unavailable: Literal["unknown", "ok", "warning", "critical"] = Field(
+    on_unavailable: Literal["unknown", "no_data", "ok", "warning", "critical"] = Field(
         default="unknown",
         description="how a host whose NVML cannot start (no GPU, no driver, a driver/library "
-                    "version mismatch) counts")
+                    "version mismatch) counts; no_data: recorded, never counted")
 
     @field_validator("devices")
     @classmethod
@@ -61,9 +61,11 @@ class GpuCheckConfig(CheckConfig):
 class _Unreadable(Exception):
     """An expected NVML failure, with the status it counts as."""
 
-    def __init__(self, message: str, status: Status = Status.UNKNOWN) -> None:
+    def __init__(self, message: str, status: Status = Status.UNKNOWN,
+                 no_data: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.no_data = no_data
 
 
 class _Library:
@@ -171,6 +173,8 @@ class GpuCheck(Check[GpuCheckConfig]):
         try:
             readings = self._bounded(self._read)
         except _Unreadable as exc:
+            if exc.no_data:
+                return no_data(str(exc), unit)
             return Measurement(None, str(exc), exc.status, unit)
         value = aggregate((reading.value for reading in readings), config.aggregate)
         shown = self._describe(readings, value)
@@ -210,11 +214,12 @@ class GpuCheck(Check[GpuCheckConfig]):
 
     def _read(self) -> list[_Reading]:
         config = self.config
-        unavailable = Status.from_label(config.on_unavailable)
+        no_gpu = config.on_unavailable == "no_data"
+        unavailable = Status.OK if no_gpu else Status.from_label(config.on_unavailable)
         try:
             nvml = _NVML.load()
         except _Unreadable as exc:
-            raise _Unreadable(f"NVML unavailable: {exc}", unavailable) from None
+            raise _Unreadable(f"NVML unavailable: {exc}", unavailable, no_gpu) from None
         try:
             count = int(nvml.nvmlDeviceGetCount())
         except nvml.NVMLError as exc:

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from sglguard.checks import pages
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
 from sglguard.checks.promql import (
     ALIASES,
@@ -23,6 +24,7 @@ from sglguard.config.base import ConfigModel
 from sglguard.config.types import Duration, format_duration
 
 Aggregate = Literal["sum", "max", "min", "avg"]
+OnAbsent = Literal["zero", "no_data", "unknown", "critical"]
 MetricName = Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
 
@@ -60,6 +62,10 @@ class MetricCheckConfig(CheckConfig):
     quantile: float | None = Field(default=None, ge=0.0, le=1.0)
     ratio_to: RatioTo | None = None
     change_over: Duration | None = None
+    on_absent: OnAbsent | None = Field(
+        default=None, description="what a page without the metric (or without a matching "
+        "series) means: zero (nothing counted yet; the default of rate, increase and "
+        "ratio_to), no_data (not evaluated; the default of the others), unknown, critical")
 
     _check_labels = field_validator("labels")(_compile_labels)
 
@@ -78,7 +84,19 @@ class MetricCheckConfig(CheckConfig):
             raise ValueError("change_over is itself the window: remove `window:`")
         if self.window is not None and not chosen:
             raise ValueError("`window:` needs one of rate, increase, quantile, ratio_to")
+        if self.on_absent == "zero" and self.quantile is not None:
+            raise ValueError("on_absent: zero does not apply to a quantile (a histogram with "
+                             "no observations has no quantile): use no_data, unknown or "
+                             "critical")
         return self
+
+    @property
+    def absent(self) -> OnAbsent:
+        """`on_absent`, or the default of this check's function."""
+        if self.on_absent is not None:
+            return self.on_absent
+        counted = self.rate or self.increase or self.ratio_to is not None
+        return "zero" if counted else "no_data"
 
     @property
     def shown_unit(self) -> str:
@@ -95,6 +113,8 @@ class MetricCheckConfig(CheckConfig):
 
 def aggregate(values: Iterable[float], how: Aggregate) -> float:
     items = list(values)
+    if not items:
+        return 0.0  # only with on_absent: zero
     if how == "sum":
         return sum(items)
     if how == "max":
@@ -109,7 +129,14 @@ def _matchers(labels: dict[str, str]) -> dict[str, re.Pattern[str]]:
 
 
 class _Missing(Exception):
-    """The metric is not there: UNKNOWN with a reason."""
+    """The metric (or a matching series) is not on a page that was read: judged by
+    `on_absent`."""
+
+
+def no_data(message: str, unit: str = "") -> Measurement:
+    """Nothing to judge (a histogram with no observations in the window, an undefined ratio,
+    an absent metric): recorded, never counted toward a failure threshold or a recovery."""
+    return Measurement(None, f"no data: {message}", Status.OK, unit, counts=False)
 
 
 class MetricCheck(Check[MetricCheckConfig]):
@@ -125,7 +152,8 @@ class MetricCheck(Check[MetricCheckConfig]):
     def run(self) -> Measurement:
         config = self.config
         names = [config.metric] + ([config.ratio_to.metric] if config.ratio_to else [])
-        scrape = Scrape.parse(self.client.metrics_text(timeout=self.timeout), only=names)
+        scrape = pages.scrape(self.client, self.context.target, names, self.timeout,
+                              self.config.interval.total_seconds())
         try:
             if config.quantile is not None:
                 return self._quantile(scrape, config.quantile)
@@ -137,17 +165,34 @@ class MetricCheck(Check[MetricCheckConfig]):
                 return self._change(scrape, config.change_over)
             return self._instant(scrape)
         except _Missing as exc:
-            return Measurement(None, str(exc), Status.UNKNOWN, config.shown_unit)
+            return self._absent(str(exc))
 
-    def _series(self, scrape: Scrape, name: str, matchers: dict[str, re.Pattern[str]],
-                ignore: Iterable[str] = ()) -> tuple[str, dict[str, float]]:
+    def _absent(self, why: str) -> Measurement:
+        how, unit = self.config.absent, self.config.shown_unit
+        if how == "no_data":
+            return no_data(why, unit)
+        if how == "zero":
+            return self._measure(0.0, f"{why}: counts as 0 (on_absent: zero)")
+        status = Status.UNKNOWN if how == "unknown" else Status.CRITICAL
+        return Measurement(None, f"{why} (on_absent: {how})", status, unit)
+
+    def _select(self, scrape: Scrape, name: str, matchers: dict[str, re.Pattern[str]],
+                ignore: Iterable[str] = ()) -> tuple[str, dict[str, float], str | None]:
+        """The name as served, its matching series, and why there are none (or None)."""
         served = scrape.resolve(name)
         if served is None:
-            raise _Missing(f"metric {name} not found in /metrics")
+            return name, {}, f"metric {name} not found in /metrics"
         series = scrape.select(served, matchers, ignore)
         if not series:
             labels = {key: pattern.pattern for key, pattern in matchers.items()}
-            raise _Missing(f"no series of {served} matches labels {labels}")
+            return served, {}, f"no series of {served} matches labels {labels}"
+        return served, series, None
+
+    def _series(self, scrape: Scrape, name: str, matchers: dict[str, re.Pattern[str]],
+                ignore: Iterable[str] = ()) -> tuple[str, dict[str, float]]:
+        served, series, missing = self._select(scrape, name, matchers, ignore)
+        if missing is not None:
+            raise _Missing(missing)
         return served, series
 
     def _measure(self, value: float | None, text: str) -> Measurement:
@@ -166,35 +211,35 @@ class MetricCheck(Check[MetricCheckConfig]):
 
     def _increase(self, scrape: Scrape) -> Measurement:
         config = self.config
-        name, series = self._series(scrape, config.metric, self._matchers)
+        name, series, missing = self._select(scrape, config.metric, self._matchers)
+        # Stored even when absent: the first burst after the series appears is counted.
         elapsed, before, now = self.windowed(lambda prev: carry(prev, series), self._window())
+        if missing is not None and config.absent != "zero":
+            raise _Missing(missing)
         grown = window_increases(before, now)
         per_series = ({key: value / elapsed for key, value in grown.items()} if config.rate
                       else grown)
         value = aggregate(per_series.values(), config.aggregate)
         what = "rate" if config.rate else "increase"
+        note = f"; now {missing} (not counted yet, or gone with a restart)" if missing else ""
         return self._measure(value, f"{what} of {name} over {_span(elapsed)} "
-                                    f"({config.aggregate} of {len(series)} series) = {value:g}")
+                                    f"({config.aggregate} of {len(grown)} series) = {value:g}"
+                                    f"{note}")
 
     def _ratio(self, scrape: Scrape, ratio: RatioTo) -> Measurement:
         config = self.config
-        name = scrape.resolve(config.metric)
-        if name is None:
-            raise _Missing(f"metric {config.metric} not found in /metrics")
-        numerator = scrape.select(name, self._matchers)  # none matching: none counted yet
-        denominator_name = scrape.resolve(ratio.metric)
-        denominator = (scrape.select(denominator_name, _matchers(ratio.labels))
-                       if denominator_name else {})
-        if not denominator:
-            raise _Missing(f"metric {ratio.metric} (the denominator) not found in /metrics")
+        name, numerator, missing = self._select(scrape, config.metric, self._matchers)
+        _, denominator, _ = self._select(scrape, ratio.metric, _matchers(ratio.labels))
         elapsed, before, now = self.windowed(lambda prev: {
             "num": carry(prev and prev.get("num"), numerator),
             "den": carry(prev and prev.get("den"), denominator)}, self._window())
+        if missing is not None and config.absent != "zero":
+            raise _Missing(missing)
         top = sum(window_increases(before.get("num", {}), now["num"]).values())
         bottom = sum(window_increases(before.get("den", {}), now["den"]).values())
         if bottom <= 0:
-            return self._measure(None, f"no {ratio.metric} in the last {_span(elapsed)}: "
-                                       "ratio undefined")
+            return no_data(f"no {ratio.metric} in the last {_span(elapsed)}: ratio undefined",
+                           config.shown_unit)
         value = top / bottom
         return self._measure(value, f"{name} / {ratio.metric} over {_span(elapsed)} = "
                                     f"{top:g} / {bottom:g} = {value:.4g}")
@@ -203,17 +248,20 @@ class MetricCheck(Check[MetricCheckConfig]):
         config = self.config
         names = (config.metric, ALIASES.get(config.metric))
         served = next((f"{name}_bucket" for name in names
-                       if name is not None and f"{name}_bucket" in scrape.samples), None)
-        if served is None:
-            raise _Missing(f"histogram {config.metric} not found in /metrics")
-        _, buckets = self._series(scrape, served, self._matchers, ignore=("le",))
+                       if name is not None and f"{name}_bucket" in scrape.samples),
+                      f"{config.metric}_bucket")
+        _, buckets, missing = self._select(scrape, served, self._matchers, ignore=("le",))
+        if missing is not None and served not in scrape.samples:
+            missing = f"histogram {config.metric} not found in /metrics"
         elapsed, before, now = self.windowed(lambda prev: carry(prev, buckets), self._window())
+        if missing is not None:
+            raise _Missing(missing)
         observed = merge_buckets(window_increases(before, now))
         value = histogram_quantile(quantile, observed)
         count = observed.get(float("inf"), 0.0)
         label = f"p{quantile * 100:g} of {served.removesuffix('_bucket')} over {_span(elapsed)}"
         if value is None:
-            return self._measure(None, f"{label}: no observations in the window")
+            return no_data(f"{label}: no observations in the window", config.shown_unit)
         unit = f" {config.shown_unit}" if config.shown_unit else ""
         return self._measure(value, f"{label} = {value:.4g}{unit} ({count:g} observations)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,56 @@ def _keep_families(text: str, names: Iterable[str]) -> str:
         elif line.startswith(prefixes):
             kept.append(line)
     return "\n".join(kept) + "\n"
+
+
+def _family_key(name: str) -> str:
+    return next((name.removesuffix(s) for s in _SUFFIXES if name.endswith(s)), name)
+
+
+def _wanted(names: Iterable[str]) -> set[str]:
+    return {_family_key(each) for name in names for each in (name, ALIASES.get(name))
+            if each is not None}
+
+
+class Page:
+    """One fetched `/metrics` page, split by family once; each family is parsed at most once,
+    however many checks read it (a big server's page has thousands of series)."""
+
+    def __init__(self, text: str) -> None:
+        self.size = len(text)
+        self._lines: dict[str, list[str]] = {}
+        # A family's lines come together: look its key up only when the name changes.
+        name, lines = "", None
+        for line in text.splitlines():
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) <= 2 or parts[1] not in ("HELP", "TYPE"):
+                    continue
+                current = parts[2]
+            elif line:
+                end = line.find("{")
+                current = line[:end] if end > 0 else line.split(None, 1)[0]
+            else:
+                continue
+            if current != name or lines is None:
+                name = current
+                lines = self._lines.setdefault(_family_key(name), [])
+            lines.append(line)
+        self._parsed: dict[str, dict[str, list[tuple[dict[str, str], float]]]] = {}
+        self._lock = threading.Lock()
+
+    def scrape(self, names: Iterable[str]) -> Scrape:
+        """The samples of the families `names` (and their aliases) belong to."""
+        scrape = Scrape()
+        for key in sorted(_wanted(names)):
+            with self._lock:
+                parsed = self._parsed.get(key)
+                if parsed is None:
+                    parsed = self._parsed[key] = Scrape.parse(
+                        "\n".join(self._lines.get(key, ())) + "\n").samples
+            for name, samples in parsed.items():
+                scrape.samples.setdefault(name, []).extend(samples)
+        return scrape
 
 
 def series_key(labels: Mapping[str, str]) -> str:
@@ -94,17 +145,24 @@ def increases(before: Mapping[str, float], now: Mapping[str, float]) -> dict[str
 
 def carry(previous: Mapping[str, Any] | None, raw: Mapping[str, float]) -> dict[str, Any]:
     """A counter sample: the raw values and running totals corrected for resets, so that an
-    increase over a window counts every reset inside it, not only its two ends."""
+    increase over a window counts every reset inside it, not only its two ends.
+
+    A series missing from a page that was read keeps its running total: SGLang drops a series
+    only when its process restarts, so when it comes back it counts from zero on top of what it
+    had counted (as `increase()` treats a reset). Nothing is ever taken away."""
     if previous is None:
         return {"raw": dict(raw), "adj": dict(raw)}
-    grown = increases(previous.get("raw", {}), raw)
-    adjusted = previous.get("adj", {})
-    return {"raw": dict(raw),
-            "adj": {key: adjusted.get(key, 0.0) + value for key, value in grown.items()}}
+    last_raw = previous.get("raw", {})
+    adjusted = dict(previous.get("adj", {}))
+    for key, value in raw.items():
+        last = last_raw.get(key)
+        grown = value if last is None or value < last else value - last
+        adjusted[key] = adjusted.get(key, 0.0) + grown
+    return {"raw": dict(raw), "adj": adjusted}
 
 
 def window_increases(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, float]:
-    """Per-series increase between two carried samples, never negative."""
+    """Per-series increase between two carried samples (never negative: totals only grow)."""
     start = before.get("adj", {})
     return {key: max(0.0, value - start.get(key, 0.0)) for key, value in now["adj"].items()}
 

@@ -21,13 +21,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 USAGE_ERROR = 2
+PLUGIN_ERROR = 3  # `check` is a Nagios plugin: 2 means critical there, its own errors are 3
 
 
 TRY_AGAIN = 1  # the service may work if started again later: systemd restarts it
 
 
 def fail(message: str, status: int = USAGE_ERROR) -> NoReturn:
-    """A clear one-paragraph error on stderr, exit status 2, no traceback."""
+    """A clear one-paragraph error on stderr, exit status 2 (or `status`), no traceback."""
     click.echo(f"sglguard: {message}", err=True)
     sys.exit(status)
 
@@ -40,6 +41,18 @@ def service_hint(path: Path | str) -> str:
         hint += (" and `systemctl restart sglguard` (systemd does not restart sglguard after "
                  "a configuration error, exit status 2)")
     return hint
+
+
+class PluginCommand(click.Command):
+    """A command run as a Nagios plugin: a usage error exits 3 (UNKNOWN), not click's 2."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            exc.exit_code = PLUGIN_ERROR  # type: ignore[misc]  # click reads it per instance
+            raise
 
 def config_option(command: F) -> F:
     return click.option(
@@ -57,21 +70,24 @@ def setup_logging(level: str, kind: str = "text") -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def load(config_path: str | None, *, service: bool = False) -> tuple[Path, Catalog]:
-    """The catalog, or exit 2 naming every problem (`service`: and how to get going again)."""
+def load(config_path: str | None, status: int = USAGE_ERROR, *,
+         service: bool = False) -> tuple[Path, Catalog]:
+    """The catalog, or exit `status` naming every problem (`service`: and how to get going
+    again)."""
     from sglguard.config.loader import ConfigError, find_catalog, load_catalog
 
     try:
         path = find_catalog(config_path)
         return path, load_catalog(path)
     except ConfigError as exc:
-        fail(str(exc) + (service_hint(exc.source) if service else ""))
+        fail(str(exc) + (service_hint(exc.source) if service else ""), status)
 
 
 def open_store(catalog: Catalog, *, migrate_apart: bool = False,
-               service: Path | None = None) -> Store:
-    """The store, or exit: 2 when its configuration is wrong, 1 (for the service, whose
-    catalog is `service`) when it may answer later, as PostgreSQL starting after sglguard."""
+               service: Path | None = None, status: int = USAGE_ERROR) -> Store:
+    """The store, or exit: `status` (2) when its configuration is wrong, 1 (for the service,
+    whose catalog is `service`) when it may answer later, as PostgreSQL starting after
+    sglguard."""
     from sglguard.store import Store, StoreError
 
     try:
@@ -80,7 +96,7 @@ def open_store(catalog: Catalog, *, migrate_apart: bool = False,
         if service is not None and exc.transient:
             fail(f"{exc} (not reachable yet? exiting with status 1 so that a supervisor such "
                  "as systemd starts sglguard again)", TRY_AGAIN)
-        fail(str(exc) + (service_hint(service) if service is not None else ""))
+        fail(str(exc) + (service_hint(service) if service is not None else ""), status)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

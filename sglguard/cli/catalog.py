@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.cli import PLUGIN_ERROR, PluginCommand, config_option, fail, load, main, open_store
 
 if TYPE_CHECKING:
     from sglguard.config.models import Catalog
@@ -173,23 +173,27 @@ def validate_dict(path: Path, catalog: Catalog, warnings: list[str]) -> dict[str
     }
 
 
-@main.command()
+@main.command(cls=PluginCommand)
 @config_option
 @click.option("--only", "only", multiple=True, metavar="NAME", help="run only this check")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON array")
 def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None:
-    """Run each check once now, store the results; exit status is the worst status."""
+    """Run each check once now, store the results; exit status as a Nagios plugin: 2 if any
+    check is critical, else 1 for a warning, else 3 for an unknown, else 0; its own errors
+    (catalog, arguments, store) exit 3."""
+
     from sglguard import output
     from sglguard.service import run_once
     from sglguard.store import queries
 
-    _, catalog = load(config_path)
+    _, catalog = load(config_path, PLUGIN_ERROR)
     names = [item.name for item in catalog.checks]
     unknown = [name for name in only if name not in names]
     if unknown:
-        fail(f"unknown check {', '.join(unknown)} (known: {', '.join(names) or 'none'})")
+        fail(f"unknown check {', '.join(unknown)} (known: {', '.join(names) or 'none'})",
+             PLUGIN_ERROR)
     selected = [name for name in names if not only or name in only]
-    store = open_store(catalog)
+    store = open_store(catalog, status=PLUGIN_ERROR)
     results = run_once(catalog, store, selected)
     for retry in store.retrying():
         with retry, store.session() as session:

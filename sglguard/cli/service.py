@@ -221,6 +221,10 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
     finally:
         leases.release(target)
         agents.leave()
+    if control is not None and outcome.outcome != "succeeded":
+        with store.session() as session:  # nothing restarted: failures count again
+            for state in queries.target_states(session, target):
+                state.grace_until = None
     clear_escalations(store, target, utcnow(), f"sglguard remediate {name}")
     return outcome
 
@@ -244,11 +248,22 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
 @click.option("--metrics-version", type=click.Choice(["0.5.23", "legacy"]), default="0.5.23",
               show_default=True,
               help="SGLang release to pose as; legacy = the older release of SGLang's docs sample")
-
-
+@click.option("--dp-size", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="data-parallel ranks: one series per rank on scheduler families")
+@click.option("--enable-priority-scheduling", is_flag=True,
+              help="queue/running gauges also per priority, totals under priority=\"\"")
+@click.option("--disaggregation-mode", type=click.Choice(["null", "prefill", "decode"]),
+              default="null", show_default=True,
+              help="a PD role; a prefill worker observes no TTFT/ITL/TPOT")
+@click.option("--skip-server-warmup", is_flag=True,
+              help="no warm-up request: latency and token series appear with the first request")
+@click.option("--decode-speed", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="tokens/s per request, held running (long requests last minutes); 0: at once")
 def emulator(port: int, host: str, model_path: str | None, max_running_requests: int | None,
              api_key: str | None, startup_delay: float, health_latency: float | None,
-             fault: str | None, load: float, metrics_version: str) -> None:
+             fault: str | None, load: float, metrics_version: str, dp_size: int,
+             enable_priority_scheduling: bool, disaggregation_mode: str,
+             skip_server_warmup: bool, decode_speed: float) -> None:
     """A stand-in SGLang server for demos and tests."""
     from sglguard.emulator import EmulatorOptions, parse_fault, run_emulator
 
@@ -259,7 +274,11 @@ def emulator(port: int, host: str, model_path: str | None, max_running_requests:
             fail(f"--fault: {exc}")
     options: dict[str, Any] = {"host": host, "port": port, "startup_delay": startup_delay,
                                "fault": fault, "api_key": api_key, "load": load,
-                               "metrics_version": metrics_version}
+                               "metrics_version": metrics_version, "dp_size": dp_size,
+                               "enable_priority_scheduling": enable_priority_scheduling,
+                               "disaggregation_mode": disaggregation_mode,
+                               "skip_server_warmup": skip_server_warmup,
+                               "decode_speed": decode_speed}
     if model_path is not None:
         options["model_path"] = model_path
     if max_running_requests is not None:

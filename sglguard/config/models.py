@@ -64,6 +64,14 @@ class TargetConfig(ConfigModel):
     admin_api_key: SecretStr | None = None
     timeout: Duration = timedelta(seconds=10)
     control: ControlConfig | None = None
+    metrics_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="where metric and progress checks read the Prometheus page (a proxy, a "
+                    "gateway's metrics port); no API key is sent there. Default: url/metrics")
+    metrics_max_age: DurationOrZero = Field(
+        default=timedelta(seconds=5),
+        description="checks of this target starting within this long of a scrape share it "
+                    "(one GET /metrics per tick); 0s: each check fetches its own")
 
 
 class NotifierConfig(ConfigModel):

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from .faults import VALID_MODES, parse_optional_fault
-from .options import MAX_LOAD_RPS, EmulatorOptions
+from .options import DISAGGREGATION_MODES, MAX_LOAD_RPS, EmulatorOptions
 from .profiles import METRICS_VERSIONS
 from .runner import run_emulator
 
@@ -48,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.metrics_version,
         help="SGLang release to pose as; legacy = the older release of SGLang's docs sample",
     )
+    parser.add_argument("--dp-size", type=int, default=defaults.dp_size,
+                        help="data-parallel ranks (one scheduler, one series per family, each)")
+    parser.add_argument("--enable-priority-scheduling", action="store_true",
+                        help="queue/running gauges also per priority; totals under priority=\"\"")
+    parser.add_argument("--disaggregation-mode", choices=DISAGGREGATION_MODES,
+                        default=defaults.disaggregation_mode,
+                        help="a PD role: a prefill worker observes no TTFT/ITL/TPOT")
+    parser.add_argument("--skip-server-warmup", action="store_true",
+                        help="no warm-up request: latency and token series appear with the "
+                             "first request")
+    parser.add_argument("--decode-speed", type=float, default=defaults.decode_speed,
+                        help="tokens/s per request, held running (long requests last minutes); "
+                             "0 answers at once")
     return parser
 
 
@@ -67,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             health_latency=args.health_latency,
             load=args.load,
             metrics_version=args.metrics_version,
+            dp_size=args.dp_size,
+            enable_priority_scheduling=args.enable_priority_scheduling,
+            disaggregation_mode=args.disaggregation_mode,
+            skip_server_warmup=args.skip_server_warmup,
+            decode_speed=args.decode_speed,
         )
     except ValueError as exc:
         parser.error(str(exc))

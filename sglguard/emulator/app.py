@@ -48,6 +48,7 @@ ROUTES: dict[str, Route] = {
     "/get_model_info": Route(info.model_info, GET),
     "/v1/models": Route(info.v1_models, GET),
     "/v1/loads": Route(info.v1_loads, GET),
+    "/loads": Route(info.v1_loads, GET),
     "/generate": Route(inference.generate, POST, inference=True),
     "/v1/chat/completions": Route(inference.chat_completions, POST, inference=True),
     "/v1/completions": Route(inference.completions, POST, inference=True),

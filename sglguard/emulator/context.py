@@ -9,7 +9,8 @@ from .controller import FaultController
 from .faults import Fault
 from .options import EmulatorOptions
 from .profiles import PROFILES, MetricsProfile
-from .state import TOKENS_PER_GB, EmulatorState, Snapshot
+from .snapshot import Snapshot
+from .state import TOKENS_PER_GB, EmulatorState
 
 # SGLANG_HEALTH_CHECK_TIMEOUT: how long /health waits for output before answering 503.
 HEALTH_CHECK_TIMEOUT_S = 20.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import EmulatorContext
-from .state import GenerationRecord
+from .snapshot import GenerationRecord
 from .structured import Constraint, constrained_text, violating_text
 from .textgen import output_pieces, prompt_tokens, synth_words, word_pieces
 from .wire import BadRequest
@@ -38,6 +38,7 @@ class Job:
     started: float  # time.monotonic() when the request arrived
     # Synthetic load (--load): held running for its modelled duration; fault delays modelled.
     synthetic: bool = False
+    priority: int | None = None  # with --enable-priority-scheduling
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,9 @@ def run_job(ctx: EmulatorContext, job: Job) -> Outcome:
     """Queue, 'generate' and record one request; faults hold it while it runs."""
     state = ctx.state
     prompt = prompt_tokens(job.prompt)
-    cached = state.admit(job.rid, prompt)
+    cached = state.admit(job.rid, prompt, job.priority)
+    if job.constraint is not None:
+        state.count_structured_request()
     try:
         backlog = state.queued_by_fault
         if not state.wait_to_run(job.rid):
@@ -110,6 +113,12 @@ def _generate(ctx: EmulatorContext, job: Job, adm: _Admitted) -> Outcome | None:
     decode = DECODE_ITL_S * max(len(pieces) - 1, 0)
     if job.synthetic and not ctx.state.hold(job.rid, prefill + decode):
         return None
+    speed = ctx.options.decode_speed
+    if speed > 0 and not job.synthetic:  # a real-time decode: the request runs that long
+        decode = len(pieces) / speed
+        ctx.state.begin_decode(job.rid, len(pieces))
+        if not ctx.state.hold(job.rid, decode):
+            return None
     extra = _first_token_delay(ctx, job)
     rec = GenerationRecord(
         prompt_tokens=adm.prompt_tokens,

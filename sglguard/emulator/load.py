@@ -120,3 +120,21 @@ def serve_synthetic(ctx: EmulatorContext, number: int) -> int:
     finally:
         state.http_finished(ENDPOINT, METHOD, status)
     return status
+
+
+WARMUP_PROMPT = "The capital city of France is"
+WARMUP_NEW_TOKENS = 8
+
+
+def warm_up(ctx: EmulatorContext) -> None:
+    """SGLang's warm-up: one POST /generate as start-up ends (unless --skip-server-warmup), so
+    the latency histograms and token counters exist before the first real request."""
+    state = ctx.state
+    state.http_started(ENDPOINT, METHOD)
+    status = 500
+    try:
+        run_job(ctx, Job(new_rid(), WARMUP_PROMPT, WARMUP_NEW_TOKENS, None, False,
+                         time.monotonic()))
+        status = 200
+    finally:
+        state.http_finished(ENDPOINT, METHOD, status)

@@ -9,6 +9,9 @@ from . import histograms as h
 
 # What one finished request can add to a histogram; a profile says which family shows which.
 Source = Literal["ttft", "itl", "tpot", "e2e", "queue"]
+# Which process writes a family: the HTTP/tokenizer process (labels model_name, engine_type)
+# or a scheduler, one per DP rank (also tp_rank, pp_rank, moe_ep_rank, dp_rank, priority).
+Collector = Literal["tokenizer", "scheduler"]
 
 DEFAULT_METRICS_VERSION = "0.5.23"
 
@@ -22,6 +25,8 @@ class HistogramFamily:
     source: Source
     buckets: tuple[float, ...]
     streaming_label: bool = False  # split series by is_streaming
+    collector: Collector = "tokenizer"
+    latency: bool = False  # a PD prefill worker never observes it (TTFT, ITL, TPOT)
 
 
 @dataclass(frozen=True)
@@ -30,16 +35,27 @@ class MetricsProfile:
 
     version: str  # what /server_info and /v1/loads report
     extra_labels: tuple[tuple[str, str], ...]  # scheduler labels besides model_name
-    gauges: tuple[tuple[str, str], ...]  # (name, help)
-    counters: tuple[tuple[str, str], ...]
+    gauges: tuple[tuple[str, str], ...]  # (name, help), one series per scheduler (DP rank)
+    counters: tuple[tuple[str, str, Collector], ...]  # (name, help, collector)
     histograms: tuple[HistogramFamily, ...]
     http_metrics: bool  # sglang:http_requests_total and friends
     health_generates: bool  # /health runs a 1-token generation (else a plain 200)
     renamed_endpoints: bool  # /server_info, /model_info exist (else only /get_server_info, ...)
     graph_by_phase: bool  # memory_usage.graph is a dict by phase (else a number)
+    tokenizer_gauges: tuple[tuple[str, str], ...] = ()  # (name, help), by `phase`
+    engine_type_label: bool = False  # tokenizer families carry engine_type too
+    streaming_counters: bool = False  # token and request counters split by is_streaming
 
-    def scheduler_labels(self, model_name: str) -> dict[str, str]:
-        return {"model_name": model_name, **dict(self.extra_labels)}
+    def scheduler_labels(self, model_name: str, engine_type: str = "unified") -> dict[str, str]:
+        labels = {"model_name": model_name, **dict(self.extra_labels)}
+        if "engine_type" in labels:
+            labels["engine_type"] = engine_type
+        return labels
+
+    def tokenizer_labels(self, model_name: str, engine_type: str = "unified") -> dict[str, str]:
+        if self.engine_type_label:
+            return {"model_name": model_name, "engine_type": engine_type}
+        return {"model_name": model_name}
 
 
 CURRENT = MetricsProfile(
@@ -61,17 +77,35 @@ CURRENT = MetricsProfile(
         ("gen_throughput", "The generation throughput (token/s)."),
         ("utilization", "The utilization."),
         ("num_retracted_reqs", "The number of currently retracted requests."),
+        ("num_paused_reqs", "The number of paused requests by async weight sync."),
+        ("kv_used_tokens", "KV cache slots held by running requests."),
+        ("kv_available_tokens", "Free KV cache slots."),
+        ("kv_evictable_tokens", "KV cache slots holding evictable prefix-cache data."),
     ),
     counters=(
-        ("prompt_tokens_total", "Number of prefill tokens processed."),
-        ("generation_tokens_total", "Number of generation tokens processed."),
-        ("cached_tokens_total", "Number of cached prompt tokens."),
-        ("num_requests_total", "Number of requests processed."),
-        ("num_aborted_requests_total", "Number of requests aborted."),
-        ("num_retracted_requests_total", "Number of retracted requests."),
-        ("num_grammar_aborted_total", "Number of grammar-constrained requests aborted."),
-        ("num_grammar_timeout_total", "Number of grammar compilations that timed out."),
+        ("prompt_tokens_total", "Number of prefill tokens processed.", "tokenizer"),
+        ("generation_tokens_total", "Number of generation tokens processed.", "tokenizer"),
+        ("cached_tokens_total", "Number of cached prompt tokens.", "tokenizer"),
+        ("num_requests_total", "Number of requests processed.", "tokenizer"),
+        ("num_so_requests_total", "Number of structured output requests processed.",
+         "tokenizer"),
+        ("num_aborted_requests_total", "Number of requests aborted.", "tokenizer"),
+        ("realtime_tokens_total", "Total number of tokens processed (updated on each log "
+         "interval). mode: prefill_compute, prefill_cache, decode.", "scheduler"),
+        ("num_retracted_requests_total", "Number of retracted requests.", "scheduler"),
+        ("num_retracted_input_tokens_total", "Number of retracted input tokens.", "scheduler"),
+        ("num_retracted_output_tokens_total", "Number of retracted output tokens.",
+         "scheduler"),
+        ("num_grammar_aborted_total", "Number of grammar-constrained requests aborted.",
+         "scheduler"),
+        ("num_grammar_timeout_total", "Number of grammar compilations that timed out.",
+         "scheduler"),
     ),
+    tokenizer_gauges=(
+        ("startup_time_seconds", "Server startup time by phase in seconds."),
+    ),
+    engine_type_label=True,
+    streaming_counters=True,
     histograms=(
         HistogramFamily(
             "time_to_first_token_seconds",
@@ -79,13 +113,14 @@ CURRENT = MetricsProfile(
             "ttft",
             h.TTFT_BUCKETS,
             streaming_label=True,
+            latency=True,
         ),
         HistogramFamily(
             "inter_token_latency_seconds",
             "Histogram of inter-token latency in seconds.",
             "itl",
             h.ITL_BUCKETS,
-            streaming_label=True,
+            latency=True,
         ),
         HistogramFamily(
             "request_time_per_output_token_seconds",
@@ -93,6 +128,7 @@ CURRENT = MetricsProfile(
             "tpot",
             h.TPOT_BUCKETS,
             streaming_label=True,
+            latency=True,
         ),
         HistogramFamily(
             "e2e_request_latency_seconds",
@@ -102,7 +138,11 @@ CURRENT = MetricsProfile(
             streaming_label=True,
         ),
         HistogramFamily(
-            "queue_time_seconds", "Histogram of queueing time in seconds.", "queue", h.QUEUE_BUCKETS
+            "queue_time_seconds",
+            "Histogram of queueing time in seconds.",
+            "queue",
+            h.QUEUE_BUCKETS,
+            collector="scheduler",
         ),
     ),
     http_metrics=True,
@@ -126,8 +166,8 @@ LEGACY = MetricsProfile(
         ("num_queue_reqs", "The number of requests in the waiting queue"),
     ),
     counters=(
-        ("prompt_tokens_total", "Number of prefill tokens processed."),
-        ("generation_tokens_total", "Number of generation tokens processed."),
+        ("prompt_tokens_total", "Number of prefill tokens processed.", "scheduler"),
+        ("generation_tokens_total", "Number of generation tokens processed.", "scheduler"),
     ),
     histograms=(
         HistogramFamily(

@@ -64,11 +64,14 @@ def pause_generation(ctx: EmulatorContext, req: Request) -> Reply:
     if mode == "abort":
         ctx.abort(None)
     ctx.state.set_flag("paused", True)
+    if mode == "retract":
+        ctx.state.retract_running()
     return json_reply(200, {"message": "Generation paused successfully.", "status": "ok"})
 
 
 def continue_generation(ctx: EmulatorContext, req: Request) -> Reply:
     req.json()  # a malformed body is still a 400
+    ctx.state.resume_retracted()
     ctx.state.set_flag("paused", False)
     return json_reply(200, {"message": "Generation continued successfully.", "status": "ok"})
 

@@ -38,10 +38,16 @@ def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
     if isinstance(prompts, list):
         jobs = [Job(new_rid(), p, max_new_tokens, constraint, False, started) for p in prompts]
         return json_reply(200, [_answer(run_job(ctx, job)) for job in jobs])
-    outcome = run_job(ctx, Job(rid, prompts, max_new_tokens, constraint, stream, started))
+    outcome = run_job(ctx, Job(rid, prompts, max_new_tokens, constraint, stream, started,
+                                priority=_priority(body)))
     if stream:
         return StreamReply(200, _stream_events(ctx, outcome))
     return json_reply(200, _answer(outcome))
+
+
+def _priority(body: Mapping[str, Any]) -> int | None:
+    value = body.get("priority")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _prompts(body: Mapping[str, Any]) -> str | list[str]:
@@ -103,7 +109,7 @@ def _grammar_failure(rid: str, message: str, stream: bool, started: float) -> Re
     return StreamReply(200, [sse_event({"text": "", "meta_info": meta}), sse_event("[DONE]")])
 
 
-def chat_completions(ctx: EmulatorContext, req: Request) -> Reply:
+def chat_completions(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
     body = _openai_body(req)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -114,7 +120,10 @@ def chat_completions(ctx: EmulatorContext, req: Request) -> Reply:
         for m in messages
         if isinstance(m, dict)
     )
-    out = _run_openai(ctx, body, prompt)
+    stream = body.get("stream") is True
+    out = _run_openai(ctx, body, prompt, stream)
+    if stream:
+        return StreamReply(200, _chat_chunks(ctx, body, out))
     message = {
         "role": "assistant",
         "content": out.text,
@@ -129,6 +138,29 @@ def chat_completions(ctx: EmulatorContext, req: Request) -> Reply:
         "matched_stop": None,
     }
     return json_reply(200, _openai_envelope(ctx, body, out, "chat.completion", choice))
+
+
+def _chat_chunks(ctx: EmulatorContext, body: Mapping[str, Any], out: Outcome) -> Iterator[bytes]:
+    """Server-sent `chat.completion.chunk` events: the role, the text in pieces, the finish
+    reason, then `data: [DONE]`, as SGLang streams a chat completion."""
+    if out.first_token_delay and not ctx.faults.sleep(out.first_token_delay):
+        return
+    model = body.get("model") if isinstance(body.get("model"), str) else ctx.model_name
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish,
+                  "matched_stop": None}
+        return sse_event({"id": out.rid, "object": "chat.completion.chunk", "created": created,
+                          "model": model, "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    total = out.completion_tokens
+    step = max(1, math.ceil(total / MAX_STREAM_EVENTS))
+    for begin in range(0, total, step):
+        yield chunk({"content": "".join(out.pieces[begin:begin + step])}, None)
+    yield chunk({}, _openai_finish(out))
+    yield sse_event("[DONE]")
 
 
 def completions(ctx: EmulatorContext, req: Request) -> Reply:
@@ -168,13 +200,15 @@ def _openai_body(req: Request) -> dict[str, Any]:
         raise _openai_error(400, str(exc.body)) from None
 
 
-def _run_openai(ctx: EmulatorContext, body: Mapping[str, Any], prompt: str) -> Outcome:
+def _run_openai(ctx: EmulatorContext, body: Mapping[str, Any], prompt: str,
+                stream: bool = False) -> Outcome:
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     try:
         max_tokens = read_max_new_tokens(body, key)
     except BadRequest:
         raise _openai_error(400, f"{key} must be a non-negative integer") from None
-    job = Job(new_rid(), prompt, max_tokens, None, False, time.monotonic())
+    job = Job(new_rid(), prompt, max_tokens, None, stream, time.monotonic(),
+              priority=_priority(body))
     return run_job(ctx, job)
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .context import EmulatorContext
-from .metrics import render_metrics
+from .metrics import Launch, render_metrics
 from .state import GRAPH_GB, KV_CACHE_GB, MAX_TOTAL_NUM_TOKENS, WEIGHT_GB
 from .wire import Reply, Request, empty_reply, json_reply
 
@@ -42,7 +42,10 @@ def ping(ctx: EmulatorContext, req: Request) -> Reply:
 
 
 def metrics(ctx: EmulatorContext, req: Request) -> Reply:
-    text = render_metrics(ctx.snapshot(), ctx.model_name, ctx.profile)
+    opts = ctx.options
+    launch = Launch(engine_type=opts.engine_type, dp_size=opts.dp_size,
+                    priority_scheduling=opts.enable_priority_scheduling)
+    text = render_metrics(ctx.snapshot(), ctx.model_name, ctx.profile, launch)
     return Reply(200, text.encode(), PROMETHEUS_TYPE)
 
 
@@ -93,7 +96,11 @@ def server_info_body(ctx: EmulatorContext) -> dict[str, Any]:
         "launch_command": _launch_command(ctx),
         "max_total_num_tokens": MAX_TOTAL_NUM_TOKENS,
         "version": ctx.version,
-        "internal_states": [internal],
+        "dp_size": opts.dp_size,
+        "enable_priority_scheduling": opts.enable_priority_scheduling,
+        "disaggregation_mode": opts.disaggregation_mode,
+        "skip_server_warmup": opts.skip_server_warmup,
+        "internal_states": [internal] * opts.dp_size,
     }
 
 
@@ -163,35 +170,39 @@ def v1_models(ctx: EmulatorContext, req: Request) -> Reply:
 
 
 def v1_loads(ctx: EmulatorContext, req: Request) -> Reply:
+    """/v1/loads (and /loads): one load per DP rank, and their aggregate."""
     snap = ctx.snapshot()
-    load = {
-        "dp_rank": 0,
-        "num_running_reqs": snap.num_running_reqs,
-        "num_waiting_reqs": snap.num_queue_reqs,
-        "num_total_reqs": snap.num_running_reqs + snap.num_queue_reqs,
-        "num_used_tokens": snap.num_used_tokens,
-        "max_total_num_tokens": snap.max_total_num_tokens,
-        "token_usage": round(snap.token_usage, 6),
-        "gen_throughput": round(snap.gen_throughput, 3),
-        "cache_hit_rate": round(snap.cache_hit_rate, 6),
-        "utilization": snap.utilization,
-        "max_running_requests": snap.max_running_requests,
-    }
+    loads = []
+    for rank, view in enumerate(snap.ranks):
+        loads.append({
+            "dp_rank": rank,
+            "num_running_reqs": view.num_running_reqs,
+            "num_waiting_reqs": view.num_queue_reqs,
+            "num_total_reqs": view.num_running_reqs + view.num_queue_reqs,
+            "num_used_tokens": view.num_used_tokens,
+            "max_total_num_tokens": view.max_total_num_tokens,
+            "token_usage": round(view.token_usage, 6),
+            "gen_throughput": round(view.gen_throughput, 3),
+            "cache_hit_rate": round(view.cache_hit_rate, 6),
+            "utilization": view.utilization,
+            "max_running_requests": snap.max_running_requests,
+        })
+    count = max(len(loads), 1)
     aggregate = {
-        "total_running_reqs": load["num_running_reqs"],
-        "total_waiting_reqs": load["num_waiting_reqs"],
-        "total_reqs": load["num_total_reqs"],
-        "avg_token_usage": load["token_usage"],
-        "avg_throughput": load["gen_throughput"],
-        "avg_utilization": load["utilization"],
+        "total_running_reqs": snap.num_running_reqs,
+        "total_waiting_reqs": snap.num_queue_reqs,
+        "total_reqs": snap.num_running_reqs + snap.num_queue_reqs,
+        "avg_token_usage": round(sum(item["token_usage"] for item in loads) / count, 6),
+        "avg_throughput": round(sum(item["gen_throughput"] for item in loads) / count, 3),
+        "avg_utilization": sum(item["utilization"] for item in loads) / count,
     }
     return json_reply(
         200,
         {
             "timestamp": datetime.now(UTC).isoformat(),
             "version": ctx.version,
-            "dp_rank_count": 1,
-            "loads": [load],
+            "dp_rank_count": len(loads),
+            "loads": loads,
             "aggregate": aggregate,
         },
     )

@@ -14,7 +14,7 @@ from types import FrameType, TracebackType
 from .context import EmulatorContext
 from .controller import FaultController
 from .faults import parse_optional_fault
-from .load import SyntheticLoad
+from .load import SyntheticLoad, warm_up
 from .options import EmulatorOptions
 from .profiles import PROFILES
 from .server import EmulatorHTTPServer
@@ -46,7 +46,14 @@ class Emulator:
         ctx = EmulatorContext(
             options,
             EmulatorState(
-                options.max_running_requests, PROFILES[options.metrics_version].histograms
+                options.max_running_requests,
+                PROFILES[options.metrics_version].histograms,
+                dp_size=options.dp_size,
+                priority_scheduling=options.enable_priority_scheduling,
+                prefill_only=options.disaggregation_mode == "prefill",
+                decode_only=options.disaggregation_mode == "decode",
+                decode_speed=options.decode_speed,
+                streaming_counters=PROFILES[options.metrics_version].streaming_counters,
             ),
             FaultController(self._crash, clock),
         )
@@ -78,8 +85,25 @@ class Emulator:
             self._load = load
         logger.info("emulator listening on %s", self.url)
         self._ctx.set_fault(self._initial_fault)
+        if self.options.startup_delay > 0 or self._initial_fault is not None:
+            threading.Thread(target=self._ready, name="sglguard-emulator-warmup",
+                             daemon=True).start()
+        else:
+            self._ready()  # at once: a test sees the warmed-up server as start() returns
         if load is not None:
             load.start()  # after the initial fault, so that a `stall` at launch holds it too
+
+    def _ready(self) -> None:
+        """What SGLang does as start-up ends: report its phases, send one warm-up request."""
+        delay = self.options.startup_delay
+        if delay > 0 and not self._ctx.state.pause_for(delay):
+            return
+        spent = max(delay, 0.05)
+        self._ctx.state.set_startup({
+            "load_weight": round(spent * 0.55, 3), "kv_cache_allocation": round(spent * 0.05, 3),
+            "scheduler_e2e": round(spent * 0.9, 3), "tokenizer_e2e": round(spent, 3)})
+        if not self.options.skip_server_warmup:
+            warm_up(self._ctx)
 
     def stop(self) -> None:
         """Close the server: stop accepting, wake requests held by faults, cut connections."""

@@ -108,16 +108,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_request(self) -> Request | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self._refuse(411, "chunked request bodies are not supported; send Content-Length")
-            return None
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= MAX_BODY_BYTES:
-            self._refuse(400, "bad Content-Length")
-            return None
-        body = self.rfile.read(length) if length else b""
+            # A gateway forwards a body over 1 MiB chunked; SGLang (uvicorn) takes it.
+            chunked = self._read_chunked()
+            if chunked is None:
+                self._refuse(400, "bad chunked request body")
+                return None
+            body = chunked
+        else:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY_BYTES:
+                self._refuse(400, "bad Content-Length")
+                return None
+            body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         return Request(
             method=self.command,
@@ -126,6 +131,25 @@ class _Handler(BaseHTTPRequestHandler):
             headers={key.lower(): value for key, value in self.headers.items()},
             body=body,
         )
+
+    def _read_chunked(self) -> bytes | None:
+        """The body of a chunked request; None when malformed or past MAX_BODY_BYTES."""
+        body = bytearray()
+        while True:
+            size_line = self.rfile.readline(1024)
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                return None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+            if size < 0 or len(body) + size > MAX_BODY_BYTES:
+                return None
+            body += self.rfile.read(size)
+            if self.rfile.readline(1024) not in (b"\r\n", b"\n"):
+                return None
 
     def _refuse(self, status: int, message: str) -> None:
         self.close_connection = True

@@ -9,8 +9,9 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from .histograms import Histogram, HistogramView
+from .histograms import Histogram
 from .profiles import CURRENT, HistogramFamily, Source
+from .snapshot import GenerationRecord, RankView, SeriesKey, Snapshot
 
 # Sized like Llama-3.1-8B in bf16 on one 80 GB GPU at mem_fraction_static 0.88:
 # 32 layers x 8 KV heads x 128 dims x (K, V) x 2 bytes = 128 KiB per token.
@@ -21,17 +22,6 @@ TOKENS_PER_GB = 8192
 MAX_TOTAL_NUM_TOKENS = int(KV_CACHE_GB * TOKENS_PER_GB)
 
 
-COUNTER_NAMES = (
-    "prompt_tokens_total",
-    "generation_tokens_total",
-    "cached_tokens_total",
-    "num_requests_total",
-    "num_aborted_requests_total",
-    "num_retracted_requests_total",
-    "num_grammar_aborted_total",
-    "num_grammar_timeout_total",
-)
-
 PREFIX_CACHE_TOKENS = 4096  # per remembered prompt
 PREFIX_CACHE_PROMPTS = 32
 
@@ -39,48 +29,17 @@ PREFIX_CACHE_PROMPTS = 32
 THROUGHPUT_WINDOW_S = 10.0
 
 
-@dataclass(frozen=True)
-class GenerationRecord:
-    """What one finished generation adds to the metrics."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    queue_time: float
-    ttft: float
-    itl: float
-    e2e: float
-    streaming: bool
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A consistent copy of everything the metrics and info endpoints report."""
-
-    num_running_reqs: int
-    num_queue_reqs: int
-    num_used_tokens: int
-    max_total_num_tokens: int
-    max_running_requests: int
-    token_usage: float
-    cache_hit_rate: float
-    gen_throughput: float
-    last_gen_throughput: float
-    utilization: float
-    num_grammar_queue_reqs: int
-    num_retracted_reqs: int
-    counters: dict[str, int]
-    histograms: dict[tuple[str, str], HistogramView]
-    http_requests: dict[tuple[str, str], int]
-    http_responses: dict[tuple[str, str, str], int]
-    http_active: dict[tuple[str, str], int]
-
-
 @dataclass
 class _Flight:
     tokens: int
+    rank: int = 0
+    priority: int | None = None
     running: bool = False
     aborted: bool = False
+    decode_target: int = 0  # tokens to decode in real time (--decode-speed), 0: none
+    decoded: float = 0.0  # of those, counted in realtime_tokens_total so far
+    last_step: float = 0.0
+    retracted: bool = False  # sent back to the queue (pause mode "retract") until resumed
 
 
 @dataclass
@@ -106,19 +65,38 @@ class EmulatorState:
         self,
         max_running_requests: int,
         histograms: tuple[HistogramFamily, ...] = CURRENT.histograms,
+        *,
+        dp_size: int = 1,
+        priority_scheduling: bool = False,
+        prefill_only: bool = False,
+        decode_only: bool = False,
+        decode_speed: float = 0.0,
+        streaming_counters: bool = True,
     ) -> None:
         self.cond = threading.Condition()
         self._families = histograms
-        self.max_running_requests = max_running_requests
+        self.max_running_requests = max_running_requests  # per DP rank, as SGLang's
+        self.dp_size = dp_size
+        self.priority_scheduling = priority_scheduling
+        self.prefill_only = prefill_only  # a PD prefill worker: no decode, no TTFT/ITL/TPOT
+        self.decode_only = decode_only  # a PD decode worker: its KV arrives, no prefill step
+        self.decode_speed = decode_speed
+        self.streaming_counters = streaming_counters
         self.flags = _Flags()
         self.queued_by_fault = 0
         self._flights: dict[str, _Flight] = {}
-        self._counters = dict.fromkeys(COUNTER_NAMES, 0)
-        self._histograms: dict[tuple[str, str], Histogram] = {}
+        self._next_rank = 0
+        self._priorities: set[int] = set()
+        # Series exist once first written (created on first use), as in prometheus_client.
+        self._counters: dict[SeriesKey, float] = {}
+        self._histograms: dict[SeriesKey, Histogram] = {}
         self._http = _Http()
         self._prefixes: deque[tuple[str, ...]] = deque(maxlen=PREFIX_CACHE_PROMPTS)
+        self._prompt_tokens = 0
+        self._cached_tokens = 0
         self._last_throughput = 0.0
         self._last_finished = -math.inf
+        self._startup: dict[str, float] = {}
 
     # -- lifecycle flags -------------------------------------------------------------------
 
@@ -173,8 +151,9 @@ class EmulatorState:
 
     # -- requests in flight ----------------------------------------------------------------
 
-    def admit(self, rid: str, prompt: Sequence[str]) -> int:
-        """Register a request as waiting; return how many prompt tokens the prefix cache holds."""
+    def admit(self, rid: str, prompt: Sequence[str], priority: int | None = None) -> int:
+        """Register a request as waiting (on the next DP rank, round robin); return how many
+        prompt tokens the prefix cache holds."""
         # Comparing the head of each prompt is enough to emulate hits and keeps admission cheap.
         key = tuple(prompt[:PREFIX_CACHE_TOKENS])
         tokens = len(prompt)
@@ -183,22 +162,34 @@ class EmulatorState:
             # As in SGLang, at least one prompt token is always computed, never all from cache.
             cached = max(0, min(cached, tokens - 1))
             self._prefixes.append(key)
-            self._flights[rid] = _Flight(tokens=tokens)
+            if self.priority_scheduling:
+                priority = 0 if priority is None else priority
+                self._priorities.add(priority)
+            rank, self._next_rank = self._next_rank, (self._next_rank + 1) % self.dp_size
+            self._flights[rid] = _Flight(tokens=tokens, rank=rank, priority=priority)
             return cached
 
     def wait_to_run(self, rid: str) -> bool:
         """Wait while paused or at max_running_requests; False if aborted or stopping."""
         with self.cond:
             flight = self._flights[rid]
-            self.cond.wait_for(lambda: flight.aborted or self.flags.stopping or self._can_run())
+            self.cond.wait_for(
+                lambda: flight.aborted or self.flags.stopping or self._can_run(flight.rank))
             if flight.aborted or self.flags.stopping:
                 return False
             flight.running = True
             return True
 
-    def _can_run(self) -> bool:
-        running = sum(1 for f in self._flights.values() if f.running)
+    def _can_run(self, rank: int) -> bool:
+        running = sum(1 for f in self._flights.values() if f.running and f.rank == rank)
         return not self.flags.paused and running < self.max_running_requests
+
+    def begin_decode(self, rid: str, tokens: int) -> None:
+        """From now on the request decodes `tokens` at decode_speed: each step counts."""
+        with self.cond:
+            flight = self._flights.get(rid)
+            if flight is not None:
+                flight.decode_target, flight.last_step = tokens, time.monotonic()
 
     def hold(self, rid: str, seconds: float) -> bool:
         """Keep a request running for `seconds`; False if it is aborted or the server stops."""
@@ -219,7 +210,9 @@ class EmulatorState:
             self.cond.notify_all()
 
     def abort(self, rid: str | None) -> int:
-        """Abort one request (by rid) or, with None, everything running or waiting."""
+        """Abort one request (by rid) or, with None, everything running or waiting; return how
+        many. As SGLang, num_aborted_requests_total counts the abort call once (abort_all
+        included), and nothing for a rid it does not know."""
         with self.cond:
             hits = [f for r, f in self._flights.items() if (rid is None or r == rid)]
             hits = [f for f in hits if not f.aborted]
@@ -229,7 +222,8 @@ class EmulatorState:
             if rid is None:
                 aborted += self.queued_by_fault
                 self.queued_by_fault = 0
-            self._counters["num_aborted_requests_total"] += aborted
+            if rid is None or hits:
+                self._count("num_aborted_requests_total", 1)
             self.cond.notify_all()
             return aborted
 
@@ -254,15 +248,45 @@ class EmulatorState:
             if self.flags.stopping or flight is None or flight.aborted:
                 return None
             waited = time.monotonic() - began
-            self._add(replace(rec, ttft=rec.ttft + waited, e2e=rec.e2e + waited))
+            self._add(replace(rec, ttft=rec.ttft + waited, e2e=rec.e2e + waited), flight)
             return waited
 
-    def _add(self, rec: GenerationRecord) -> None:
-        counters = self._counters
-        counters["prompt_tokens_total"] += rec.prompt_tokens
-        counters["generation_tokens_total"] += rec.completion_tokens
-        counters["cached_tokens_total"] += rec.cached_tokens
-        counters["num_requests_total"] += 1
+    def _count(self, name: str, amount: float, rank: int | None = None,
+               labels: dict[str, str] | None = None) -> None:
+        key = (name, rank, tuple(sorted((labels or {}).items())))
+        self._counters[key] = self._counters.get(key, 0.0) + amount
+
+    def _tokenizer_labels(self, flight: _Flight, streaming: bool | None) -> dict[str, str]:
+        labels = {} if streaming is None else {"is_streaming": "true" if streaming else "false"}
+        if self.priority_scheduling:
+            labels["priority"] = str(flight.priority)
+        return labels
+
+    def _add(self, rec: GenerationRecord, flight: _Flight) -> None:
+        self._step(time.monotonic())
+        per_request = self._tokenizer_labels(
+            flight, rec.streaming if self.streaming_counters else None)
+        self._count("prompt_tokens_total", rec.prompt_tokens, None, per_request)
+        self._count("generation_tokens_total", rec.completion_tokens, None, per_request)
+        self._count("num_requests_total", 1, None, per_request)
+        if rec.cached_tokens:
+            self._count("cached_tokens_total", rec.cached_tokens, None, {"cache_source": "device"})
+        self._prompt_tokens += rec.prompt_tokens
+        self._cached_tokens += rec.cached_tokens
+        if not self.decode_only:
+            self._realtime(flight.rank, "prefill_compute", rec.prompt_tokens - rec.cached_tokens)
+            self._realtime(flight.rank, "prefill_cache", rec.cached_tokens)
+        if not self.prefill_only:
+            self._realtime(flight.rank, "decode", rec.completion_tokens - flight.decoded)
+        self._observe(rec, flight)
+        tokens = rec.completion_tokens
+        if tokens > 0 and rec.e2e > rec.ttft:
+            self._last_throughput = tokens / (rec.e2e - rec.ttft)
+        self._last_finished = time.monotonic()
+
+    def _observe(self, rec: GenerationRecord, flight: _Flight) -> None:
+        """The latency histograms one finished request adds to (none of TTFT, ITL and TPOT on
+        a PD prefill worker)."""
         tokens = rec.completion_tokens
         values: dict[Source, tuple[float, int]] = {
             "ttft": (rec.ttft, 1),
@@ -272,25 +296,69 @@ class EmulatorState:
         if tokens > 1:
             values["itl"] = (rec.itl, tokens - 1)
             values["tpot"] = ((rec.e2e - rec.ttft) / (tokens - 1), 1)
-        streaming = "true" if rec.streaming else "false"
         for family in self._families:
-            if family.source in values:
-                value, times = values[family.source]
-                self._observe(family, streaming if family.streaming_label else "", value, times)
-        if tokens > 0 and rec.e2e > rec.ttft:
-            self._last_throughput = tokens / (rec.e2e - rec.ttft)
-        self._last_finished = time.monotonic()
+            if family.source not in values or (family.latency and self.prefill_only):
+                continue
+            value, times = values[family.source]
+            if family.collector == "scheduler":
+                key: SeriesKey = (family.name, flight.rank, ())
+            else:
+                labels = self._tokenizer_labels(
+                    flight, rec.streaming if family.streaming_label else None)
+                key = (family.name, None, tuple(sorted(labels.items())))
+            histogram = self._histograms.get(key)
+            if histogram is None:
+                histogram = self._histograms[key] = Histogram(family.buckets)
+            histogram.observe(value, times)
+
+    def _realtime(self, rank: int, mode: str, tokens: float) -> None:
+        if tokens > 0:  # SGLang skips a zero delta: each mode appears with its first token
+            self._count("realtime_tokens_total", tokens, rank, {"mode": mode})
+
+    def _step(self, now: float) -> None:
+        """Count the decode steps of requests decoding in real time since the last look (none
+        while stalled or paused: a stuck scheduler decodes nothing)."""
+        for flight in self._flights.values():
+            if not flight.decode_target or not flight.running or flight.aborted:
+                continue
+            if self._producing() and not self.prefill_only:
+                left = flight.decode_target - flight.decoded
+                done = min(left, self.decode_speed * (now - flight.last_step))
+                flight.decoded += done
+                self._realtime(flight.rank, "decode", done)
+            flight.last_step = now
+
+    def retract_running(self) -> int:
+        """Send every running request back to the queue, counting the retraction and its
+        tokens as SGLang's scheduler does; return how many."""
+        with self.cond:
+            hits = [f for f in self._flights.values()
+                    if f.running and not f.retracted and not f.aborted]
+            for flight in hits:
+                flight.retracted = True
+                self._count("num_retracted_requests_total", 1, flight.rank)
+                self._count("num_retracted_input_tokens_total", flight.tokens, flight.rank)
+                self._count("num_retracted_output_tokens_total", int(flight.decoded),
+                            flight.rank)
+            return len(hits)
+
+    def resume_retracted(self) -> None:
+        with self.cond:
+            for flight in self._flights.values():
+                flight.retracted = False
+            self.cond.notify_all()
 
     def count_grammar_abort(self) -> None:
         with self.cond:
-            self._counters["num_grammar_aborted_total"] += 1
+            self._count("num_grammar_aborted_total", 1, 0)
 
-    def _observe(self, family: HistogramFamily, streaming: str, value: float, times: int) -> None:
-        key = (family.name, streaming)
-        histogram = self._histograms.get(key)
-        if histogram is None:
-            histogram = self._histograms[key] = Histogram(family.buckets)
-        histogram.observe(value, times)
+    def count_structured_request(self) -> None:
+        with self.cond:
+            self._count("num_so_requests_total", 1)
+
+    def set_startup(self, phases: dict[str, float]) -> None:
+        with self.cond:
+            self._startup = dict(phases)
 
     def http_started(self, endpoint: str, method: str) -> None:
         with self.cond:
@@ -306,34 +374,79 @@ class EmulatorState:
     def snapshot(self, leaked_tokens: int = 0) -> Snapshot:
         """Copy the state; `leaked_tokens` (the memory_growth fault) count as used KV tokens."""
         with self.cond:
-            running = [f for f in self._flights.values() if f.running]
-            # A stalled scheduler shows at least the request it is stuck on.
-            num_running = max(len(running), 1) if self.flags.stalled else len(running)
-            used = min(sum(f.tokens for f in running) + leaked_tokens, MAX_TOTAL_NUM_TOKENS)
-            prompt = self._counters["prompt_tokens_total"]
+            self._step(time.monotonic())
+            ranks = tuple(self._rank_view(rank, leaked_tokens if rank == 0 else 0)
+                          for rank in range(self.dp_size))
+            running = sum(view.num_running_reqs for view in ranks)
+            used = sum(view.num_used_tokens for view in ranks)
+            capacity = MAX_TOTAL_NUM_TOKENS * self.dp_size
+            prompt = self._prompt_tokens
             recent = time.monotonic() - self._last_finished < THROUGHPUT_WINDOW_S
             return Snapshot(
-                num_running_reqs=num_running,
-                num_queue_reqs=len(self._flights) - len(running) + self.queued_by_fault,
+                num_running_reqs=running,
+                num_queue_reqs=sum(view.num_queue_reqs for view in ranks),
                 num_used_tokens=used,
-                max_total_num_tokens=MAX_TOTAL_NUM_TOKENS,
+                max_total_num_tokens=capacity,
                 max_running_requests=self.max_running_requests,
-                token_usage=used / MAX_TOTAL_NUM_TOKENS,
-                cache_hit_rate=self._counters["cached_tokens_total"] / prompt if prompt else 0.0,
+                token_usage=used / capacity,
+                cache_hit_rate=self._cached_tokens / prompt if prompt else 0.0,
                 gen_throughput=self._last_throughput if recent and not self.flags.stalled else 0.0,
                 last_gen_throughput=self._last_throughput,
-                utilization=num_running / self.max_running_requests,
+                utilization=running / (self.max_running_requests * self.dp_size),
                 num_grammar_queue_reqs=0,  # grammars compile at once here
-                num_retracted_reqs=0,  # the emulated KV cache never runs short
+                num_retracted_reqs=sum(view.num_retracted_reqs for view in ranks),
                 counters=dict(self._counters),
                 histograms={k: h.view() for k, h in self._histograms.items()},
                 http_requests=dict(self._http.requests),
                 http_responses=dict(self._http.responses),
                 http_active=dict(self._http.active),
+                ranks=ranks,
+                priorities=tuple(sorted(self._priorities)),
+                startup=dict(self._startup),
             )
+
+    def _rank_view(self, rank: int, leaked_tokens: int) -> RankView:
+        flights = [f for f in self._flights.values() if f.rank == rank]
+        running = [f for f in flights if f.running and not f.retracted]
+        waiting = [f for f in flights if not f.running or f.retracted]
+        # A stalled scheduler shows at least the request it is stuck on.
+        num_running = max(len(running), 1) if self.flags.stalled and rank == 0 else len(running)
+        used = min(sum(f.tokens for f in running) + leaked_tokens, MAX_TOTAL_NUM_TOKENS)
+        evictable = min(sum(len(p) for p in self._prefixes) // self.dp_size,
+                        MAX_TOTAL_NUM_TOKENS - used)
+        recent = time.monotonic() - self._last_finished < THROUGHPUT_WINDOW_S
+        queued = len(waiting) + (self.queued_by_fault if rank == 0 else 0)
+        prompt = self._prompt_tokens
+        return RankView(
+            num_running_reqs=num_running,
+            num_queue_reqs=queued,
+            running_by_priority=_by_priority(running, self._priorities),
+            queue_by_priority=_by_priority(waiting, self._priorities),
+            num_used_tokens=used,
+            max_total_num_tokens=MAX_TOTAL_NUM_TOKENS,
+            token_usage=used / MAX_TOTAL_NUM_TOKENS,
+            cache_hit_rate=self._cached_tokens / prompt if prompt else 0.0,
+            gen_throughput=(self._last_throughput / self.dp_size
+                            if recent and not self.flags.stalled else 0.0),
+            utilization=num_running / self.max_running_requests,
+            num_grammar_queue_reqs=0,
+            num_retracted_reqs=sum(1 for f in flights if f.retracted),
+            num_paused_reqs=len(running) if self.flags.paused else 0,
+            kv_used_tokens=used,
+            kv_available_tokens=MAX_TOTAL_NUM_TOKENS - used - evictable,
+            kv_evictable_tokens=evictable,
+        )
 
     def close(self) -> None:
         self.set_flag("stopping", True)
+
+
+def _by_priority(flights: Sequence[_Flight], known: set[int]) -> dict[int, int]:
+    counts = dict.fromkeys(known, 0)
+    for flight in flights:
+        if flight.priority is not None:
+            counts[flight.priority] = counts.get(flight.priority, 0) + 1
+    return counts
 
 
 def _common_prefix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
