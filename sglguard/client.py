@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import re
@@ -10,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -20,6 +21,16 @@ from urllib3.exceptions import (
     MaxRetryError,
     NewConnectionError,
     ReadTimeoutError,
+)
+
+from sglguard.bounded import (
+    POOL_CLASSES,
+    WATCHDOG,
+    Guard,
+    Overrun,
+    guarded,
+    iter_capped,
+    read_capped,
 )
 
 logger = logging.getLogger(__name__)
@@ -46,6 +57,123 @@ class TargetTimeout(TargetError):
     """The server accepted the connection or the request but did not answer in time."""
 
     reason = "timeout"
+
+
+class AnswerTooLarge(TargetError):
+    """The answer, decompressed, went past the size cap; reading stopped there."""
+
+    reason = "too_large"
+
+
+MAX_REDIRECTS = 5
+_CURRENT: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("fetch", default=None)
+
+
+class _GuardedAdapter(HTTPAdapter):
+    """requests' adapter whose connections attach to the fetch's guard (see bounded.py)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = POOL_CLASSES
+        return manager
+
+
+@contextlib.contextmanager
+def _bounded(method: str, path: str, limit: float, where: str,
+             owner: SGLangClient | None = None) -> Iterator[Guard]:
+    """One fetch within `limit` seconds of wall time (and the run's budget) and the size cap,
+    with network errors turned into TargetErrors; a fetch inside another shares its guard."""
+    outer = _CURRENT.get()
+    if outer is not None:
+        yield outer
+        return
+    guard = Guard(limit)
+    guard.owner = owner
+    if owner is not None and owner.aborted:
+        guard.expire("aborted")
+    token = _CURRENT.set(guard)
+    try:
+        with guarded(guard), _network_errors(method, path, guard.allowed, where):
+            try:
+                guard.check()
+                yield guard
+            except Overrun as exc:
+                raise _overrun(exc, guard, method, path) from None
+            except Exception:
+                if guard.expired is None:
+                    raise
+                raise _overrun(Overrun("timeout", ""), guard, method, path) from None
+    finally:
+        _CURRENT.reset(token)
+
+
+def _overrun(exc: Overrun, guard: Guard, method: str, path: str) -> TargetError:
+    if guard.expired == "aborted":
+        return TargetError(f"{method} {path}: abandoned, sglguard is stopping")
+    if exc.reason == "timeout" or guard.expired:
+        return TargetTimeout(f"{method} {path}: timed out, no answer within {guard.allowed:g} s "
+                             "(connect, headers and body together)")
+    if exc.reason == "too_large":
+        return AnswerTooLarge(f"{method} {path}: {exc}, stopped reading (max_answer)")
+    return TargetError(f"{method} {path}: {exc}")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80,
+                                                                    "https": 443}.get(scheme)
+
+
+def _send(session: requests.Session, prepared: requests.PreparedRequest, guard: Guard,
+          method: str, path: str) -> requests.Response:
+    """Send with the guard's time left; follow redirects only within the same scheme, host
+    and port (a redirect elsewhere would carry the request, and its keys, to another server)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        left = guard.remaining()
+        response = session.send(prepared, timeout=(left, left), stream=True,
+                                allow_redirects=False)
+        if not response.is_redirect:
+            return response
+        response.close()
+        target = urljoin(prepared.url or "", response.headers.get("location", ""))
+        if _origin(target) != _origin(prepared.url or ""):
+            scheme, host, port = _origin(target)
+            raise TargetError(f"{method} {path}: redirected to another server "
+                              f"({scheme}://{host}:{port}), not followed")
+        prepared = _redirected(prepared, target, response.status_code)
+    raise TargetError(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
+
+
+def _redirected(prepared: requests.PreparedRequest, url: str,
+                status: int) -> requests.PreparedRequest:
+    again = prepared.copy()
+    again.prepare_url(url, None)
+    if status == 303 or (status in (301, 302) and again.method == "POST"):
+        again.method = "GET" if again.method != "HEAD" else "HEAD"
+        again.body = None
+        for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
+            again.headers.pop(name, None)
+    return again
+
+
+def _load(response: requests.Response, guard: Guard) -> requests.Response:
+    """Read the body of a streamed response within the guard: what `.content` would do,
+    bounded."""
+    try:
+        content = read_capped(response.raw, guard)
+    except BaseException:
+        response.close()
+        raise
+    response._content = content  # requests keeps the body here
+    response._content_consumed = True  # type: ignore[attr-defined]
+    response.raw.release_conn()
+    return response
 
 
 def redact_secrets(value: Any, secrets: Sequence[str] = ()) -> Any:
@@ -164,8 +292,12 @@ def post_json(url: str, body: Any, *, headers: Mapping[str, str], timeout: float
     """POST JSON to a URL that is not an SGLang server (a webhook), with the same timeout and
     error handling as everything else sglguard sends; errors name it as `shown`."""
     label = shown or url
-    with _network_errors("POST", label, timeout, label), requests.Session() as session:
-        return _answer(session.post(url, json=body, headers=dict(headers), timeout=timeout))
+    with requests.Session() as session, _bounded("POST", label, timeout, label) as guard:
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, _GuardedAdapter())
+        prepared = session.prepare_request(requests.Request(
+            "POST", url, json=body, headers=dict(headers)))
+        return _answer(_load(_send(session, prepared, guard, "POST", label), guard))
 
 
 class SGLangClient:
@@ -188,12 +320,12 @@ class SGLangClient:
         # outbound traffic, not for a local inference server (and reading them every request
         # was a third of a probe's CPU).
         self._session.trust_env = False
-        self._adapter = HTTPAdapter()  # requests' default, kept at hand for `probe`
+        self._adapter = _GuardedAdapter()  # kept at hand for `probe`
         for scheme in ("http://", "https://"):
             self._session.mount(scheme, self._adapter)
         self._prepared: dict[tuple[str, str, bool], requests.PreparedRequest] = {}
         self._pool: urllib3.HTTPConnectionPool | None = None
-        self._timeouts: dict[float, urllib3.Timeout] = {}
+        self.aborted = False
         self._retries = urllib3.Retry(0, read=False)  # as requests' adapter: never retried
 
     def __repr__(self) -> str:  # never shows the keys
@@ -202,6 +334,17 @@ class SGLangClient:
     def close(self) -> None:
         self._session.close()
         self._pool = None
+
+    def abort(self) -> None:
+        """End every fetch in flight now and refuse new ones: the service is stopping."""
+        self.aborted = True
+        for guard in WATCHDOG.in_flight():
+            if guard.owner is self:
+                guard.expire("aborted")
+
+    def _fetch(self, method: str, path: str,
+               limit: float) -> contextlib.AbstractContextManager[Guard]:
+        return _bounded(method, path, limit, self.base_url, self)
 
     def request(
         self,
@@ -214,14 +357,17 @@ class SGLangClient:
         admin: bool = False,
         stream: bool = False,
     ) -> requests.Response:
-        """Send one request; network failures become TargetError subclasses."""
+        """Send one request; network failures become TargetError subclasses. The answer is
+        read whole within `timeout` (wall time) and the size cap, unless `stream`: then the
+        caller reads it inside its own `_fetch`."""
         limit = self.timeout if timeout is None else timeout
         if json is None and not params:
             prepared = self._bodiless(method, path, admin)
         else:
             prepared = self._prepare(method, path, admin, json, params)
-        with _network_errors(method, path, limit, self.base_url):
-            return self._session.send(prepared, timeout=limit, stream=stream)
+        with self._fetch(method, path, limit) as guard:
+            response = _send(self._session, prepared, guard, method, path)
+            return response if stream else _load(response, guard)
 
     def probe(self, method: str, path: str, *, timeout: float | None = None) -> Probe:
         """A bodiless request that a check repeats every few seconds, read whole.
@@ -231,26 +377,24 @@ class SGLangClient:
         was about a third of a probe's CPU. Errors are the same TargetErrors."""
         limit = self.timeout if timeout is None else timeout
         prepared = self._bodiless(method, path, False)
-        bound = self._timeouts.get(limit)
-        if bound is None:
-            bound = self._timeouts[limit] = urllib3.Timeout(connect=limit, read=limit)
-        with _network_errors(method, path, limit, self.base_url):
+        with self._fetch(method, path, limit) as guard:
             pool = self._pool
             if pool is None:
                 # One host per client: the session's pool manager never evicts this pool.
                 pool = self._pool = cast(urllib3.HTTPConnectionPool, self._adapter
                                          .get_connection_with_tls_context(prepared, verify=True))
+            left = guard.remaining()
             response = pool.urlopen(
                 method, prepared.path_url, headers=prepared.headers, redirect=False,
                 assert_same_host=False, preload_content=False, retries=self._retries,
-                timeout=bound)
-        try:
-            with _network_errors(method, path, limit, self.base_url):
-                body = response.read(decode_content=True)
-        except TargetTimeout:  # the headers came in time, the body did not
-            raise _late_body(method, path, limit) from None
-        finally:
-            response.release_conn()
+                timeout=urllib3.Timeout(connect=left, read=left))
+            try:
+                body = read_capped(response, guard)
+            except BaseException:
+                response.close()  # an unread rest must not reach the next request
+                raise
+            finally:
+                response.release_conn()
         return Probe(response.status, body)
 
     def _bodiless(self, method: str, path: str, admin: bool) -> requests.PreparedRequest:
@@ -280,28 +424,30 @@ class SGLangClient:
     def generate(self, body: dict[str, Any], *, timeout: float) -> Generation:
         """POST /generate, streamed when `body["stream"]`; times first token and total."""
         began = time.perf_counter()
-        response = self.request("POST", "/generate", json=body, timeout=timeout,
-                                stream=bool(body.get("stream")))
-        with response:
-            if response.status_code != 200:
-                return Generation(response.status_code, error=error_message(response),
-                                  total=time.perf_counter() - began)
-            if not body.get("stream"):
-                answer = _json_object(response, "/generate")
-                meta = answer.get("meta_info") or {}
-                finish = meta.get("finish_reason") if isinstance(meta, dict) else None
-                elapsed = time.perf_counter() - began
-                return Generation(200, str(answer.get("text") or ""), None, elapsed, finish,
-                                  aborted=_abort_message(finish))
-            return self._read_stream(response, began, began + timeout)
+        streamed = bool(body.get("stream"))
+        with self._fetch("POST", "/generate", timeout) as guard:
+            response = self.request("POST", "/generate", json=body, timeout=timeout,
+                                    stream=streamed)
+            with response:
+                if streamed and response.status_code == 200:
+                    return self._read_stream(response, began, guard)
+                if streamed:
+                    _load(response, guard)
+        if response.status_code != 200:
+            return Generation(response.status_code, error=error_message(response),
+                              total=time.perf_counter() - began)
+        answer = _json_object(response, "/generate")
+        meta = answer.get("meta_info") or {}
+        finish = meta.get("finish_reason") if isinstance(meta, dict) else None
+        elapsed = time.perf_counter() - began
+        return Generation(200, str(answer.get("text") or ""), None, elapsed, finish,
+                          aborted=_abort_message(finish))
 
     def _read_stream(self, response: requests.Response, began: float,
-                     deadline: float) -> Generation:
+                     guard: Guard) -> Generation:
         result = Generation(200)
         try:
-            for line in response.iter_lines(decode_unicode=True):
-                if time.perf_counter() > deadline:
-                    raise TargetTimeout("POST /generate: stream still running at the timeout")
+            for line in _lines(iter_capped(response.raw, guard)):
                 if not line or not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -315,9 +461,9 @@ class SGLangClient:
                 meta = chunk.get("meta_info") or {}
                 result.finish_reason = meta.get("finish_reason", result.finish_reason)
                 result.aborted = _abort_message(result.finish_reason) or result.aborted
-        except requests.RequestException as exc:
-            if _in_chain(exc, ReadTimeoutError) or isinstance(exc, requests.Timeout):
-                raise TargetTimeout("POST /generate: the stream stopped (timed out)") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if guard.expired is not None or _in_chain(exc, ReadTimeoutError):
+                raise
             raise TargetError(f"POST /generate: stream broke: {_short(exc)}") from None
         except ValueError:
             raise TargetError("POST /generate: a stream event is not JSON") from None
@@ -403,6 +549,18 @@ class Generation:
     finish_reason: Any = None
     error: str | None = None  # the server's error message, for a non-200 answer
     aborted: str | None = None  # the message of an abort chunk in a stream
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Lines of a server-sent event stream (its chunks are already capped in total)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 def _json_object(response: requests.Response, path: str) -> dict[str, Any]:

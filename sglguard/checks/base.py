@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Typ
 
 from pydantic import Field, field_validator, model_validator
 
+from sglguard.bounded import DEFAULT_MAX_ANSWER, budget
 from sglguard.client import REDACTED, SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
-from sglguard.config.types import Duration, Threshold, ThresholdField, format_duration
+from sglguard.config.types import ByteSize, Duration, Threshold, ThresholdField, format_duration
 
 if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
@@ -75,6 +76,10 @@ class CheckConfig(KindModel):
     target: Name
     interval: Duration = timedelta(seconds=30)
     timeout: Duration = timedelta(seconds=10)
+    max_answer: ByteSize = Field(
+        default=DEFAULT_MAX_ANSWER,
+        description="largest answer read from the server, counted after decompression; "
+                    "a larger one is an UNKNOWN result")
     jitter: Duration | None = Field(
         default=None, description="random delay added to each run; default 10% of interval"
     )
@@ -246,7 +251,9 @@ class Check(Generic[ConfigT]):
         started_at = self.context.clock()
         began = time.perf_counter()
         try:
-            measurement = self.run()
+            # The timeout is the whole run's wall time, whatever the server's pace.
+            with budget(self.timeout, self.config.max_answer):
+                measurement = self.run()
         except TargetError as exc:
             measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
         except NoWindowYet as exc:
