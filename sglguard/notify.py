@@ -22,11 +22,11 @@ from urllib.parse import parse_qsl, urlsplit
 from tenacity import RetryError, Retrying, stop_after_attempt, wait_exponential
 
 from sglguard import messages, reminders
-from sglguard.client import REDACTED
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
 from sglguard.grouping import Grouper, Held
 from sglguard.notice import FOLLOW_UPS, REMINDS, Message, host_name
+from sglguard.redact import clean, remember
 from sglguard.routing import Router
 from sglguard.store import Store, queries
 from sglguard.store.models import IncidentRow
@@ -320,7 +320,9 @@ class Notifications:
         for url in notifier.urls:
             if not sender.add(url.get_secret_value()):
                 return "Apprise could not load one of the notifier's URLs"
-        options: dict[str, Any] = {"body": body, "title": title,
+        # Plain text: server text must not become mentions, links or markup in a chat.
+        options: dict[str, Any] = {"body": clean(body), "title": clean(title, one_line=True),
+                                   "body_format": apprise.NotifyFormat.TEXT,
                                    "notify_type": apprise.NotifyType(_TYPES.get(severity, "info"))}
         if "timeout" in inspect.signature(sender.notify).parameters:  # Apprise 2
             options["timeout"] = (notifier.timeout or self.settings.timeout).total_seconds()
@@ -353,6 +355,5 @@ class Notifications:
             logger.exception("could not record a notification attempt for %s", notifier)
 
     def _redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        remember(self.secrets)
+        return clean(text)

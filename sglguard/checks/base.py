@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Typ
 from pydantic import Field, field_validator, model_validator
 
 from sglguard.bounded import DEFAULT_MAX_ANSWER, budget
-from sglguard.client import REDACTED, SGLangClient, TargetError
+from sglguard.client import SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
 from sglguard.config.types import ByteSize, Duration, Threshold, ThresholdField, format_duration
+from sglguard.redact import clean, remember
 
 if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
@@ -278,7 +279,5 @@ class Check(Generic[ConfigT]):
         )
 
     def _redact(self, text: str) -> str:
-        for secret in self.context.secrets:
-            if secret:
-                text = text.replace(secret, REDACTED)
-        return text
+        remember(self.context.secrets)
+        return clean(text)

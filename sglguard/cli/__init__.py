@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from sglguard import __version__
+from sglguard.redact import install_log_filter
 
 if TYPE_CHECKING:
     from sglguard.config.models import Catalog
@@ -38,6 +39,7 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, level.upper()), stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    install_log_filter()  # every line: one line, secrets replaced, escapes neutralised
     for noisy in ("apscheduler", "urllib3", "alembic", "apprise", "tzlocal"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

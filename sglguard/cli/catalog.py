@@ -3,7 +3,6 @@ incidents."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
                 queries.add_result(session, result)
     items = [output.result_dict(result) for result in results]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        click.echo(output.json_text(items))
     else:
         output.results_table(Console(), items, "checks")
     sys.exit(int(output.worst(results)))
@@ -111,7 +110,7 @@ def history(config_path: str | None, check_name: str | None, limit: int, as_json
     with open_store(catalog).session() as session:
         items = [output.row_dict(row) for row in queries.recent_results(session, check_name, limit)]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        click.echo(output.json_text(items))
     else:
         output.results_table(Console(), items, "history")
 
@@ -146,6 +145,6 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
     if show_id is not None and not as_json:
         output.incident_timeline(Console(highlight=False), items[0])
     elif as_json:
-        click.echo(json.dumps(items, indent=2))
+        click.echo(output.json_text(items))
     else:
         output.incidents_table(Console(), items)

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.redact import for_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,9 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
                       highlight=False)
         return
     style = output.STYLES.get(outcome.outcome, "")
-    console.print(f"[{style}]{outcome.outcome}[/]: {outcome.error or outcome.detail} "
-                  f"(run #{outcome.run_id})", highlight=False)
+    said = for_terminal(outcome.error or outcome.detail)
+    console.print(f"[{style}]{outcome.outcome}[/]: {said} (run #{outcome.run_id})",
+                  highlight=False)
     sys.exit(0 if outcome.outcome == "succeeded" else 1)
 
 

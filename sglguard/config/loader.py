@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from sglguard.config.models import Catalog, StoreConfig
 from sglguard.config.references import reference_problems
+from sglguard.redact import remember_catalog
 
 Loc = tuple[str | int, ...]
 DEFAULT_PATHS = (Path("sglguard.yaml"), Path("/etc/sglguard/sglguard.yaml"))
@@ -230,6 +231,7 @@ def parse_catalog(text: str, source: Path) -> Catalog:
     found += reference_problems(data)
     if found or catalog is None:
         raise ConfigError(name, _render(document, found))
+    remember_catalog(catalog)
     return catalog
 
 

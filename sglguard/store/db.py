@@ -24,6 +24,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from sglguard.redact import scrub_statement
+
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -77,8 +79,11 @@ def create_store_engine(url: str) -> Engine:
             _private_sqlite_file(url)
             engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
-            return engine
-        return create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
+        else:
+            engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
+        # Every string written goes through the redaction boundary (secrets, NUL, escapes).
+        event.listen(engine, "before_cursor_execute", scrub_statement, retval=True)
+        return engine
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(f"invalid store url: {exc}") from None
     except ModuleNotFoundError as exc:
