@@ -409,8 +409,12 @@ class SGLangClient:
                  params: Mapping[str, str] | None) -> requests.PreparedRequest:
         key = self._admin_api_key if admin and self._admin_api_key else self._api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return self._session.prepare_request(requests.Request(
-            method, f"{self.base_url}{path}", headers=headers, json=json, params=params))
+        try:
+            return self._session.prepare_request(requests.Request(
+                method, f"{self.base_url}{path}", headers=headers, json=json, params=params))
+        except requests.exceptions.InvalidHeader:
+            raise TargetError(f"{method} {path}: the API key holds a character a header cannot "
+                              "carry (a trailing \\r from a file with CRLF line ends?)") from None
 
     def metrics_text(self, timeout: float | None = None) -> str:
         """The Prometheus text of `/metrics`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -264,6 +265,12 @@ class Check(Generic[ConfigT]):
             measurement = Measurement(
                 None, f"check failed: {type(exc).__name__}: {exc}", Status.UNKNOWN
             )
+        if measurement.value is not None and not math.isfinite(measurement.value):
+            # NaN compares false with every threshold: it would pass as OK.
+            shown = "; ".join(part for part in (
+                f"the value is not a finite number ({measurement.value})",
+                measurement.message) if part)
+            measurement = Measurement(None, shown, Status.UNKNOWN, measurement.unit)
         duration_ms = (time.perf_counter() - began) * 1000.0
         status, message = apply_thresholds(measurement, self.config.warning, self.config.critical)
         return CheckResult(
