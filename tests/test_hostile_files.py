@@ -197,6 +197,9 @@ def test_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ControlError, match=r"is writable by others than its owner "
                                            r"\(mode 777\): refused"):
         control.start()
+    (run / "local.pid").write_text("1\n")  # a forged pidfile: never read, never signalled
+    with pytest.raises(ControlError, match=r"folder .*run of the pidfile is writable by others"):
+        control.stop()
 
 
 def test_the_database_file_is_created_0600(tmp_path: Path) -> None:

@@ -98,6 +98,7 @@ def server_process(pidfile: Path, start: Sequence[str]) -> tuple[psutil.Process 
     why. Its owner, its start time against the pidfile's and its command line against the
     control's `start` must all agree: a pidfile may be stale, or forged by whoever can write
     it."""
+    safe_folder(pidfile, "pidfile")
     pid = read_pidfile(pidfile)
     if pid is None:
         return None, f"no pid in {pidfile}"
