@@ -37,6 +37,7 @@ _PATTERNS = (
     (re.compile(r"(?i)((?:x-auth-token|x-api-key|api[_-]?key|authorization)[\"']?\s*[:=]\s*"
                 r"[\"']?)(?!bearer\b)[^\s\"',;]+"), rf"\1{REDACTED}"),
 )
+_PATTERN_WORDS = ("://", "bearer", "api-key", "api_key", "apikey", "auth")
 _SECRET_NAME = re.compile(r"(?i)(key|token|secret|passw|auth|credential|webhook)")
 
 
@@ -70,8 +71,11 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        # The patterns cost more than the test for what each one needs (most text has none).
+        lowered = text.lower()
+        if any(word in lowered for word in _PATTERN_WORDS):
+            for pattern, replacement in _PATTERNS:
+                text = pattern.sub(replacement, text)
         return text
 
 
@@ -143,8 +147,9 @@ def clean(value: Any, limit: int = MAX_TEXT, *, one_line: bool = False) -> str:
     sequences dropped and control characters shown as `\\xNN`, at most `limit` characters."""
     text = str(value).replace("\x00", "")
     text = REDACTOR.scrub(text)
-    text = _ESCAPES.sub("", text)
-    text = (_CONTROLS_AND_NEWLINES if one_line else _CONTROLS).sub(_escape, text)
+    if not text.isprintable():  # all that follows needs a character that is not
+        text = _ESCAPES.sub("", text)
+        text = (_CONTROLS_AND_NEWLINES if one_line else _CONTROLS).sub(_escape, text)
     if len(text) > limit:
         cut = len(text) - limit
         text = f"{text[:limit]}... ({cut} more characters)"
@@ -178,7 +183,9 @@ def _clean_value(value: Any) -> Any:
 
 def scrub_statement(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
                     _executemany: bool) -> tuple[str, Any]:
-    """SQLAlchemy `before_cursor_execute` hook: the store's write boundary."""
+    """SQLAlchemy `before_cursor_execute` hook: the store's write boundary (reads pass)."""
+    if statement.lstrip()[:6].upper() not in ("INSERT", "UPDATE"):
+        return statement, parameters
     return statement, clean_parameters(parameters)
 
 

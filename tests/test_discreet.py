@@ -203,3 +203,28 @@ def _count(database: Path, what: str) -> int:
             return int(connection.execute(f"select count(*) from {what}").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_nul_in_server_text_never_blocks_a_write(backend: str, tmp_path: Path,
+                                                   request: pytest.FixtureRequest) -> None:
+    from datetime import UTC, datetime
+
+    from sglguard.checks.base import CheckResult
+    from sglguard.store import Store, queries
+    from sglguard.store.models import CheckResultRow
+
+    url = (f"sqlite:///{tmp_path / 'sglguard.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    remember([API_KEY])  # as the catalog's loading does
+    store = Store.open(url)
+    try:
+        result = CheckResult("probe", "local", Status.CRITICAL, None, "", f"bad\x00 {API_KEY}",
+                             1.0, datetime(2026, 1, 1, tzinfo=UTC))
+        with store.session() as session:
+            queries.add_result(session, result)
+        with store.session() as session:
+            stored = session.query(CheckResultRow).one().message
+    finally:
+        store.close()
+    assert stored == f"bad {REDACTED}"
