@@ -194,9 +194,10 @@ def _attach_current(sock: socket.socket | None) -> None:
 class GuardedHTTPConnection(HTTPConnection):
     """Tells the fetch in progress which socket carries its request (new or reused)."""
 
-    def connect(self) -> None:
-        super().connect()
-        _attach_current(self.sock)
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _attach_current(sock)  # before any TLS handshake, which a slow server may also drip
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self.sock)
@@ -206,9 +207,10 @@ class GuardedHTTPConnection(HTTPConnection):
 class GuardedHTTPSConnection(HTTPSConnection):
     """As GuardedHTTPConnection, over TLS."""
 
-    def connect(self) -> None:
-        super().connect()
-        _attach_current(self.sock)
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _attach_current(sock)
+        return sock
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self.sock)

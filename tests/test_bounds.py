@@ -265,3 +265,12 @@ checks:
     assert process.returncode == 0, stderr.decode()
     assert time.monotonic() - began < 5
     assert b"sglguard stopped" in stderr
+
+
+def test_a_tls_handshake_that_drips_times_out_at_the_deadline(hostile: Any) -> None:
+    # The server accepts, then sends a TLS record one byte a tick: the handshake never ends.
+    server = hostile(drip(b"\x16\x03\x03\x00\x40" + b"\x00" * 64, 0.1))
+    client = SGLangClient(server.url.replace("http://", "https://"))
+    outcome, took = timed(lambda: client.probe("GET", "/health", timeout=0.5))
+    assert isinstance(outcome, TargetTimeout), outcome
+    assert took < 0.5 + SLACK
