@@ -48,6 +48,7 @@ class Budget:
 
     deadline: float  # time.monotonic()
     max_bytes: int
+    seconds: float  # the whole allowance, for messages
 
 
 _BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("budget", default=None)
@@ -62,7 +63,8 @@ def budget(seconds: float, max_bytes: int = DEFAULT_MAX_ANSWER) -> Iterator[Budg
     deadline = time.monotonic() + seconds
     if outer is not None:
         deadline = min(deadline, outer.deadline)
-    current = Budget(deadline, max_bytes)
+    current = Budget(deadline, max_bytes, seconds if outer is None or deadline < outer.deadline
+                     else outer.seconds)
     token = _BUDGET.set(current)
     try:
         yield current
@@ -76,12 +78,12 @@ class Guard:
     def __init__(self, seconds: float, max_bytes: int | None = None) -> None:
         outer = _BUDGET.get()
         now = time.monotonic()
-        self.allowed = max(seconds, 0.0)  # seconds, for messages
+        self.allowed = max(seconds, 0.0)  # seconds, for messages: this fetch's or the run's
+        self.deadline = now + self.allowed
         self.max_bytes = max_bytes if max_bytes is not None else (
             outer.max_bytes if outer is not None else DEFAULT_MAX_ANSWER)
-        if outer is not None and outer.deadline - now < self.allowed:
-            self.allowed = round(max(outer.deadline - now, 0.0), 3)
-        self.deadline = now + self.allowed
+        if outer is not None and outer.deadline < self.deadline:
+            self.deadline, self.allowed = outer.deadline, outer.seconds
         self.expired: str | None = None  # why the guard ended early: "timeout" or "aborted"
         self.owner: object = None  # the client whose fetch this is
         self._socks: list[socket.socket] = []
