@@ -22,7 +22,10 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
 
+import requests
+from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 # deployments while keeping a hostile answer from taking the host's memory.
 DEFAULT_MAX_ANSWER = 16 * 1024 * 1024
 CHUNK = 64 * 1024
+MAX_REDIRECTS = 5
 
 
 class Overrun(Exception):
@@ -300,3 +304,85 @@ def format_size(size: int) -> str:
         if size >= scale:
             return f"{size / scale:g} {unit}"
     return f"{size} B"
+
+
+# requests on top of the guards.
+
+
+class GuardedAdapter(HTTPAdapter):
+    """requests' adapter whose connections attach to the fetch's guard (see bounded.py)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if hasattr(manager, "pool_classes_by_scheme"):
+            manager.pool_classes_by_scheme = POOL_CLASSES
+        return manager
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80,
+                                                                    "https": 443}.get(scheme)
+
+
+def send(session: requests.Session, prepared: requests.PreparedRequest,
+         guard: Guard) -> requests.Response:
+    """Send with the guard's time left; follow redirects only within the same scheme, host
+    and port (a redirect elsewhere would carry the request, and its keys, to another server)."""
+    for _ in range(MAX_REDIRECTS + 1):
+        left = guard.remaining()
+        response = session.send(prepared, timeout=(left, left), stream=True,
+                                allow_redirects=False)
+        if not response.is_redirect:
+            return response
+        response.close()
+        target = urljoin(prepared.url or "", response.headers.get("location", ""))
+        if origin(target) != origin(prepared.url or ""):
+            scheme, host, port = origin(target)
+            raise Overrun("redirect", f"redirected to another server ({scheme}://{host}:{port}), "
+                                      "not followed")
+        prepared = redirected(prepared, target, response.status_code)
+    raise Overrun("redirect", f"more than {MAX_REDIRECTS} redirects")
+
+
+def redirected(prepared: requests.PreparedRequest, url: str,
+                status: int) -> requests.PreparedRequest:
+    again = prepared.copy()
+    again.prepare_url(url, None)
+    if status == 303 or (status in (301, 302) and again.method == "POST"):
+        again.method = "GET" if again.method != "HEAD" else "HEAD"
+        again.body = None
+        for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
+            again.headers.pop(name, None)
+    return again
+
+
+def load(response: requests.Response, guard: Guard) -> requests.Response:
+    """Read the body of a streamed response within the guard: what `.content` would do,
+    bounded."""
+    try:
+        content = read_capped(response.raw, guard)
+    except BaseException:
+        response.close()
+        raise
+    response._content = content  # requests keeps the body here
+    response._content_consumed = True  # type: ignore[attr-defined]
+    response.raw.release_conn()
+    return response
+
+
+def lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Lines of a server-sent event stream (its chunks are already capped in total)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8", errors="replace")

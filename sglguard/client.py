@@ -11,11 +11,10 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
@@ -24,13 +23,16 @@ from urllib3.exceptions import (
 )
 
 from sglguard.bounded import (
-    POOL_CLASSES,
     WATCHDOG,
     Guard,
+    GuardedAdapter,
     Overrun,
     guarded,
     iter_capped,
+    lines,
+    load,
     read_capped,
+    send,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,22 +67,7 @@ class AnswerTooLarge(TargetError):
     reason = "too_large"
 
 
-MAX_REDIRECTS = 5
 _CURRENT: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("fetch", default=None)
-
-
-class _GuardedAdapter(HTTPAdapter):
-    """requests' adapter whose connections attach to the fetch's guard (see bounded.py)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = POOL_CLASSES
-
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **kwargs)
-        if hasattr(manager, "pool_classes_by_scheme"):
-            manager.pool_classes_by_scheme = POOL_CLASSES
-        return manager
 
 
 @contextlib.contextmanager
@@ -121,59 +108,6 @@ def _overrun(exc: Overrun, guard: Guard, method: str, path: str) -> TargetError:
     if exc.reason == "too_large":
         return AnswerTooLarge(f"{method} {path}: {exc}, stopped reading (max_answer)")
     return TargetError(f"{method} {path}: {exc}")
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80,
-                                                                    "https": 443}.get(scheme)
-
-
-def _send(session: requests.Session, prepared: requests.PreparedRequest, guard: Guard,
-          method: str, path: str) -> requests.Response:
-    """Send with the guard's time left; follow redirects only within the same scheme, host
-    and port (a redirect elsewhere would carry the request, and its keys, to another server)."""
-    for _ in range(MAX_REDIRECTS + 1):
-        left = guard.remaining()
-        response = session.send(prepared, timeout=(left, left), stream=True,
-                                allow_redirects=False)
-        if not response.is_redirect:
-            return response
-        response.close()
-        target = urljoin(prepared.url or "", response.headers.get("location", ""))
-        if _origin(target) != _origin(prepared.url or ""):
-            scheme, host, port = _origin(target)
-            raise TargetError(f"{method} {path}: redirected to another server "
-                              f"({scheme}://{host}:{port}), not followed")
-        prepared = _redirected(prepared, target, response.status_code)
-    raise TargetError(f"{method} {path}: more than {MAX_REDIRECTS} redirects")
-
-
-def _redirected(prepared: requests.PreparedRequest, url: str,
-                status: int) -> requests.PreparedRequest:
-    again = prepared.copy()
-    again.prepare_url(url, None)
-    if status == 303 or (status in (301, 302) and again.method == "POST"):
-        again.method = "GET" if again.method != "HEAD" else "HEAD"
-        again.body = None
-        for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
-            again.headers.pop(name, None)
-    return again
-
-
-def _load(response: requests.Response, guard: Guard) -> requests.Response:
-    """Read the body of a streamed response within the guard: what `.content` would do,
-    bounded."""
-    try:
-        content = read_capped(response.raw, guard)
-    except BaseException:
-        response.close()
-        raise
-    response._content = content  # requests keeps the body here
-    response._content_consumed = True  # type: ignore[attr-defined]
-    response.raw.release_conn()
-    return response
 
 
 def redact_secrets(value: Any, secrets: Sequence[str] = ()) -> Any:
@@ -294,10 +228,10 @@ def post_json(url: str, body: Any, *, headers: Mapping[str, str], timeout: float
     label = shown or url
     with requests.Session() as session, _bounded("POST", label, timeout, label) as guard:
         for scheme in ("http://", "https://"):
-            session.mount(scheme, _GuardedAdapter())
+            session.mount(scheme, GuardedAdapter())
         prepared = session.prepare_request(requests.Request(
             "POST", url, json=body, headers=dict(headers)))
-        return _answer(_load(_send(session, prepared, guard, "POST", label), guard))
+        return _answer(load(send(session, prepared, guard), guard))
 
 
 class SGLangClient:
@@ -320,7 +254,7 @@ class SGLangClient:
         # outbound traffic, not for a local inference server (and reading them every request
         # was a third of a probe's CPU).
         self._session.trust_env = False
-        self._adapter = _GuardedAdapter()  # kept at hand for `probe`
+        self._adapter = GuardedAdapter()  # kept at hand for `probe`
         for scheme in ("http://", "https://"):
             self._session.mount(scheme, self._adapter)
         self._prepared: dict[tuple[str, str, bool], requests.PreparedRequest] = {}
@@ -366,8 +300,8 @@ class SGLangClient:
         else:
             prepared = self._prepare(method, path, admin, json, params)
         with self._fetch(method, path, limit) as guard:
-            response = _send(self._session, prepared, guard, method, path)
-            return response if stream else _load(response, guard)
+            response = send(self._session, prepared, guard)
+            return response if stream else load(response, guard)
 
     def probe(self, method: str, path: str, *, timeout: float | None = None) -> Probe:
         """A bodiless request that a check repeats every few seconds, read whole.
@@ -436,7 +370,7 @@ class SGLangClient:
                 if streamed and response.status_code == 200:
                     return self._read_stream(response, began, guard)
                 if streamed:
-                    _load(response, guard)
+                    load(response, guard)
         if response.status_code != 200:
             return Generation(response.status_code, error=error_message(response),
                               total=time.perf_counter() - began)
@@ -451,7 +385,7 @@ class SGLangClient:
                      guard: Guard) -> Generation:
         result = Generation(200)
         try:
-            for line in _lines(iter_capped(response.raw, guard)):
+            for line in lines(iter_capped(response.raw, guard)):
                 if not line or not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -553,18 +487,6 @@ class Generation:
     finish_reason: Any = None
     error: str | None = None  # the server's error message, for a non-200 answer
     aborted: str | None = None  # the message of an abort chunk in a stream
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    """Lines of a server-sent event stream (its chunks are already capped in total)."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
-    if pending:
-        yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 def _json_object(response: requests.Response, path: str) -> dict[str, Any]:
