@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sglguard import output
 from sglguard.cli import fail, load, main, open_store
 from sglguard.clock import utcnow
 
@@ -73,7 +72,9 @@ def silence_list(config_path: str | None, include_ended: bool, as_json: bool) ->
               "by": row.created_by}
              for row in list_silences(store, now, include_ended=include_ended)]
     if as_json:
-        click.echo(output.json_text(items))
+        from sglguard.output import json_text
+
+        click.echo(json_text(items))
         return
     for item in items:
         scope = item["target"] + (f"/{item['check']}" if item["check"] else "")
