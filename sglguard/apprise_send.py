@@ -22,7 +22,9 @@ def send(urls: Sequence[str], severity: str, title: str, body: str,
     for url in urls:
         if not sender.add(url):
             return "Apprise could not load one of the notifier's URLs"
+    # Plain text: server text must not become mentions, links or markup in a chat.
     options: dict[str, Any] = {"body": body, "title": title,
+                               "body_format": apprise.NotifyFormat.TEXT,
                                "notify_type": apprise.NotifyType(_TYPES.get(severity, "info"))}
     if "timeout" in inspect.signature(sender.notify).parameters:  # Apprise 2
         options["timeout"] = timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import re
@@ -14,12 +15,24 @@ from urllib.parse import quote
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
     NewConnectionError,
     ReadTimeoutError,
+)
+
+from sglguard.bounded import (
+    WATCHDOG,
+    Guard,
+    GuardedAdapter,
+    Overrun,
+    guarded,
+    iter_capped,
+    lines,
+    load,
+    read_capped,
+    send,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,6 +72,55 @@ class HTTPStatusError(TargetError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AnswerTooLarge(TargetError):
+    """The answer, decompressed, went past the size cap; reading stopped there."""
+
+    reason = "too_large"
+
+
+_CURRENT: contextvars.ContextVar[Guard | None] = contextvars.ContextVar("fetch", default=None)
+
+
+@contextlib.contextmanager
+def _bounded(method: str, path: str, limit: float, where: str,
+             owner: SGLangClient | None = None) -> Iterator[Guard]:
+    """One fetch within `limit` seconds of wall time (and the run's budget) and the size cap,
+    with network errors turned into TargetErrors; a fetch inside another shares its guard."""
+    outer = _CURRENT.get()
+    if outer is not None:
+        yield outer
+        return
+    guard = Guard(limit)
+    guard.owner = owner
+    if owner is not None and owner.aborted:
+        guard.expire("aborted")
+    token = _CURRENT.set(guard)
+    try:
+        with guarded(guard), _network_errors(method, path, guard.allowed, where):
+            try:
+                guard.check()
+                yield guard
+            except Overrun as exc:
+                raise _overrun(exc, guard, method, path) from None
+            except Exception:
+                if guard.expired is None:
+                    raise
+                raise _overrun(Overrun("timeout", ""), guard, method, path) from None
+    finally:
+        _CURRENT.reset(token)
+
+
+def _overrun(exc: Overrun, guard: Guard, method: str, path: str) -> TargetError:
+    if guard.expired == "aborted":
+        return TargetError(f"{method} {path}: abandoned, sglguard is stopping")
+    if exc.reason == "timeout" or guard.expired:
+        return TargetTimeout(f"{method} {path}: timed out, no answer within {guard.allowed:g} s "
+                             "(connect, headers and body together)")
+    if exc.reason == "too_large":
+        return AnswerTooLarge(f"{method} {path}: {exc}, stopped reading (max_answer)")
+    return TargetError(f"{method} {path}: {exc}")
 
 
 def redact_secrets(value: Any, secrets: Sequence[str] = ()) -> Any:
@@ -177,8 +239,12 @@ def post_json(url: str, body: Any, *, headers: Mapping[str, str], timeout: float
     """POST JSON to a URL that is not an SGLang server (a webhook), with the same timeout and
     error handling as everything else sglguard sends; errors name it as `shown`."""
     label = shown or url
-    with _network_errors("POST", label, timeout, label), requests.Session() as session:
-        return _answer(session.post(url, json=body, headers=dict(headers), timeout=timeout))
+    with requests.Session() as session, _bounded("POST", label, timeout, label) as guard:
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, GuardedAdapter())
+        prepared = session.prepare_request(requests.Request(
+            "POST", url, json=body, headers=dict(headers)))
+        return _answer(load(send(session, prepared, guard), guard))
 
 
 class SGLangClient:
@@ -201,12 +267,12 @@ class SGLangClient:
         # outbound traffic, not for a local inference server (and reading them every request
         # was a third of a probe's CPU).
         self._session.trust_env = False
-        self._adapter = HTTPAdapter()  # requests' default, kept at hand for `probe`
+        self._adapter = GuardedAdapter()  # kept at hand for `probe`
         for scheme in ("http://", "https://"):
             self._session.mount(scheme, self._adapter)
         self._prepared: dict[tuple[str, str, bool], requests.PreparedRequest] = {}
         self._pool: urllib3.HTTPConnectionPool | None = None
-        self._timeouts: dict[float, urllib3.Timeout] = {}
+        self.aborted = False
         self._retries = urllib3.Retry(0, read=False)  # as requests' adapter: never retried
 
     def __repr__(self) -> str:  # never shows the keys
@@ -215,6 +281,17 @@ class SGLangClient:
     def close(self) -> None:
         self._session.close()
         self._pool = None
+
+    def abort(self) -> None:
+        """End every fetch in flight now and refuse new ones: the service is stopping."""
+        self.aborted = True
+        for guard in WATCHDOG.in_flight():
+            if guard.owner is self:
+                guard.expire("aborted")
+
+    def _fetch(self, method: str, path: str,
+               limit: float) -> contextlib.AbstractContextManager[Guard]:
+        return _bounded(method, path, limit, self.base_url, self)
 
     def request(
         self,
@@ -227,14 +304,17 @@ class SGLangClient:
         admin: bool = False,
         stream: bool = False,
     ) -> requests.Response:
-        """Send one request; network failures become TargetError subclasses."""
+        """Send one request; network failures become TargetError subclasses. The answer is
+        read whole within `timeout` (wall time) and the size cap, unless `stream`: then the
+        caller reads it inside its own `_fetch`."""
         limit = self.timeout if timeout is None else timeout
         if json is None and not params:
             prepared = self._bodiless(method, path, admin)
         else:
             prepared = self._prepare(method, path, admin, json, params)
-        with _network_errors(method, path, limit, self.base_url):
-            return self._session.send(prepared, timeout=limit, stream=stream)
+        with self._fetch(method, path, limit) as guard:
+            response = send(self._session, prepared, guard)
+            return response if stream else load(response, guard)
 
     def probe(self, method: str, path: str, *, timeout: float | None = None) -> Probe:
         """A bodiless request that a check repeats every few seconds, read whole.
@@ -244,26 +324,24 @@ class SGLangClient:
         was about a third of a probe's CPU. Errors are the same TargetErrors."""
         limit = self.timeout if timeout is None else timeout
         prepared = self._bodiless(method, path, False)
-        bound = self._timeouts.get(limit)
-        if bound is None:
-            bound = self._timeouts[limit] = urllib3.Timeout(connect=limit, read=limit)
-        with _network_errors(method, path, limit, self.base_url):
+        with self._fetch(method, path, limit) as guard:
             pool = self._pool
             if pool is None:
                 # One host per client: the session's pool manager never evicts this pool.
                 pool = self._pool = cast(urllib3.HTTPConnectionPool, self._adapter
                                          .get_connection_with_tls_context(prepared, verify=True))
+            left = guard.remaining()
             response = pool.urlopen(
                 method, prepared.path_url, headers=prepared.headers, redirect=False,
                 assert_same_host=False, preload_content=False, retries=self._retries,
-                timeout=bound)
-        try:
-            with _network_errors(method, path, limit, self.base_url):
-                body = response.read(decode_content=True)
-        except TargetTimeout:  # the headers came in time, the body did not
-            raise _late_body(method, path, limit) from None
-        finally:
-            response.release_conn()
+                timeout=urllib3.Timeout(connect=left, read=left))
+            try:
+                body = read_capped(response, guard)
+            except BaseException:
+                response.close()  # an unread rest must not reach the next request
+                raise
+            finally:
+                response.release_conn()
         return Probe(response.status, body)
 
     def _bodiless(self, method: str, path: str, admin: bool) -> requests.PreparedRequest:
@@ -278,8 +356,12 @@ class SGLangClient:
                  params: Mapping[str, str] | None) -> requests.PreparedRequest:
         key = self._admin_api_key if admin and self._admin_api_key else self._api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return self._session.prepare_request(requests.Request(
-            method, f"{self.base_url}{path}", headers=headers, json=json, params=params))
+        try:
+            return self._session.prepare_request(requests.Request(
+                method, f"{self.base_url}{path}", headers=headers, json=json, params=params))
+        except requests.exceptions.InvalidHeader:
+            raise TargetError(f"{method} {path}: the API key holds a character a header cannot "
+                              "carry (a trailing \\r from a file with CRLF line ends?)") from None
 
     def metrics_text(self, timeout: float | None = None) -> str:
         """The Prometheus text of `/metrics`."""
@@ -297,28 +379,30 @@ class SGLangClient:
     def generate(self, body: dict[str, Any], *, timeout: float) -> Generation:
         """POST /generate, streamed when `body["stream"]`; times first token and total."""
         began = time.perf_counter()
-        response = self.request("POST", "/generate", json=body, timeout=timeout,
-                                stream=bool(body.get("stream")))
-        with response:
-            if response.status_code != 200:
-                return Generation(response.status_code, error=error_message(response),
-                                  total=time.perf_counter() - began)
-            if not body.get("stream"):
-                answer = _json_object(response, "/generate")
-                meta = answer.get("meta_info") or {}
-                finish = meta.get("finish_reason") if isinstance(meta, dict) else None
-                elapsed = time.perf_counter() - began
-                return Generation(200, str(answer.get("text") or ""), None, elapsed, finish,
-                                  aborted=_abort_message(finish))
-            return self._read_stream(response, began, began + timeout)
+        streamed = bool(body.get("stream"))
+        with self._fetch("POST", "/generate", timeout) as guard:
+            response = self.request("POST", "/generate", json=body, timeout=timeout,
+                                    stream=streamed)
+            with response:
+                if streamed and response.status_code == 200:
+                    return self._read_stream(response, began, guard)
+                if streamed:
+                    load(response, guard)
+        if response.status_code != 200:
+            return Generation(response.status_code, error=error_message(response),
+                              total=time.perf_counter() - began)
+        answer = _json_object(response, "/generate")
+        meta = answer.get("meta_info") or {}
+        finish = meta.get("finish_reason") if isinstance(meta, dict) else None
+        elapsed = time.perf_counter() - began
+        return Generation(200, str(answer.get("text") or ""), None, elapsed, finish,
+                          aborted=_abort_message(finish))
 
     def _read_stream(self, response: requests.Response, began: float,
-                     deadline: float) -> Generation:
+                     guard: Guard) -> Generation:
         result = Generation(200)
         try:
-            for line in response.iter_lines(decode_unicode=True):
-                if time.perf_counter() > deadline:
-                    raise TargetTimeout("POST /generate: stream still running at the timeout")
+            for line in lines(iter_capped(response.raw, guard)):
                 if not line or not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -332,9 +416,9 @@ class SGLangClient:
                 meta = chunk.get("meta_info") or {}
                 result.finish_reason = meta.get("finish_reason", result.finish_reason)
                 result.aborted = _abort_message(result.finish_reason) or result.aborted
-        except requests.RequestException as exc:
-            if _in_chain(exc, ReadTimeoutError) or isinstance(exc, requests.Timeout):
-                raise TargetTimeout("POST /generate: the stream stopped (timed out)") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if guard.expired is not None or _in_chain(exc, ReadTimeoutError):
+                raise
             raise TargetError(f"POST /generate: stream broke: {_short(exc)}") from None
         except ValueError:
             raise TargetError("POST /generate: a stream event is not JSON") from None

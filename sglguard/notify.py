@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session
 from sglguard import messages, reminders
 from sglguard.agents import Agents, may_take
 from sglguard.apprise_send import send as apprise_send
-from sglguard.client import REDACTED
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
 from sglguard.notice import ESCALATIONS, FOLLOW_UPS, REMINDS, TELLS, Message, host_name
+from sglguard.redact import clean, remember
 from sglguard.routing import Router
 from sglguard.store import Store, queries
 from sglguard.store import outbox as owed
@@ -528,8 +528,10 @@ class Notifications:
 
     def _send(self, notifier: NotifierConfig, severity: str, title: str,
               body: str) -> str | None:
-        error = apprise_send([url.get_secret_value() for url in notifier.urls], severity, title,
-                             body, (notifier.timeout or self.settings.timeout).total_seconds())
+        # Plain text: server text must not become mentions, links or markup in a chat.
+        error = apprise_send([url.get_secret_value() for url in notifier.urls], severity,
+                             clean(title, one_line=True), clean(body),
+                             (notifier.timeout or self.settings.timeout).total_seconds())
         return None if error is None else self._redact(error)
 
     def _record(self, notifier: str, message: Message, attempt: int, outcome: str,
@@ -552,9 +554,8 @@ class Notifications:
             logger.exception("could not record a notification attempt for %s", notifier)
 
     def _redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        remember(self.secrets)
+        return clean(text)
 
     # -- reminders -------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sglguard.checks.base import CheckResult, Status
+from sglguard.redact import clean, for_terminal
 from sglguard.store.models import (
     CheckResultRow,
     IncidentEventRow,
@@ -41,6 +43,24 @@ def console(*, highlight: bool = True) -> Console:
 STYLES = {"ok": "green", "warning": "yellow", "critical": "bold red", "unknown": "magenta",
           "open": "bold red", "resolved": "green", "succeeded": "green", "failed": "red",
           "skipped": "yellow", "planned": "cyan", "sent": "green", "dropped": "red"}
+
+
+def json_text(items: Any) -> str:
+    """JSON that every parser takes: NaN and infinities (which json.dumps writes bare) become
+    null, and every string has crossed the redaction boundary."""
+    return json.dumps(_plain(items), indent=2, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return clean(value, 1 << 20)
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _time(value: datetime | None) -> str | None:
@@ -85,7 +105,7 @@ def results_table(console: Console, results: Sequence[dict[str, Any]], title: st
         table.add_row(
             (item["started_at"] or "")[11:19], item["check"], item["target"],
             _styled(item["status"]), _value(item["value"], item["unit"]),
-            f"{item['duration_ms']:.0f}", item["message"],
+            f"{item['duration_ms']:.0f}", for_terminal(item["message"]),
         )
     console.print(table)
 
@@ -164,7 +184,7 @@ def plan_lines(console: Console, name: str, target: str, plan: Sequence[str],
     heading = "would do" if dry_run else "doing"
     console.print(f"remediation [bold]{name}[/] on target [bold]{target}[/] {heading}:")
     for number, step in enumerate(plan, start=1):
-        console.print(f"  {number}. {step}", highlight=False, markup=False)
+        console.print(f"  {number}. {clean(step)}", highlight=False, markup=False)
 
 
 def incident_timeline(console: Console, item: dict[str, Any]) -> None:
@@ -179,13 +199,13 @@ def incident_timeline(console: Console, item: dict[str, Any]) -> None:
     console.print(f"  opened {_short_time(item['opened_at'])} UTC, {resolved}"
                   + (f"; {values}" if values else ""), markup=False)
     if item["acknowledged_by"]:
-        console.print(f"  acknowledged by {item['acknowledged_by']} at "
+        console.print(f"  acknowledged by {clean(item['acknowledged_by'])} at "
                       f"{_short_time(item['acknowledged_at'])} UTC", markup=False)
     if item["escalated_at"]:
         console.print(f"  escalated at {_short_time(item['escalated_at'])} UTC: automatic "
                       "action stopped", markup=False)
     if item["message"]:
-        console.print(f"  {item['message']}", markup=False)
+        console.print(f"  {clean(item['message'])}", markup=False)
     events = [(event["at"], event["event"], event["detail"]) for event in item["timeline"]]
     events += [(attempt["at"], f"notified {attempt['outcome']}",
                 f"{attempt['notifier']}: {attempt['event']}"
@@ -195,7 +215,7 @@ def incident_timeline(console: Console, item: dict[str, Any]) -> None:
     for column in ("time (UTC)", "event", "detail"):
         table.add_column(column, overflow="fold")
     for at, kind, detail in sorted(events, key=lambda event: event[0] or ""):
-        table.add_row(_short_time(at), _styled(kind), detail or "")
+        table.add_row(_short_time(at), _styled(kind), for_terminal(detail or ""))
     console.print(table)
 
 

@@ -218,6 +218,8 @@ class Service:
         for one in schedulers:  # no new run anywhere while the ones in flight finish
             if one.state == STATE_RUNNING:
                 one.pause()
+        for client in self.clients.values():  # a run waiting on a server ends now
+            client.abort()
         for one in schedulers:
             if one.state != STATE_STOPPED:
                 one.shutdown(wait=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,11 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Pr
 
 from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
-from sglguard.client import REDACTED, SGLangClient, TargetError
+from sglguard.bounded import DEFAULT_MAX_ANSWER, budget
+from sglguard.client import SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
-from sglguard.config.types import Duration, Threshold, ThresholdField, format_duration
+from sglguard.config.types import ByteSize, Duration, Threshold, ThresholdField, format_duration
 from sglguard.logs import log_context
+from sglguard.redact import clean, remember
 
 if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
@@ -76,6 +79,10 @@ class CheckConfig(KindModel):
     target: Name
     interval: Duration = timedelta(seconds=30)
     timeout: Duration = timedelta(seconds=10)
+    max_answer: ByteSize = Field(
+        default=DEFAULT_MAX_ANSWER,
+        description="largest answer read from the server, counted after decompression; "
+                    "a larger one is an UNKNOWN result")
     jitter: Duration | None = Field(
         default=None, description="random delay added to each run; default 10% of interval"
     )
@@ -254,7 +261,9 @@ class Check(Generic[ConfigT]):
         started_at = self.context.clock()
         began = time.perf_counter()
         try:
-            with log_context(check=self.config.name, target=self.config.target):
+            # The timeout is the whole run's wall time, whatever the server's pace.
+            with log_context(check=self.config.name, target=self.config.target), \
+                    budget(self.timeout, self.config.max_answer):
                 measurement = self.run()
         except TargetError as exc:
             measurement = Measurement(None, f"could not evaluate: {exc}", Status.UNKNOWN)
@@ -266,6 +275,12 @@ class Check(Generic[ConfigT]):
             measurement = Measurement(
                 None, f"check failed: {type(exc).__name__}: {exc}", Status.UNKNOWN
             )
+        if measurement.value is not None and not math.isfinite(measurement.value):
+            # NaN compares false with every threshold: it would pass as OK.
+            shown = "; ".join(part for part in (
+                f"the value is not a finite number ({measurement.value})",
+                measurement.message) if part)
+            measurement = Measurement(None, shown, Status.UNKNOWN, measurement.unit)
         duration_ms = (time.perf_counter() - began) * 1000.0
         status, message = apply_thresholds(measurement, self.config.warning, self.config.critical)
         return CheckResult(
@@ -281,7 +296,5 @@ class Check(Generic[ConfigT]):
         )
 
     def _redact(self, text: str) -> str:
-        for secret in self.context.secrets:
-            if secret:
-                text = text.replace(secret, REDACTED)
-        return text
+        remember(self.context.secrets)
+        return clean(text)

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from sglguard.checks.base import Check, CheckConfig, Measurement, Status
 from sglguard.checks.host import Reading, Remembered, describe_span, reading_pair, stale_after
+from sglguard.controls.base import ControlError
 from sglguard.controls.process import ProcessControlConfig, read_pidfile
 
 ProcessMetric = Literal["alive", "rss_mib", "cpu_percent", "open_fds", "uptime_s"]
@@ -150,7 +151,7 @@ class ProcessCheck(Check[ProcessCheckConfig]):
         try:
             pid = read_pidfile(pidfile)
             written = pidfile.stat().st_mtime if pid is not None else 0.0
-        except OSError as exc:
+        except (OSError, ControlError) as exc:
             return _Found(None, f"cannot read pidfile {pidfile}: {exc}")
         if pid is None:
             return _Found(None, f"pidfile {pidfile} is missing or holds no pid")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from sglguard import __version__
+from sglguard.redact import install_log_filter
 
 if TYPE_CHECKING:
     from sglguard.config.models import Catalog
@@ -66,6 +67,7 @@ def setup_logging(level: str, kind: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(kind))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    install_log_filter()  # every line: one line, secrets replaced, escapes neutralised
     for noisy in ("apscheduler", "urllib3", "alembic", "apprise", "tzlocal"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 

@@ -126,7 +126,9 @@ def validate(config_path: str | None, as_json: bool) -> None:
     path, catalog = load(config_path)
     warnings = host_warnings(catalog)
     if as_json:
-        click.echo(json.dumps(validate_dict(path, catalog, warnings), indent=2))
+        from sglguard.output import json_text
+
+        click.echo(json_text(validate_dict(path, catalog, warnings)))
         return
     lines = [f"valid: {path}", f"  store: {catalog.store.url.split('://', 1)[0]} "
                                f"(mode {catalog.mode})"]
@@ -201,7 +203,7 @@ def check(config_path: str | None, only: tuple[str, ...], as_json: bool) -> None
                 queries.add_result(session, result)
     items = [output.result_dict(result) for result in results]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        click.echo(output.json_text(items))
     else:
         output.results_table(output.console(), items, "checks")
     sys.exit(int(output.worst(results)))
@@ -221,7 +223,7 @@ def history(config_path: str | None, check_name: str | None, limit: int, as_json
     with open_store(catalog).session() as session:
         items = [output.row_dict(row) for row in queries.recent_results(session, check_name, limit)]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        click.echo(output.json_text(items))
     else:
         output.results_table(output.console(), items, "history")
 
@@ -260,7 +262,7 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
         for line in drained_lines(items[0]["target"], items[0]["drained"]):
             click.echo(line)
     elif as_json:
-        click.echo(json.dumps(items, indent=2))
+        click.echo(output.json_text(items))
     else:
         output.incidents_table(output.console(), items)
         for target, item in out_now:

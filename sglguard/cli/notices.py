@@ -7,6 +7,7 @@ import sys
 import click
 
 from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.redact import clean
 
 
 @main.group()
@@ -30,7 +31,7 @@ def notify_test(config_path: str | None, name: str) -> None:
     if sent:
         click.echo(f"sent: test message delivered to notifier {name}")
         return
-    click.echo(f"failed: notifier {name}: {error}")
+    click.echo(f"failed: notifier {name}: {clean(error or '', one_line=True)}")
     sys.exit(1)
 
 

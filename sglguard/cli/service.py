@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.redact import for_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
                       highlight=False)
         return
     style = output.STYLES.get(said, "")
-    console.print(f"[{style}]{said}[/]: {error or detail}"
+    console.print(f"[{style}]{said}[/]: {for_terminal(error or detail)}"
                   + (f" (run #{run_id})" if run_id is not None else ""), highlight=False)
     sys.exit(0 if said == "succeeded" else 1)
 

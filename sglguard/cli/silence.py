@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -73,7 +72,9 @@ def silence_list(config_path: str | None, include_ended: bool, as_json: bool) ->
               "by": row.created_by}
              for row in list_silences(store, now, include_ended=include_ended)]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        from sglguard.output import json_text
+
+        click.echo(json_text(items))
         return
     for item in items:
         scope = item["target"] + (f"/{item['check']}" if item["check"] else "")

@@ -3,7 +3,6 @@ that gives `sglguard run` its listener when the catalog has an `http` section.""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -92,7 +91,7 @@ def status(config_path: str | None, as_json: bool) -> None:
     for item in checks:
         item.pop("runs", None)
     if as_json:
-        click.echo(json.dumps({"checks": checks}, indent=2))
+        click.echo(output.json_text({"checks": checks}))
     else:
         output.status_table(Console(), checks)
     sys.exit(output.worst_label(item["status"] for item in checks))
@@ -121,6 +120,6 @@ def runs(config_path: str | None, target_name: str | None, limit: int, as_json: 
         items: list[dict[str, Any]] = view.scrub([run_item(run) for run in
                                                    session.scalars(query)])
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        click.echo(output.json_text(items))
     else:
         output.runs_table(Console(), items)

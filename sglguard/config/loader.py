@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,14 @@ from pydantic import ValidationError
 
 from sglguard.config.models import Catalog, StoreConfig
 from sglguard.config.references import log_problems, reference_problems
+from sglguard.redact import remember_catalog
 
 Loc = tuple[str | int, ...]
 DEFAULT_PATHS = (Path("sglguard.yaml"), Path("/etc/sglguard/sglguard.yaml"))
+# A catalog is a few kilobytes; these bound what a hostile or broken file may cost at load
+# (and at every SIGHUP): its size, and its YAML graph with every alias expanded.
+MAX_CATALOG_BYTES = 1024 * 1024
+MAX_EXPANDED_NODES = 100_000
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -59,6 +65,8 @@ class _Document:
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _bounded_graph(node)
             self.data: Any = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -101,6 +109,35 @@ class _Document:
         return format_loc(kept), line
 
 
+def _bounded_graph(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past MAX_EXPANDED_NODES (a "billion laughs"
+    of a few hundred bytes); each node is sized once, so this costs the unexpanded size."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if done:
+            sizes[id(node)] = min(1 + sum(sizes.get(id(child), 0) for child in children),
+                                  MAX_EXPANDED_NODES + 1)
+            continue
+        stack.append((node, True))
+        stack.extend((child, False) for child in children if id(child) not in sizes)
+    if sizes[id(root)] > MAX_EXPANDED_NODES:
+        raise yaml.YAMLError(f"its aliases expand to more than {MAX_EXPANDED_NODES} values: "
+                             "refused")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _substitute(value: Any, loc: Loc, problems: list[tuple[Loc, str]]) -> Any:
     if isinstance(value, dict):
         return {key: _substitute(item, (*loc, key), problems) for key, item in value.items()}
@@ -138,9 +175,21 @@ def load_catalog(path: str | os.PathLike[str]) -> Catalog:
     """Read and validate a catalog file; raises ConfigError listing every problem."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        with source.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & stat.S_IWOTH:
+                raise ConfigError(str(source), [
+                    "the file is writable by every user: refused, since it says what sglguard "
+                    "runs and signals (chmod o-w it)"])
+            raw = handle.read(MAX_CATALOG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(str(source), [f"cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CATALOG_BYTES:
+        raise ConfigError(str(source), [f"larger than {MAX_CATALOG_BYTES // 1024} KiB: refused"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(source), [f"not UTF-8 text: {exc.reason}"]) from None
     return parse_catalog(text, source)
 
 
@@ -182,6 +231,7 @@ def parse_catalog(text: str, source: Path) -> Catalog:
         found += log_problems(catalog)
     if found or catalog is None:
         raise ConfigError(name, _render(document, found))
+    remember_catalog(catalog)
     return catalog
 
 

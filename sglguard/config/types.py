@@ -73,6 +73,36 @@ DurationOrZero = Annotated[
         "description": "a duration: 0s (none), 250ms, 30s, 5m, 1h (or seconds as a number)"}),
 ]
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_UNIT_BYTES = {"B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2,
+               "GB": 1000**3, "GiB": 1024**3}
+
+
+def parse_size(value: Any) -> int:
+    """Turn `16MiB`, `500KB` or a number of bytes into bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 16MiB or 500KB")
+    if isinstance(value, int | float):
+        size = float(value)
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        size = float(match.group(1)) * _UNIT_BYTES[match.group(2) or "B"]
+    else:
+        raise ValueError(f"invalid size {value!r}: expected bytes with a unit, e.g. 16MiB, 500KB")
+    if size < 1:
+        raise ValueError(f"invalid size {value!r}: must be at least one byte")
+    return int(size)
+
+
+def format_size(value: int) -> str:
+    for unit in ("GiB", "MiB", "KiB"):
+        if value >= _UNIT_BYTES[unit] and value % _UNIT_BYTES[unit] == 0:
+            return f"{value // _UNIT_BYTES[unit]}{unit}"
+    return f"{value}B"
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size),
+                     PlainSerializer(format_size, return_type=str)]
+
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,

@@ -21,9 +21,9 @@ from sglguard.controls.base import Control, ControlConfig, ControlError, Overrid
 from sglguard.controls.launch import (
     apply_flags,
     check_flags,
-    read_pidfile,
     record_started,
     run_tool,
+    server_process,
     shown_command,
     start_detached,
 )
@@ -127,16 +127,12 @@ class CommandControl(Control[CommandControlConfig]):
         return f"the start command (pid {child.pid}) exited with status {child.returncode}{where}"
 
     def _started(self) -> psutil.Process | None:
-        """The live process the pidfile names, unless a newer one reused the pid."""
-        pid = read_pidfile(self.config.pidfile) if self.config.pidfile is not None else None
-        if pid is None or self.config.pidfile is None:
+        """The live process the pidfile names, if it is the server sglguard started."""
+        if self.config.pidfile is None:
             return None
-        try:
-            process = psutil.Process(pid)
-            if process.create_time() > self.config.pidfile.stat().st_mtime + 1.0:
-                return None
-        except (psutil.NoSuchProcess, FileNotFoundError):
-            return None
+        process, why = server_process(self.config.pidfile, self.config.start)
+        if process is None and "not the server sglguard started" in why:
+            logger.warning("target %s: %s; not waited for", self.target.name, why)
         return process
 
     def _reap(self) -> None:

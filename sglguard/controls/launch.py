@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 from sglguard.client import redact_secrets
 from sglguard.controls.base import ControlError
@@ -18,18 +23,150 @@ from sglguard.controls.base import ControlError
 FLAG = re.compile(r"^--[a-z0-9][a-z0-9-]*$")
 
 
-def read_pidfile(path: Path) -> int | None:
+PIDFILE_MODE = 0o640
+LOG_MODE = 0o640
+# The pidfile is written right after the server is started: a process that started much
+# earlier than its pidfile was written is not the one sglguard started.
+STARTED_BEFORE_WRITTEN = 30.0
+
+
+def safe_folder(path: Path, what: str) -> None:
+    """Refuse a file whose folder others can write: they could swap the file for a link to a
+    file of root's, or name another process in it (as systemd refuses unsafe PID files)."""
+    folder = path.parent
     try:
-        text = path.read_text().strip()
+        info = os.stat(folder)
+    except FileNotFoundError:
+        return  # created by sglguard, with its own modes
+    except OSError as exc:
+        raise ControlError(f"cannot use the folder of the {what} {path}: "
+                           f"{exc.strerror or exc}", permanent=True) from None
+    if info.st_uid not in (0, os.geteuid()):
+        raise ControlError(f"the folder {folder} of the {what} belongs to uid {info.st_uid}: "
+                           "refused (it must belong to sglguard's user or root)", permanent=True)
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ControlError(f"the folder {folder} of the {what} is writable by others than its "
+                           f"owner (mode {stat.S_IMODE(info.st_mode):o}): refused",
+                           permanent=True)
+
+
+def _no_link(path: Path, what: str, exc: OSError) -> ControlError:
+    if exc.errno == errno.ELOOP:
+        return ControlError(f"the {what} {path} is a symbolic link: refused", permanent=True)
+    return ControlError(f"cannot open the {what} {path}: {exc.strerror or exc}",
+                        permanent=True)
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The pid in `path`, None if there is none; a symbolic link is refused (ControlError)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise _no_link(path, "pidfile", exc) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        text = handle.read(32).strip()
     return int(text) if text.isdigit() else None
 
 
 def write_pidfile(path: Path, pid: int) -> None:
+    """Write `pid` to `path` through a new temporary file (never through a link), mode 0640."""
+    safe_folder(path, "pidfile")
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(f"{pid}\n")
-    temporary.replace(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a leftover, or a planted link: removed, never followed
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                         PIDFILE_MODE)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(f"{pid}\n")
+    os.replace(temporary, path)  # replaces a link at `path` itself, not what it points to
+
+
+def open_log(path: Path) -> int:
+    """A descriptor appending to the log `path` (created 0640), never through a link."""
+    safe_folder(path, "log")
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, LOG_MODE)
+    except OSError as exc:
+        raise _no_link(path, "log", exc) from None
+
+
+def server_process(pidfile: Path, start: Sequence[str]) -> tuple[psutil.Process | None, str]:
+    """The live process the pidfile names if it is the server sglguard started; else None and
+    why. Its owner, its start time against the pidfile's and its command line against the
+    control's `start` must all agree: a pidfile may be stale, or forged by whoever can write
+    it."""
+    safe_folder(pidfile, "pidfile")
+    pid = read_pidfile(pidfile)
+    if pid is None:
+        return None, f"no pid in {pidfile}"
+    try:
+        written = os.stat(pidfile, follow_symlinks=False)
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None, f"pid {pid} has exited"
+        created = process.create_time()
+        owner = process.uids().real
+        cmdline = process.cmdline()
+    except FileNotFoundError:
+        return None, f"no pid in {pidfile}"
+    except psutil.NoSuchProcess:
+        return None, f"pid {pid} (from {pidfile}) is not running"
+    except psutil.AccessDenied:
+        return None, f"pid {pid} (from {pidfile}) cannot be inspected: not sglguard's"
+    me = os.geteuid()
+    if written.st_uid != me:
+        problem = f"the pidfile belongs to uid {written.st_uid}, not sglguard's ({me})"
+    elif owner != me:
+        problem = f"it runs as uid {owner}, not as sglguard's ({me})"
+    elif created > written.st_mtime + 1.0:
+        problem = "it started after the pidfile was written (the pid was reused)"
+    elif created < written.st_mtime - STARTED_BEFORE_WRITTEN:
+        problem = (f"it started {written.st_mtime - created:.0f} s before the pidfile was "
+                   "written")
+    elif not runs_command(cmdline, start):
+        problem = f"its command line is not the control's start: {shown_command(cmdline)[:200]}"
+    else:
+        return process, f"pid {pid}"
+    return None, f"pid {pid} (from {pidfile}) is not the server sglguard started: {problem}"
+
+
+def runs_command(cmdline: Sequence[str], start: Sequence[str]) -> bool:
+    """Whether a command line runs the program of `start` (directly, or as a script under its
+    interpreter), with the same `-m module` where `start` has one."""
+    if not cmdline or not start:
+        return False
+    program = resolve_program(start[0])
+    wanted = {Path(start[0]).name, Path(program).name, Path(os.path.realpath(program)).name}
+    seen = set()
+    for part in cmdline[:2]:
+        seen.add(Path(part).name)
+        if os.sep in part:
+            seen.add(Path(os.path.realpath(part)).name)
+    if not wanted & seen:
+        return False
+    if len(start) > 2 and start[1] == "-m":
+        return any(cmdline[index:index + 2] == ["-m", start[2]]
+                   for index in range(len(cmdline) - 1))
+    return True
+
+
+def signal_server(process: psutil.Process, signum: signal.Signals) -> None:
+    """Signal a server sglguard started: its process group when it leads one (started in a
+    session of its own), else the process alone."""
+    pid = process.pid
+    try:
+        if os.getpgid(pid) == pid and pid != os.getpgid(0):
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise ControlError(f"not allowed to signal pid {pid} (it belongs to another user)",
+                           permanent=True) from None
 
 
 def record_started(child: subprocess.Popen[bytes], pidfile: Path) -> None:
@@ -37,10 +174,11 @@ def record_started(child: subprocess.Popen[bytes], pidfile: Path) -> None:
     sglguard cannot find would be started a second time at the next restart."""
     try:
         write_pidfile(pidfile, child.pid)
-    except OSError as exc:
+    except (OSError, ControlError) as exc:
         os.killpg(child.pid, signal.SIGKILL)  # started in its own session: pgid == pid
         child.wait(timeout=10)
-        raise ControlError(f"cannot write the pidfile {pidfile}: {exc.strerror or exc}; "
+        reason = str(exc) if isinstance(exc, ControlError) else (exc.strerror or str(exc))
+        raise ControlError(f"cannot write the pidfile {pidfile}: {reason}; "
                            "the started process was stopped", permanent=True) from None
 
 
@@ -106,9 +244,7 @@ def run_tool(argv: Sequence[str], *, timeout: float) -> str:
 def start_detached(argv: Sequence[str], *, cwd: Path | None, env: Mapping[str, str],
                    log: Path | None) -> subprocess.Popen[bytes]:
     """Start `argv` in a new session (it outlives sglguard), output appended to `log`."""
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-    output = log.open("ab") if log is not None else None
+    output = os.fdopen(open_log(log), "ab") if log is not None else None
     try:
         return subprocess.Popen(
             [resolve_program(argv[0]), *argv[1:]], cwd=cwd, env={**os.environ, **env},

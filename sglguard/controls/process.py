@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -14,12 +13,14 @@ import psutil
 from pydantic import Field
 
 from sglguard.config.base import RelativePath
-from sglguard.controls.base import Control, ControlConfig, ControlError, Overrides
+from sglguard.controls.base import Control, ControlConfig, Overrides
 from sglguard.controls.launch import (
     apply_flags,
     check_flags,
     record_started,
+    server_process,
     shown_command,
+    signal_server,
     start_detached,
 )
 from sglguard.controls.launch import read_pidfile as read_pidfile
@@ -62,13 +63,13 @@ class ProcessControl(Control[ProcessControlConfig]):
 
     def plan_restart(self, overrides: Overrides | None = None) -> list[str]:
         config = self.config
-        pid = read_pidfile(config.pidfile)
+        process, why = server_process(config.pidfile, config.start)
         grace = config.stop_timeout.total_seconds()
         stop = (
-            f"send SIGTERM to the process group of pid {pid} (from {config.pidfile}), "
+            f"send SIGTERM to the process group of pid {process.pid} (from {config.pidfile}), "
             f"SIGKILL after {grace:g} s"
-            if pid is not None and self._running(pid)
-            else f"nothing to stop (no live process in {config.pidfile})"
+            if process is not None
+            else f"nothing to stop ({why})"
         )
         return [
             stop,
@@ -91,12 +92,15 @@ class ProcessControl(Control[ProcessControlConfig]):
 
     def stop(self) -> str:
         config = self.config
-        pid = read_pidfile(config.pidfile)
-        if pid is None or not self._running(pid):
+        process, why = server_process(config.pidfile, config.start)
+        if process is None:
             self._reap()
+            if "not the server sglguard started" in why:
+                logger.warning("target %s: %s; not signalled", self.target.name, why)
+                return f"nothing stopped: {why}, not signalled"
             return "nothing was running"
-        process = psutil.Process(pid)
-        self._signal(pid, signal.SIGTERM)
+        pid = process.pid
+        signal_server(process, signal.SIGTERM)
         grace = config.stop_timeout.total_seconds()
         with contextlib.suppress(psutil.NoSuchProcess):
             try:
@@ -104,7 +108,7 @@ class ProcessControl(Control[ProcessControlConfig]):
                 self._reap()
                 return f"stopped pid {pid} with SIGTERM"
             except psutil.TimeoutExpired:
-                self._signal(pid, signal.SIGKILL)
+                signal_server(process, signal.SIGKILL)
                 process.wait(timeout=10)
         self._reap()
         return f"stopped pid {pid} (SIGKILL after {grace:g} s)"
@@ -124,30 +128,6 @@ class ProcessControl(Control[ProcessControlConfig]):
             return None
         return (f"the started process (pid {child.pid}) exited with status {child.returncode}; "
                 f"see {self.config.log_path}")
-
-    def _running(self, pid: int) -> bool:
-        """Alive, not a zombie, and not a newer process that reused the pidfile's pid."""
-        try:
-            process = psutil.Process(pid)
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return False
-            written = self.config.pidfile.stat().st_mtime
-            return process.create_time() <= written + 1.0
-        except (psutil.NoSuchProcess, FileNotFoundError):
-            return False
-
-    def _signal(self, pid: int, signum: signal.Signals) -> None:
-        try:
-            group = os.getpgid(pid)
-            if group == os.getpgid(0):  # never signal our own group
-                os.kill(pid, signum)
-            else:
-                os.killpg(group, signum)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            raise ControlError(f"not allowed to signal pid {pid} (it belongs to another user)",
-                               permanent=True) from None
 
     def _reap(self) -> None:
         if self._child is not None:

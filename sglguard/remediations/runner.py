@@ -14,6 +14,7 @@ from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.controls.base import Control
 from sglguard.controls.registry import CONTROLS
+from sglguard.redact import clean
 from sglguard.remediations.base import Remediation, RemediationContext, RemediationError
 from sglguard.remediations.levels import TargetLevels
 from sglguard.remediations.registry import REMEDIATIONS
@@ -137,10 +138,10 @@ class RemediationRunner:
         try:
             detail = action()
         except RemediationError as exc:
-            outcome, error, permanent = "failed", str(exc), exc.permanent
+            outcome, error, permanent = "failed", clean(str(exc)), exc.permanent
         except Exception as exc:
             logger.exception("remediation %s raised", name)
-            outcome, error = "failed", f"unexpected error: {type(exc).__name__}: {exc}"
+            outcome, error = "failed", clean(f"unexpected error: {type(exc).__name__}: {exc}")
         for retry in self.store.retrying():
             with retry, self.store.session() as session:
                 queries.finish_run(session, run_id, outcome=outcome, detail=detail,

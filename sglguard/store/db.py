@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import (
     ArgumentError,
     IntegrityError,
@@ -22,6 +23,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from sglguard.redact import scrub_statement
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +67,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create the database file 0600 before SQLite does (it would follow the umask, usually
+    0644: results and incidents readable by every user); its -wal and -shm files take the
+    file's mode."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError, NotADirectoryError,
+                             PermissionError, IsADirectoryError):  # SQLite says what is wrong
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+
+
 def create_store_engine(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
+            _private_sqlite_file(url)
             engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})
             event.listen(engine, "connect", _sqlite_pragmas)
-            return engine
-        return create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
+        else:
+            engine = create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url))
+        # Every string written goes through the redaction boundary (secrets, NUL, escapes).
+        event.listen(engine, "before_cursor_execute", scrub_statement, retval=True)
+        return engine
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(f"invalid store url: {exc}") from None
     except ModuleNotFoundError as exc:
