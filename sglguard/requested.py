@@ -62,6 +62,10 @@ class Requests:
             for running in list(self._running):
                 running.join(timeout=timeout)
 
+    def working(self) -> bool:
+        """A request of this instance is still being performed."""
+        return any(thread.is_alive() for thread in self._running)
+
     def adopt(self, previous: Requests) -> None:
         """Share the previous instance's busy targets: its work in flight goes on."""
         self._busy, self._lock = previous._busy, previous._lock

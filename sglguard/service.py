@@ -134,6 +134,7 @@ class Service:
         self.clock = clock
         self.stopping = threading.Event()  # no new check run, no new request taken
         self.interrupt = threading.Event()  # remediations in flight give up their waits
+        self.predecessors: list[Service] = []  # services of earlier catalogs (reloads)
         self.clients = build_clients(catalog)
         self.checks = build_checks(catalog, self.clients, store, clock)
         flush = catalog.store.flush_interval.total_seconds()
@@ -230,7 +231,10 @@ class Service:
             self.notifications.stop(timeout=timeout)
             logger.info("previous catalog stopped; work in flight finishes under it")
             return
-        self.interrupt.set()
+        for earlier in (*self.predecessors, self):
+            earlier.interrupt.set()
+        for earlier in self.predecessors:  # their work in flight, still finishing
+            earlier.requests.stop(timeout=timeout)
         self.requests.stop(timeout=timeout)
         self.notifications.stop(timeout=timeout)
         self.agents.leave()
@@ -244,6 +248,8 @@ class Service:
         work writes into the outbox."""
         self.runner.adopt(previous.runner)
         self.requests.adopt(previous.requests)
+        self.predecessors = [earlier for earlier in (*previous.predecessors, previous)
+                             if earlier.requests.working()]
         previous.notifications.successor = self.notifications
         previous.requests.successor = self.requests
 

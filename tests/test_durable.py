@@ -203,6 +203,7 @@ def test_a_reload_during_a_remediation_lets_it_finish_under_its_own_rules(
     service.process.send_signal(signal.SIGHUP)  # ...a second reload comes
     try:
         wait_for(lambda: world.count("incident resolved") == 1, 30)
+        wait_for(lambda: service.query("select 1 from remediation_runs where verified"), 10)
     finally:
         assert service.stop() == 0
     log = (tmp_path / "service.log").read_text()
