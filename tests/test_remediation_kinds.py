@@ -32,7 +32,7 @@ from sglguard.remediations.restore import restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.service import build_clients
 from sglguard.store import Store, queries
-from sglguard.store.models import IncidentRow
+from sglguard.store.models import CheckResultRow, IncidentRow, RemediationRunRow
 
 from conftest import (
     PYTHON,
@@ -514,3 +514,31 @@ def _answers(url: str) -> bool:
         return requests.get(f"{url}/health", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_the_servers_first_start_is_not_counted_against_the_budget_a_repair_is(
+        make_runner: Callable[[str], RemediationRunner], store: Store, clock: FakeClock) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    runner = make_runner(target(url, json.dumps({
+        "kind": "process", "start": emulator_command(port), "pidfile": "server.pid",
+        "startup_timeout": "20s"})) + """\
+        checks: [{name: liveness, kind: http, target: local}]
+        remediations: [{name: restart, kind: restart, budget: {max: 1, within: 1h}}]
+        """)
+    first = runner.run("restart", "local")
+    assert first.outcome == "succeeded"
+    with store.session() as session:
+        assert queries.budget_used(session, "restart", "local", clock() - timedelta(hours=1)) == 0
+        session.add(CheckResultRow(check_name="liveness", target="local", status="ok",
+                                   value=0.01, unit="s", message="", duration_ms=1.0,
+                                   started_at=clock(), evaluated=True))
+    clock.advance(60)
+    runner.control(runner.catalog.targets[0]).stop()  # type: ignore[union-attr]
+    second = runner.run("restart", "local")  # the server was seen well: this is a repair
+    assert second.outcome == "succeeded"
+    with store.session() as session:
+        assert queries.budget_used(session, "restart", "local", clock() - timedelta(hours=1)) == 1
+        triggers = [run.trigger for run in session.query(RemediationRunRow).order_by(
+            RemediationRunRow.id)]
+    assert triggers == ["first_start", "incident"]

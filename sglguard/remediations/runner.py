@@ -129,7 +129,13 @@ class RemediationRunner:
                 outcome="running", at=now)
             run_id = run.id
         logger.info("remediation %s on %s: running (run %s)", name, target_name, run_id)
-        return self.perform(remediation.execute, run_id, name, target_name, plan)
+        outcome = self.perform(remediation.execute, run_id, name, target_name, plan)
+        if outcome.outcome == "succeeded" and outcome.detail.startswith("nothing was running"):
+            with self.store.session() as session:
+                if queries.mark_first_start(session, run_id, target_name, now):
+                    logger.info("remediation %s on %s: the server's first start, not counted "
+                                "against the budget", name, target_name)
+        return outcome
 
     def perform(self, action: Callable[[], str], run_id: int, name: str, target: str,
                 plan: list[str]) -> RunOutcome:

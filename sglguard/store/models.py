@@ -138,7 +138,7 @@ class RemediationRunRow(Base):
     remediation: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(128))
-    trigger: Mapped[str] = mapped_column(String(16))  # incident | manual
+    trigger: Mapped[str] = mapped_column(String(16))  # incident | manual | first_start
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     plan: Mapped[str] = mapped_column(Text)  # JSON list of steps
     outcome: Mapped[str] = mapped_column(String(16))  # running|succeeded|failed|skipped|planned

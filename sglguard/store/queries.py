@@ -66,9 +66,25 @@ def budget_used(session: Session, remediation: str, target: str, since: datetime
             RemediationRunRow.target == target,
             RemediationRunRow.dry_run.is_(False),
             RemediationRunRow.outcome.not_in(("skipped", "planned")),
+            RemediationRunRow.trigger != "first_start",
             RemediationRunRow.started_at >= since,
         )
     ) or 0
+
+
+def mark_first_start(session: Session, run_id: int, target: str, before: datetime) -> bool:
+    """A restart that found nothing running on a target never seen healthy in this store was
+    the server's first start, not a repair: it is marked so (and not counted in the budget)."""
+    seen_well = session.scalar(select(CheckResultRow.id).where(
+        CheckResultRow.target == target, CheckResultRow.status == "ok",
+        CheckResultRow.evaluated.is_(True), CheckResultRow.started_at < before).limit(1))
+    if seen_well is not None:
+        return False
+    run = session.get(RemediationRunRow, run_id)
+    if run is None or run.trigger != "incident":
+        return False
+    run.trigger = "first_start"
+    return True
 
 
 def start_run(session: Session, *, incident_id: int | None, remediation: str, kind: str,
