@@ -126,6 +126,15 @@ class Responder:
 
     def _deferred(self, config: CheckConfig, incident_id: int) -> bool:
         now = self.clock()
+        fresh = self._fresh_after_step(config, now)
+        if fresh is not None:
+            self.deferred_until[incident_id] = fresh
+            stepped = fresh - self._memory(config)
+            self._note_once(incident_id, "remediation_deferred",
+                            f"the last concurrency step was taken at {stepped:%H:%M:%S} UTC: "
+                            f"waiting until {config.name} judges only data from after it "
+                            f"({fresh:%H:%M:%S} UTC)")
+            return True
         for name in config.remediate:
             wait = next_run_allowed(self.store, self.catalog.remediation(name), config.target, now)
             if wait is not None:
@@ -135,6 +144,27 @@ class Responder:
                                 f"{wait.until:%H:%M:%S} UTC")
                 return True
         return False
+
+    def _memory(self, config: CheckConfig) -> timedelta:
+        """How long a result of the check still reflects the past: its window (a windowed
+        metric, progress) and the runs its threshold needs."""
+        window = getattr(config, "window", None) or timedelta(0)
+        runs = config.failures.within if config.failures is not None else \
+            config.failure_threshold
+        held = config.hold or timedelta(0)
+        return window + max(held, config.interval * runs)
+
+    def _fresh_after_step(self, config: CheckConfig, now: datetime) -> datetime | None:
+        """When the chain lowers concurrency and a step was taken lately, the moment the check
+        judges only data from after it; None when that is past (or no step was taken)."""
+        kinds = {self.catalog.remediation(name).kind for name in config.remediate}
+        if "reduce_concurrency" not in kinds:
+            return None
+        levels = self.runner.context(config.target).levels.all()
+        if not levels:
+            return None
+        fresh = max(level.changed_at for level in levels) + self._memory(config)
+        return fresh if fresh > now else None
 
     def _note_once(self, incident_id: int, kind: str, detail: str) -> None:
         if self._noted.get(incident_id) != detail:

@@ -23,7 +23,7 @@ from sglguard.service import Service
 from sglguard.store import Store, queries
 from sglguard.store.models import IncidentRow, NotificationAttemptRow, RemediationRunRow
 
-from conftest import PYTHON, Loopback, Reply, Request, wait_for
+from conftest import PYTHON, FakeClock, Loopback, Reply, Request, wait_for
 
 
 @pytest.fixture
@@ -274,3 +274,38 @@ def test_a_check_that_cannot_evaluate_never_restarts_unless_it_opts_in(
         assert "no measured breach" in events["remediation_withheld"]
         # A measured breach is evidence of harm: the restart is requested then.
         assert engine.record(result("ttft", Status.CRITICAL, engine.clock())).requested
+
+
+def test_lower_concurrency_waits_until_its_check_judges_only_data_from_after_the_last_step(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    from sglguard.remediations.levels import Level, TargetLevels
+
+    catalog = make_catalog("""\
+        version: 1
+        targets: [{name: local, url: "http://127.0.0.1:1",
+                   control: {kind: process, start: ["true"], pidfile: x.pid}}]
+        checks:
+          - {name: e2e, kind: metric, target: local, metric: sglang:e2e_request_latency_seconds,
+             quantile: 0.95, window: 5m, critical: "> 5", interval: 30s,
+             failure_threshold: 2, remediate: [shed]}
+        remediations: [{name: shed, kind: reduce_concurrency, factor: 0.5, min: 8}]
+        """)
+    service = Service(catalog, store, clock=clock)
+    check = catalog.check("e2e")
+    with store.session() as session:
+        incident = IncidentRow(check_name="e2e", target="local", status="open",
+                               severity="critical", opened_at=clock(), first_message="",
+                               last_message="")
+        session.add(incident)
+        session.flush()
+        incident_id = incident.id
+    TargetLevels(store, "local", clock).save([Level("max_running_requests", 256, 128, 1,
+                                                     clock())])
+    clock.advance(60)  # a minute after the step, the 5-minute window still holds older data
+    assert service.responder.respond(check, incident_id) == "deferred"
+    with store.session() as session:
+        [note] = [event.detail for event in queries.events_of(session, incident_id)
+                  if event.kind == "remediation_deferred"]
+    assert "judges only data from after it" in note
+    clock.advance(6 * 60)  # the window (5m) and two runs (1m) are all from after the step
+    assert service.responder._fresh_after_step(check, clock()) is None
