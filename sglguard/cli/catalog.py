@@ -229,6 +229,7 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
               as_json: bool) -> None:
     """Incidents with their remediations and notifications, newest first."""
     from sglguard import output
+    from sglguard.cli.diag import bundle_items, print_bundles
     from sglguard.store import queries
     from sglguard.store.models import IncidentRow
 
@@ -244,8 +245,11 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
                                  queries.events_of(session, incident.id))
             for incident in chosen if incident is not None
         ]
+        if show_id is not None:
+            items[0]["diagnostics"] = bundle_items(session, show_id)
     if show_id is not None and not as_json:
         output.incident_timeline(output.console(highlight=False), items[0])
+        print_bundles(items[0]["diagnostics"], show_id)
     elif as_json:
         click.echo(json.dumps(items, indent=2))
     else:
