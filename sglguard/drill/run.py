@@ -242,7 +242,8 @@ class Drill:
                 if incident is not None and incident.status != "open":
                     end = incident.resolved_at or self.clock()
                     outcome.healthy_s = round((end - since).total_seconds(), 2)
-                    return
+                    if all(run.outcome != "running" for run in runs):
+                        return  # resolved, and its remediation has recorded how it went
             time.sleep(0.1)
 
     def _check_of(self, incident_id: int) -> str:
