@@ -285,3 +285,16 @@ def test_without_py_spy_a_hang_bundle_says_so(tmp_path: Path,
                       hang=True)
     assert collect.stacks(job) == {"taken": False,
                                    "reason": "py-spy is not installed (pip install py-spy)"}
+
+
+def test_a_bundle_round_trips_through_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    catalog = load_catalog(write_catalog(tmp_path, free_port(), free_port()))
+    store = Store.open(postgres_url)
+    service = Service(catalog, store)
+    row_id = service.diagnostics.capture(None, "liveness", "incident opened")
+    assert row_id is not None
+    with store.session() as session:
+        row = session.get(DiagnosticRow, row_id)
+        assert row is not None and decode(row.data)["stage"] == "incident opened"
+        assert row.summary.startswith("Diagnostics (incident opened")
+    store.close()

@@ -145,6 +145,9 @@ def test_drill_against_the_emulator_reports_each_fault_detected_within_its_bound
                                       str(report["id"])])
     assert shown.exit_code == 0 and "PASSED" in shown.output and "liveness" in shown.output
     assert (tmp_path / "sglguard-drills.db").exists()
+    evidence = CliRunner().invoke(main, ["diag", str(crash["incident"]), "--drills",
+                                         "--config", str(config), "--list"])
+    assert evidence.exit_code == 0 and "before restart" in evidence.output, evidence.output
 
 
 def test_a_plain_process_is_drilled_with_sigstop_only_with_yes_and_resumed(

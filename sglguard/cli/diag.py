@@ -41,14 +41,22 @@ def print_bundles(items: list[dict[str, Any]], incident_id: int) -> None:
 @click.option("--bundle", "bundle_id", type=int, default=None,
               help="which bundle of the incident (default: the newest)")
 @click.option("--list", "listing", is_flag=True, help="list the incident's bundles")
+@click.option("--drills", is_flag=True,
+              help="an incident of `sglguard drill` (read from the drills database)")
 def diag(config_path: str | None, incident_id: int, out: str | None, bundle_id: int | None,
-         listing: bool) -> None:
+         listing: bool, drills: bool) -> None:
     """An incident's diagnostics: captured when it opened and before destructive remediations."""
     from sglguard.store.evidence import bundles_of
     from sglguard.store.models import IncidentRow
 
     _, catalog = load(config_path)
-    with open_store(catalog).session() as session:
+    if drills:
+        from sglguard.cli.drill import drill_store_url, open_drill_store
+
+        store = open_drill_store(drill_store_url(catalog, None))
+    else:
+        store = open_store(catalog)
+    with store.session() as session:
         if session.get(IncidentRow, incident_id) is None:
             fail(f"no incident #{incident_id}")
         rows = bundles_of(session, incident_id)
