@@ -73,20 +73,12 @@ def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, .
     injected; against a real server only sigkill, sigstop, burst and regex, and only with
     --yes. Messages are marked [DRILL]. Exit status 0 when every drill passed, 1 otherwise."""
     from sglguard.config.types import parse_duration
-    from sglguard.drill.faults import (
-        EMULATOR_FAULTS,
-        FAULTS,
-        REAL_FAULTS,
-        DrillError,
-        Scene,
-        Settings,
-        is_emulator,
-    )
+    from sglguard.drill.faults import FAULTS, Scene, Settings, is_emulator
+    from sglguard.drill.run import drill_catalog
+    from sglguard.service import build_clients
 
     if list_faults:
-        for cls in (*EMULATOR_FAULTS, *REAL_FAULTS):
-            where = "emulator" if cls.emulator else "emulator or server"
-            click.echo(f"{cls.name:14} {where}: {(cls.__doc__ or '').strip()}")
+        _list_faults()
         return
     _, catalog = load(config_path)
     url = drill_store_url(catalog, store_url)
@@ -99,37 +91,54 @@ def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, .
         waiting = parse_duration(wait).total_seconds() if wait else None
     except ValueError as exc:
         fail(f"--stop-for/--wait: {exc}")
-    unknown = [name for name in chosen if name not in FAULTS]
-    if unknown:
-        fail(f"unknown fault {', '.join(unknown)}; the faults are {', '.join(FAULTS)}")
     emulator = is_emulator(target)
-    allowed = [cls for cls in FAULTS.values() if emulator or not cls.emulator]
-    names = list(chosen) or [cls.name for cls in allowed]
-    refused = [name for name in names if FAULTS[name].emulator and not emulator]
-    if refused:
-        fail(f"{', '.join(refused)}: only the emulator can act these out, and {target.name} "
-             f"({target.url}) is not the emulator; on a real server: sigkill, sigstop, burst, "
-             "regex")
-    from sglguard.drill.run import drill_catalog
-    from sglguard.service import build_clients
-
+    names = _fault_names(chosen, emulator, target)
     drilled = drill_catalog(catalog, url)
-    client = build_clients(drilled)[target.name]
-    scene = Scene(target, client, _pid_reader(target), settings)
+    scene = Scene(target, build_clients(drilled)[target.name], _pid_reader(target), settings)
     faults = [FAULTS[name](scene) for name in names]
     if dry_run or (not emulator and not yes):
-        kind = "the emulator" if emulator else "a real server"
-        click.echo(f"drills of {target.name} ({target.url}, {kind}), in order:")
-        for fault in faults:
-            try:
-                click.echo(f"  {fault.name:14} {fault.plan()}")
-            except DrillError as exc:
-                click.echo(f"  {fault.name:14} cannot run: {exc}")
+        _print_plan(target, faults, emulator)
         if not dry_run:
             fail(f"{target.name} is a real server: nothing done; add --yes to run these drills "
                  "(or --dry-run to only list them)")
         return
     _run(drilled, target.name, faults, emulator, waiting, as_json)
+
+
+def _list_faults() -> None:
+    from sglguard.drill.faults import EMULATOR_FAULTS, REAL_FAULTS
+
+    for cls in (*EMULATOR_FAULTS, *REAL_FAULTS):
+        where = "emulator" if cls.emulator else "emulator or server"
+        click.echo(f"{cls.name:14} {where}: {(cls.__doc__ or '').strip()}")
+
+
+def _fault_names(chosen: tuple[str, ...], emulator: bool, target: TargetConfig) -> list[str]:
+    """The faults to run, in order (default: every one the target allows), or exit 2."""
+    from sglguard.drill.faults import FAULTS
+
+    unknown = [name for name in chosen if name not in FAULTS]
+    if unknown:
+        fail(f"unknown fault {', '.join(unknown)}; the faults are {', '.join(FAULTS)}")
+    names = list(chosen) or [cls.name for cls in FAULTS.values() if emulator or not cls.emulator]
+    refused = [name for name in names if FAULTS[name].emulator and not emulator]
+    if refused:
+        fail(f"{', '.join(refused)}: only the emulator can act these out, and {target.name} "
+             f"({target.url}) is not the emulator; on a real server: sigkill, sigstop, burst, "
+             "regex")
+    return names
+
+
+def _print_plan(target: TargetConfig, faults: list[Fault], emulator: bool) -> None:
+    from sglguard.drill.faults import DrillError
+
+    kind = "the emulator" if emulator else "a real server"
+    click.echo(f"drills of {target.name} ({target.url}, {kind}), in order:")
+    for fault in faults:
+        try:
+            click.echo(f"  {fault.name:14} {fault.plan()}")
+        except DrillError as exc:
+            click.echo(f"  {fault.name:14} cannot run: {exc}")
 
 
 def _target(catalog: Catalog, name: str | None) -> TargetConfig:
