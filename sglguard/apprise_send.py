@@ -14,8 +14,10 @@ _TYPES = {"critical": "failure", "warning": "warning", "unknown": "warning", "ok
 
 
 def send(urls: Sequence[str], severity: str, title: str, body: str,
-         timeout: float) -> str | None:
-    """Deliver to every URL; None when Apprise says it went through, else what it said."""
+         timeout: float, attach: str | None = None) -> str | None:
+    """Deliver to every URL; None when Apprise says it went through, else what it said.
+    `attach`: a file to attach where the channel takes attachments (e-mail, Slack...);
+    channels that do not take them get the message without it."""
     import apprise
 
     sender = apprise.Apprise()
@@ -26,6 +28,8 @@ def send(urls: Sequence[str], severity: str, title: str, body: str,
     options: dict[str, Any] = {"body": body, "title": title,
                                "body_format": apprise.NotifyFormat.TEXT,
                                "notify_type": apprise.NotifyType(_TYPES.get(severity, "info"))}
+    if attach is not None:
+        options["attach"] = attach
     if "timeout" in inspect.signature(sender.notify).parameters:  # Apprise 2
         options["timeout"] = timeout
     capture = apprise.LogCapture(  # type: ignore[no-untyped-call]

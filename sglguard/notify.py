@@ -34,6 +34,7 @@ from sglguard.agents import Agents, may_take
 from sglguard.apprise_send import send as apprise_send
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
+from sglguard.diag.capture import Attachment, attachment
 from sglguard.notice import ESCALATIONS, FOLLOW_UPS, REMINDS, TELLS, Message, host_name
 from sglguard.redact import clean, remember
 from sglguard.routing import Router
@@ -506,12 +507,15 @@ class Notifications:
         title = render(notifier.title or self.settings.title, values, message.title)
         body = render(notifier.body or self.settings.body, values, message.body)
         body = f"{body}\n\n{note}" if note else body
+        evidence = self._evidence(message)
+        body = f"{body}\n\n{evidence.summary}" if evidence is not None else body
         counter: list[int] = [0]
         errors: list[str | None] = [None]
 
         def attempt() -> None:
             counter[0] += 1
-            error = errors[0] = self._send(notifier, message.severity, title, body)
+            error = errors[0] = self._send(notifier, message.severity, title, body,
+                                           str(evidence.path) if evidence else None)
             self._record(notifier.name, message, counter[0], "failed" if error else "sent",
                          error or (status_note or None), title, body, outbox_id=outbox_id)
             if error:
@@ -524,14 +528,32 @@ class Notifications:
             logger.error("notifier %s: %s not delivered after %s attempts: %s", notifier.name,
                          message.event, counter[0], errors[0])
             return False, errors[0]
+        finally:
+            if evidence is not None:
+                evidence.remove()
         return True, None
 
+    def _evidence(self, message: Message) -> Attachment | None:
+        """The incident's newest diagnostics bundle, summarised and attached; a capture this
+        process has in progress is waited for up to its bound."""
+        settings = self.catalog.diagnostics if self.catalog is not None else None
+        if settings is None or not settings.enabled:
+            return None
+        ids = message.incident_ids or ((message.incident_id,) if message.incident_id else ())
+        try:
+            return attachment(self.store, message.event, ids,
+                              settings.timeout.total_seconds() + 1.0)
+        except Exception:
+            logger.exception("diagnostics of %s could not be attached", message.event)
+            return None
+
     def _send(self, notifier: NotifierConfig, severity: str, title: str,
-              body: str) -> str | None:
+              body: str, attach: str | None = None) -> str | None:
         # Plain text: server text must not become mentions, links or markup in a chat.
         error = apprise_send([url.get_secret_value() for url in notifier.urls], severity,
                              clean(title, one_line=True), clean(body),
-                             (notifier.timeout or self.settings.timeout).total_seconds())
+                             (notifier.timeout or self.settings.timeout).total_seconds(),
+                             attach)
         return None if error is None else self._redact(error)
 
     def _record(self, notifier: str, message: Message, attempt: int, outcome: str,

@@ -13,6 +13,7 @@ from sglguard import messages
 from sglguard.agents import Agents
 from sglguard.checks.base import Check, CheckConfig, Status
 from sglguard.config.models import Catalog
+from sglguard.diag import Diagnostics
 from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.rails import Leases, next_run_allowed
@@ -32,10 +33,12 @@ class Responder:
                  runner: RemediationRunner, notifications: Notifications,
                  checks: Mapping[str, Check[Any]], *, clock: Callable[[], datetime],
                  stop: threading.Event, dry_run: bool = False,
-                 leases: Leases | None = None, agents: Agents | None = None) -> None:
+                 leases: Leases | None = None, agents: Agents | None = None,
+                 diagnostics: Diagnostics | None = None) -> None:
         self.catalog, self.store, self.engine = catalog, store, engine
         self.runner, self.notifications, self.checks = runner, notifications, checks
         self.clock, self.stop, self.dry_run = clock, stop, dry_run
+        self.diagnostics = diagnostics
         self.leases = leases or Leases(store, agents.name if agents else None, agents=agents)
         self.verifying: set[str] = set()  # checks whose scheduled runs wait for a verification
         self._noted: dict[int, str] = {}  # the last deferral noted per incident
@@ -102,6 +105,9 @@ class Responder:
                 # "acting" only for an action that will run: a spent budget says so instead
                 self.notifications.submit(messages.remediation_started(
                     self.engine.incident(incident_id), config, target, name))
+            if self.diagnostics is not None and not self.dry_run and (
+                    self.catalog.remediation(name).destructive):
+                self.diagnostics.before(incident_id, config.name, name)  # bounded, never fails
             last = self.runner.run(name, target.name, incident_id=incident_id,
                                    dry_run=self.dry_run)
             if last.outcome == "succeeded":
@@ -160,7 +166,8 @@ class Responder:
         kinds = {self.catalog.remediation(name).kind for name in config.remediate}
         if "reduce_concurrency" not in kinds:
             return None
-        levels = self.runner.context(config.target).levels.all()
+        kept = self.runner.context(config.target).levels
+        levels = kept.all() if kept is not None else []
         if not levels:
             return None
         fresh = max(level.changed_at for level in levels) + self._memory(config)

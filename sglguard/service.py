@@ -25,6 +25,7 @@ from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
+from sglguard.diag import Diagnostics
 from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.remediations.drained import return_when_well
@@ -146,9 +147,13 @@ class Service:
                                      notifications=self.notifications, dry_run=dry_run)
         self.runner = RemediationRunner(catalog, store, self.clients, stop=self.interrupt,
                                         clock=clock)
+        self.diagnostics = Diagnostics(catalog, store, self.clients,
+                                       lambda name: self.runner.control(catalog.target(name)),
+                                       clock=clock)
         self.responder = Responder(catalog, store, self.engine, self.runner, self.notifications,
                                    self.checks, clock=clock, stop=self.interrupt,
-                                   dry_run=dry_run, agents=self.agents)
+                                   dry_run=dry_run, agents=self.agents,
+                                   diagnostics=self.diagnostics)
         self.requests = Requests(catalog, store, self.responder, self.agents, clock=clock,
                                  stop=self.stopping, interrupt=self.interrupt)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
@@ -275,6 +280,8 @@ class Service:
                       else self.checks[name].execute())
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             decision = self.engine.record(result)
+            if decision.opened is not None and not self.dry_run:
+                self.diagnostics.opened(decision.opened, name)  # in the background
             self._latest[name] = result.shown_status
             if decision.resolved is not None:
                 self.undrain_soon()

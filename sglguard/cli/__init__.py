@@ -129,7 +129,9 @@ def main(ctx: click.Context, log_level: str | None, log_format: str,
 
 # The commands register themselves on `main` when their modules are imported.
 import sglguard.cli.catalog  # noqa: E402
+import sglguard.cli.diag  # noqa: E402
 import sglguard.cli.drained  # noqa: E402
+import sglguard.cli.drill  # noqa: E402
 import sglguard.cli.notices  # noqa: E402
 import sglguard.cli.service  # noqa: E402
 import sglguard.cli.silence  # noqa: E402

@@ -238,6 +238,7 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
               as_json: bool) -> None:
     """Incidents with their remediations and notifications, newest first."""
     from sglguard import output
+    from sglguard.cli.diag import bundle_items, print_bundles
     from sglguard.cli.drained import drained_lines, drained_now, drained_of
     from sglguard.store import queries
     from sglguard.store.models import IncidentRow
@@ -256,11 +257,13 @@ def incidents(config_path: str | None, open_only: bool, show_id: int | None, lim
         ]
         if show_id is not None:
             items[0]["drained"] = drained_of(session, items[0]["target"], show_id)
+            items[0]["diagnostics"] = bundle_items(session, show_id)
         out_now = [] if show_id is not None or as_json else drained_now(session)
     if show_id is not None and not as_json:
         output.incident_timeline(output.console(highlight=False), items[0])
         for line in drained_lines(items[0]["target"], items[0]["drained"]):
             click.echo(line)
+        print_bundles(items[0]["diagnostics"], show_id)
     elif as_json:
         click.echo(output.json_text(items))
     else:

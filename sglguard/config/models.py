@@ -19,7 +19,7 @@ import sglguard.checks.registry
 import sglguard.controls.registry
 import sglguard.remediations.registry  # noqa: F401  (the registries bind the kinds)
 from sglguard.checks.base import CheckConfig
-from sglguard.config.base import ConfigModel, Name
+from sglguard.config.base import ConfigModel, Name, RelativePath
 from sglguard.config.notifier_urls import apprise_problem
 from sglguard.config.types import Duration, DurationOrZero, HttpUrl
 from sglguard.controls.base import ControlConfig
@@ -72,6 +72,9 @@ class TargetConfig(ConfigModel):
         default=timedelta(seconds=5),
         description="checks of this target starting within this long of a scrape share it "
                     "(one GET /metrics per tick); 0s: each check fetches its own")
+    crash_dump_folder: RelativePath | None = Field(
+        default=None, description="the server's --crash-dump-folder: its newest dump goes into "
+                                  "the incident's diagnostics")
 
 
 class NotifierConfig(ConfigModel):
@@ -198,6 +201,22 @@ class HttpConfig(ConfigModel):
         return self
 
 
+class DiagnosticsConfig(ConfigModel):
+    """The evidence captured when an incident opens and before a destructive remediation."""
+
+    enabled: bool = True
+    timeout: Duration = Field(default=timedelta(seconds=5),
+                              description="bound on one capture; a remediation waits no longer")
+    max_bytes: int = Field(default=4_000_000, ge=20_000, le=100_000_000,
+                           description="bound on one bundle, uncompressed")
+    log_lines: int = Field(default=200, ge=0, le=100_000,
+                           description="last lines of the server's log")
+    copy_crash_dump_below: int = Field(default=1_000_000, ge=0,
+                                       description="a crash dump this small is copied whole")
+    stacks: Literal["hang", "always", "never"] = Field(
+        default="hang", description="Python stacks of the server's processes (py-spy)")
+
+
 class Catalog(ConfigModel):
     """The whole catalog file."""
 
@@ -214,6 +233,7 @@ class Catalog(ConfigModel):
     maintenance: tuple[MaintenanceWindow, ...] = ()
     http: HttpConfig | None = Field(
         default=None, description="serve the status page, API and /metrics while running")
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
 
     @model_validator(mode="wrap")
     @classmethod

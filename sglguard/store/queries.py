@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from sglguard.checks.base import CheckResult
+from sglguard.store.evidence import DiagnosticRow
 from sglguard.store.models import (
     CheckResultRow,
     CheckStateRow,
@@ -258,7 +259,7 @@ def prune(session: Session, *, results_before: datetime, incidents_before: datet
         CheckResultRow.started_at < results_before)).rowcount or 0  # type: ignore[attr-defined]
     old = select(IncidentRow.id).where(IncidentRow.status == "resolved",
                                        IncidentRow.resolved_at < incidents_before)
-    for table in (IncidentEventRow, RemediationRunRow, NotificationAttemptRow):
+    for table in (IncidentEventRow, RemediationRunRow, NotificationAttemptRow, DiagnosticRow):
         gone += session.execute(delete(table).where(
             table.incident_id.in_(old))).rowcount or 0  # type: ignore[attr-defined]
     gone += session.execute(delete(IncidentRow).where(

@@ -1,0 +1,199 @@
+"""`sglguard drill`: faults injected into the emulator and into a plain process, each caught
+within the bound its check implies, repaired, and reported; a real server only with --yes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from sglguard.checks.http import HttpCheckConfig
+from sglguard.cli import main
+from sglguard.drill.run import detection_bound
+from sglguard.receiver import AlertReceiver
+
+from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
+
+PLAIN_SERVER = """\
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"ok" if self.path == "/health" else b"no"
+        self.wfile.write(b"HTTP/1.1 %d X\\r\\nContent-Length: %d\\r\\n\\r\\n"
+                         % (200 if self.path == "/health" else 404, len(body)) + body)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def receiver() -> Iterator[AlertReceiver]:
+    server = AlertReceiver().start()
+    yield server
+    server.stop()
+
+
+def catalog_text(port: int, start: list[str], alerts: int, checks: str,
+                 remediations: str = "") -> str:
+    return textwrap.dedent(f"""\
+        version: 1
+        store: {{url: sqlite:///sglguard.db, flush_interval: 0s}}
+        targets:
+          - name: local
+            url: http://127.0.0.1:{port}
+            timeout: 1s
+            control:
+              kind: process
+              start: {json.dumps(start)}
+              pidfile: server.pid
+              startup_timeout: 15s
+        notifications: {{group_wait: 0s}}
+        notifiers:
+          - {{name: ops, urls: ["json://127.0.0.1:{alerts}/alerts"]}}
+        diagnostics: {{timeout: 1s}}
+        """) + checks + remediations
+
+
+EMULATOR_CHECKS = """\
+checks:
+  - {name: liveness, kind: http, target: local, path: /health, interval: 0.3s, timeout: 0.5s,
+     failure_threshold: 2, remediate: [restart]}
+  - {name: generation, kind: generate, target: local, measure: ttft, critical: "> 2",
+     interval: 0.5s, timeout: 1s, failure_threshold: 2, depends_on: liveness}
+  - {name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs", aggregate: sum,
+     critical: "> 200", interval: 0.5s, timeout: 1s, failure_threshold: 2,
+     depends_on: liveness}
+"""
+RESTART = """\
+remediations:
+  - {name: restart, kind: restart, budget: {max: 5, within: 30m},
+     backoff: {initial: 0.2s, max: 1s}}
+"""
+
+
+def start(directory: Path, command: list[str], port: int) -> subprocess.Popen[bytes]:
+    log = (directory / "server.log").open("ab")
+    child = subprocess.Popen(command, start_new_session=True, stdout=log,
+                             stderr=subprocess.STDOUT)
+    (directory / "server.pid").write_text(f"{child.pid}\n")
+    wait_for(lambda: _healthy(port), 15)
+    return child
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def kill_pidfile(directory: Path) -> None:
+    pid = int((directory / "server.pid").read_text())
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGCONT)
+        os.killpg(pid, signal.SIGKILL)
+
+
+def test_drill_against_the_emulator_reports_each_fault_detected_within_its_bound(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    config = tmp_path / "sglguard.yaml"
+    config.write_text(catalog_text(port, emulator_command(port), receiver.port,
+                                   EMULATOR_CHECKS, RESTART))
+    start(tmp_path, emulator_command(port), port)
+    try:
+        ran = CliRunner().invoke(main, ["drill", "--config", str(config), "--json",
+                                        "--fault", "crash", "--fault", "5xx",
+                                        "--fault", "queue"])
+    finally:
+        kill_pidfile(tmp_path)
+    report = json.loads(ran.stdout)
+    verdicts = {item["fault"]: item for item in report["outcomes"]}
+    assert ran.exit_code == 0, json.dumps(verdicts, indent=1) + ran.stderr
+    assert report["passed"] and report["emulator"] and report["target"] == "local"
+    crash, errors, queue = verdicts["crash"], verdicts["5xx"], verdicts["queue"]
+    assert (crash["check"], errors["check"], queue["check"]) == (
+        "liveness", "generation", "queue")
+    for item in report["outcomes"]:
+        assert item["detected"] and item["detection_s"] <= item["bound_s"], item
+        assert item["healthy_s"] is not None and item["verdict"] == "pass"
+    assert crash["remediation"] == "restart succeeded"
+    assert errors["remediation"] == "none (the drill undid the fault)"
+    assert any(line.startswith("incident_opened -> ops") for line in crash["notifications"])
+    titles = [alert["title"] for alert in receiver.received()]
+    assert titles and all(title.startswith("[DRILL] ") for title in titles), titles
+    # Drill incidents stay out of the service's history; the report is stored.
+    history = CliRunner().invoke(main, ["incidents", "--config", str(config), "--json"])
+    assert json.loads(history.stdout) == []
+    shown = CliRunner().invoke(main, ["drill", "--config", str(config), "--show",
+                                      str(report["id"])])
+    assert shown.exit_code == 0 and "PASSED" in shown.output and "liveness" in shown.output
+    assert (tmp_path / "sglguard-drills.db").exists()
+    evidence = CliRunner().invoke(main, ["diag", str(crash["incident"]), "--drills",
+                                         "--config", str(config), "--list"])
+    assert evidence.exit_code == 0 and "before restart" in evidence.output, evidence.output
+
+
+def test_a_plain_process_is_drilled_with_sigstop_only_with_yes_and_resumed(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN_SERVER)
+    command = [PYTHON, str(script), str(port)]
+    config = tmp_path / "sglguard.yaml"
+    config.write_text(catalog_text(port, command, receiver.port, """\
+checks:
+  - {name: liveness, kind: http, target: local, path: /health, interval: 0.3s, timeout: 0.5s,
+     failure_threshold: 2}
+"""))
+    child = start(tmp_path, command, port)
+    try:
+        refused = CliRunner().invoke(main, ["drill", "--config", str(config),
+                                            "--fault", "sigstop"])
+        assert refused.exit_code == 2, refused.output
+        assert "nothing done" in refused.output and f"SIGSTOP pid {child.pid}" in refused.output
+        planned = CliRunner().invoke(main, ["drill", "--config", str(config), "--dry-run"])
+        assert planned.exit_code == 0 and "sigkill" in planned.output
+        assert "crash" not in planned.output  # emulator faults are not offered
+        emulator_only = CliRunner().invoke(main, ["drill", "--config", str(config), "--yes",
+                                                  "--fault", "hang"])
+        assert emulator_only.exit_code == 2 and "only the emulator" in emulator_only.output
+        assert _healthy(port)  # none of that touched it
+        ran = CliRunner().invoke(main, ["drill", "--config", str(config), "--yes", "--json",
+                                        "--fault", "sigstop", "--stop-for", "10s"])
+        assert ran.exit_code == 0, ran.output
+        [item] = json.loads(ran.stdout)["outcomes"]
+        assert item["detected"] and item["check"] == "liveness"
+        assert item["detection_s"] <= item["bound_s"] and item["verdict"] == "pass"
+        assert _healthy(port) and child.poll() is None  # resumed, same process
+        with open(f"/proc/{child.pid}/stat") as stat:
+            assert stat.read().split(")")[-1].split()[0] != "T"
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        child.kill()
+        child.wait()
+
+
+def test_the_bound_is_the_runs_a_check_takes_to_judge() -> None:
+    check = HttpCheckConfig(name="c", target="t", kind="http", interval=timedelta(seconds=10),
+                            timeout=timedelta(seconds=5), jitter=timedelta(0),
+                            failure_threshold=3)
+    assert detection_bound(check) == timedelta(seconds=10 + 2 * 10 + 5)
+    slow = check.model_copy(update={"timeout": timedelta(seconds=20)})
+    assert detection_bound(slow) == timedelta(seconds=10 + 2 * 20 + 20)
