@@ -14,9 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sglguard import flapping, messages, silences
-from sglguard.checks.base import CheckConfig, CheckResult, Status
+from sglguard.checks.base import CheckConfig
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
+from sglguard.domain import CheckResult, Status
 from sglguard.notify import Message, Notifications
 from sglguard.store import Store, queries
 from sglguard.store import outbox as owed

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sglguard.checks.base import CheckResult, Status
+from sglguard.domain import CheckResult, Status
 from sglguard.redact import clean, for_terminal
 from sglguard.store.models import (
     CheckResultRow,

@@ -11,9 +11,10 @@ from typing import Any
 
 from sglguard import messages
 from sglguard.agents import Agents
-from sglguard.checks.base import Check, CheckConfig, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.config.models import Catalog
 from sglguard.diag import Diagnostics
+from sglguard.domain import Status
 from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.rails import Leases, next_run_allowed

@@ -20,12 +20,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sglguard import messages, silences
 from sglguard.agents import HEARTBEAT, Agents
-from sglguard.checks.base import Check, CheckConfig, CheckContext, CheckResult, Status
+from sglguard.checks.base import Check, CheckConfig, CheckContext
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.diag import Diagnostics
+from sglguard.domain import CheckResult, Status
 from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications
 from sglguard.remediations.drained import return_when_well

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sglguard.checks.base import Check, CheckConfig, CheckContext, CheckResult, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig, CheckContext
 from sglguard.checks.registry import CHECKS
+from sglguard.domain import CheckResult, Measurement, Status
 
 __all__ = [
     "CHECKS",

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from pydantic import Field, WithJsonSchema, field_validator, model_validator
@@ -18,6 +17,7 @@ from sglguard.client import SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
 from sglguard.config.types import ByteSize, Duration, Threshold, ThresholdField, format_duration
+from sglguard.domain import CheckResult, Measurement, Status
 from sglguard.logs import log_context
 from sglguard.redact import clean, remember
 
@@ -25,23 +25,6 @@ if TYPE_CHECKING:
     from sglguard.config.models import TargetConfig
 
 logger = logging.getLogger(__name__)
-
-
-class Status(IntEnum):
-    """Check states, ordered so that max() gives the worst (as Nagios exit codes)."""
-
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    UNKNOWN = 3
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-    @classmethod
-    def from_label(cls, label: str) -> Status:
-        return cls[label.upper()]
 
 
 class FailureWindow(ConfigModel):
@@ -136,37 +119,6 @@ class CheckConfig(KindModel):
     def jitter_seconds(self) -> float:
         jitter = self.jitter if self.jitter is not None else self.interval / 10
         return min(jitter.total_seconds(), self.interval.total_seconds() / 2)
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """What a kind's run() saw: a value and, where the kind can judge, a status."""
-
-    value: float | None
-    message: str = ""
-    status: Status | None = None
-    unit: str = ""
-    counts: bool = True  # False: nothing to judge yet (a window still filling)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One evaluated run of one check, as it is stored and printed."""
-
-    check: str
-    target: str
-    status: Status
-    value: float | None
-    unit: str
-    message: str
-    duration_ms: float
-    started_at: datetime
-    skipped: bool = False
-    counts: bool = True  # False: recorded, never counted toward an incident
-
-    @property
-    def shown_status(self) -> str:
-        return "skipped" if self.skipped else self.status.label
 
 
 class SampleBook(Protocol):

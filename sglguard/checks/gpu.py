@@ -11,9 +11,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.metric import Aggregate, aggregate, no_data
 from sglguard.config.types import Duration, format_duration
+from sglguard.domain import Measurement, Status
 
 GpuMetric = Literal["memory_used_mib", "memory_used_ratio", "utilization_percent",
                     "temperature_c", "power_w", "ecc_uncorrected"]

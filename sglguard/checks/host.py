@@ -13,8 +13,9 @@ from typing import Any, Literal
 import psutil
 from pydantic import Field
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, SampleBook, Status
+from sglguard.checks.base import Check, CheckConfig, SampleBook
 from sglguard.config.base import RelativePath
+from sglguard.domain import Measurement, Status
 
 HostMetric = Literal["cpu_percent", "memory_percent", "disk_percent", "load1"]
 Reading = dict[str, Any]

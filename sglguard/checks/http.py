@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.client import ConnectionRefused, TargetTimeout
+from sglguard.domain import Measurement, Status
 
 
 class HttpCheckConfig(CheckConfig):

@@ -11,9 +11,10 @@ from typing import BinaryIO, Literal
 
 from pydantic import Field, field_validator
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.host import Reading, Remembered
 from sglguard.config.base import RelativePath
+from sglguard.domain import Measurement, Status
 
 UNIT = "lines"
 MAX_READ = 8 * 1024**2  # per run; a burst larger than this is caught up by later runs

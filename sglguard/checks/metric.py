@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from sglguard.checks import pages
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.promql import (
     ALIASES,
     Scrape,
@@ -22,6 +22,7 @@ from sglguard.checks.promql import (
 )
 from sglguard.config.base import ConfigModel
 from sglguard.config.types import Duration, format_duration
+from sglguard.domain import Measurement, Status
 
 Aggregate = Literal["sum", "max", "min", "avg"]
 OnAbsent = Literal["zero", "no_data", "unknown", "critical"]

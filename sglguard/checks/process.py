@@ -13,10 +13,11 @@ from typing import Literal
 import psutil
 from pydantic import Field, field_validator
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.host import Reading, Remembered, describe_span, reading_pair, stale_after
 from sglguard.controls.base import ControlError
 from sglguard.controls.process import ProcessControlConfig, read_pidfile
+from sglguard.domain import Measurement, Status
 
 ProcessMetric = Literal["alive", "rss_mib", "cpu_percent", "open_fds", "uptime_s"]
 UNITS: dict[str, str] = {"alive": "up", "rss_mib": "MiB", "cpu_percent": "%",

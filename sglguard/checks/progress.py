@@ -9,10 +9,11 @@ from typing import Literal
 from pydantic import Field
 
 from sglguard.checks import pages
-from sglguard.checks.base import Check, CheckConfig, Measurement, NoWindowYet, Status
+from sglguard.checks.base import Check, CheckConfig, NoWindowYet
 from sglguard.checks.metric import no_data
 from sglguard.checks.promql import Scrape, carry, window_increases
 from sglguard.config.types import Duration
+from sglguard.domain import Measurement, Status
 
 # Only the total of each rank: with priority scheduling the gauges are also split by priority.
 _TOTALS = {"priority": re.compile("")}

@@ -7,9 +7,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.metric import Aggregate, aggregate
 from sglguard.config.types import Duration
+from sglguard.domain import Measurement, Status
 
 
 class ServerInfoCheckConfig(CheckConfig):

@@ -8,8 +8,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sglguard.checks.base import Check, CheckConfig, Measurement, Status
+from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.generate import answered, judge
+from sglguard.domain import Measurement, Status
 
 
 class StructuredOutputCheckConfig(CheckConfig):

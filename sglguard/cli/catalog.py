@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sglguard.cli import PLUGIN_ERROR, PluginCommand, config_option, fail, load, main, open_store
+from sglguard.cli.app import (
+    PLUGIN_ERROR,
+    PluginCommand,
+    config_option,
+    fail,
+    load,
+    main,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from sglguard.config.models import Catalog

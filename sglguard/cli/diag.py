@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.cli.app import config_option, fail, load, main, open_store
 
 
 def bundle_items(session: Any, incident_id: int) -> list[dict[str, Any]]:

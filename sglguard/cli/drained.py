@@ -6,14 +6,13 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import or_, select
 
-from sglguard.cli import config_option, fail, load, main, open_store
-from sglguard.remediations.gateway import describe
-from sglguard.store.models import DrainedWorkerRow
+from sglguard.cli.app import config_option, fail, load, main, open_store
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from sglguard.store.models import DrainedWorkerRow
 
 
 @main.command()
@@ -46,6 +45,10 @@ def undrain(config_path: str | None, target: str) -> None:
 
 def drained_of(session: Session, target: str, incident_id: int) -> list[dict[str, Any]]:
     """The target's workers out of a gateway now, and those this incident's drains took out."""
+    from sqlalchemy import or_, select
+
+    from sglguard.store.models import DrainedWorkerRow
+
     rows = session.scalars(select(DrainedWorkerRow).where(
         DrainedWorkerRow.target == target,
         or_(DrainedWorkerRow.returned_at.is_(None),
@@ -63,12 +66,18 @@ def _item(row: DrainedWorkerRow) -> dict[str, Any]:
 
 def drained_now(session: Session) -> list[tuple[str, dict[str, Any]]]:
     """Every worker out of its gateway now, with its target."""
+    from sqlalchemy import select
+
+    from sglguard.store.models import DrainedWorkerRow
+
     rows = session.scalars(select(DrainedWorkerRow).where(
         DrainedWorkerRow.returned_at.is_(None)).order_by(DrainedWorkerRow.id)).all()
     return [(row.target, _item(row)) for row in rows]
 
 
 def drained_lines(target: str, items: list[dict[str, Any]]) -> list[str]:
+    from sglguard.remediations.gateway import describe
+
     lines = []
     for item in items:
         when = item["drained_at"][:19].replace("T", " ")

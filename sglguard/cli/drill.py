@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sglguard.cli import config_option, fail, load, main
+from sglguard.cli.app import config_option, fail, load, main
 
 if TYPE_CHECKING:
     from sglguard.config.models import Catalog, TargetConfig

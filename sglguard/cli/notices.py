@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.cli.app import config_option, fail, load, main, open_store
 from sglguard.redact import clean
 
 

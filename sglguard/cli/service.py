@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.cli.app import config_option, fail, load, main, open_store
 from sglguard.redact import for_terminal
 
 logger = logging.getLogger(__name__)

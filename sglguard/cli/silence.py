@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sglguard.cli import fail, load, main, open_store
+from sglguard.cli.app import fail, load, main, open_store
 from sglguard.clock import utcnow
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sglguard.cli import config_option, fail, load, main, open_store
+from sglguard.cli.app import config_option, fail, load, main, open_store
 
 if TYPE_CHECKING:
     from sglguard.config.models import Catalog

@@ -20,12 +20,12 @@ import sglguard.controls.registry
 import sglguard.remediations.registry  # noqa: F401  (the registries bind the kinds)
 from sglguard.checks.base import CheckConfig
 from sglguard.config.base import ConfigModel, Name, RelativePath
+from sglguard.config.maintenance import MaintenanceWindow
 from sglguard.config.notifier_urls import apprise_problem
 from sglguard.config.types import Duration, DurationOrZero, HttpUrl
 from sglguard.controls.base import ControlConfig
 from sglguard.remediations.base import RemediationConfig
 from sglguard.routing import notifier_problems
-from sglguard.silences import MaintenanceWindow
 from sglguard.templates import check_template
 
 Event = Literal[

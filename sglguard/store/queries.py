@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from sglguard.checks.base import CheckResult
+from sglguard.domain import CheckResult
 from sglguard.store.evidence import DiagnosticRow
 from sglguard.store.models import (
     CheckResultRow,

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import func, select
 
 from sglguard import __version__
-from sglguard.checks.base import Status
+from sglguard.domain import Status
 from sglguard.store.models import (
     CheckResultRow,
     CheckStateRow,
