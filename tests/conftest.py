@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -239,7 +239,10 @@ def pid_alive(pid: int) -> bool:
 
 
 class ServiceProcess:
-    """`sglguard run` as a child process."""
+    """`sglguard run` as a child process; one a failed test left running is killed after it
+    (see `no_service_left`)."""
+
+    started: ClassVar[list[ServiceProcess]] = []
 
     def __init__(self, catalog: Path, log: str = "service.log",
                  database: str = "sglguard-e2e.db") -> None:
@@ -248,6 +251,7 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [PYTHON, "-m", "sglguard", "--log-level", "debug", "run", "--config", str(catalog)],
             stdout=self.log, stderr=subprocess.STDOUT)
+        ServiceProcess.started.append(self)
         self.database = create_engine(f"sqlite:///{catalog.parent / database}")
 
     def query(self, sql: str) -> list[Any]:
@@ -270,3 +274,15 @@ class ServiceProcess:
         self.log.close()
         self.database.dispose()
         return code
+
+
+@pytest.fixture(autouse=True)
+def no_service_left() -> Iterator[None]:
+    """Kill any `sglguard run` child a test started and did not stop (a failed wait)."""
+    yield
+    while ServiceProcess.started:
+        child = ServiceProcess.started.pop().process
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=10)
+
