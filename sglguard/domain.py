@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 
-__all__ = ["CheckResult", "Measurement", "Status"]
+__all__ = ["CheckResult", "Measurement", "SamplesUnavailable", "Status"]
 
 
 class Status(IntEnum):
@@ -56,3 +56,8 @@ class CheckResult:
     @property
     def shown_status(self) -> str:
         return "skipped" if self.skipped else self.status.label
+
+
+class SamplesUnavailable(Exception):
+    """The sample book (the store) cannot be read or written now: sglguard's own trouble, not
+    the server's."""

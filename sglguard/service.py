@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -20,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sglguard import messages, silences
 from sglguard.agents import HEARTBEAT, Agents
+from sglguard.backlog import Backlog, store_down
 from sglguard.checks.base import Check, CheckConfig, CheckContext
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
@@ -95,8 +97,13 @@ def blocking_dependency(config: CheckConfig, latest: Mapping[str, str],
     for name in config.depends_on:
         status = latest.get(name)
         if status is None:
-            with store.session() as session:
-                status = queries.latest_status(session, name)
+            try:
+                with store.session() as session:
+                    status = queries.latest_status(session, name)
+            except Exception as exc:
+                if not store_down(exc):
+                    raise
+                status = None  # the store is down: nothing known, the check runs
         if status not in (None, "ok"):
             return f"{name} is {status}"
     return None
@@ -158,6 +165,7 @@ class Service:
         self.requests = Requests(catalog, store, self.responder, self.agents, clock=clock,
                                  stop=self.stopping, interrupt=self.interrupt)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
+        self.backlog = Backlog(self.engine.record)  # results held while the store is down
         # Set once each check's first run of this process is recorded: on the first round a
         # check waits for the checks it depends on.
         self._first_run = {config.name: threading.Event() for config in catalog.checks}
@@ -195,6 +203,8 @@ class Service:
         soon = self.clock() + timedelta(seconds=1)
         self.scheduler.add_job(self.agents.beat, every(HEARTBEAT.total_seconds()),
                                id="_heartbeat", name="heartbeat")
+        self.scheduler.add_job(self._replay_backlog, every(5), id="_backlog",
+                               name="write results held while the store was down")
         self.scheduler.add_job(self.repeat_reminders, every(60), next_run_time=soon,
                                id="_reminders", name="reminders")
         self.scheduler.add_job(self.restore_levels, every(60), next_run_time=soon,
@@ -280,10 +290,19 @@ class Service:
             result = (skipped_result(config, blocker, self.clock()) if blocker
                       else self.checks[name].execute())
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
-            decision = self.engine.record(result)
+            self._latest[name] = result.shown_status
+            if self.backlog.pending and not self.backlog.replay():
+                self.backlog.hold(result)  # behind those held before it: order is kept
+                return result
+            try:
+                decision = self.engine.record(result)
+            except Exception as exc:
+                if not store_down(exc):
+                    raise
+                self.backlog.hold(result, exc)
+                return result
             if decision.opened is not None and not self.dry_run:
                 self.diagnostics.opened(decision.opened, name)  # in the background
-            self._latest[name] = result.shown_status
             if decision.resolved is not None:
                 self.undrain_soon()
             if decision.staged:
@@ -296,6 +315,13 @@ class Service:
             return None
         finally:
             self._first_run[name].set()
+
+    def _replay_backlog(self) -> None:
+        if self.backlog.pending:
+            with contextlib.suppress(Exception):
+                if self.backlog.replay():
+                    self.notifications.poke()
+                    self.requests.poke()
 
     def undrain_soon(self) -> None:
         """A worker drained for an incident that just resolved goes back now, not at the next

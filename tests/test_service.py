@@ -188,3 +188,51 @@ def test_a_run_left_running_is_interrupted_at_start_but_not_at_a_reload(
     fresh.start()  # a new process: whoever ran it died
     fresh.stop()
     assert outcome(still_finishing) == "interrupted"
+
+
+def test_a_store_outage_holds_results_and_writes_them_in_order_when_it_is_back(
+        make_catalog: Callable[[str], Catalog], store: Store,
+        caplog: pytest.LogCaptureFixture) -> None:
+    catalog = make_catalog("""\
+        version: 1
+        store: {flush_interval: 0s}
+        targets: [{name: local, url: "http://127.0.0.1:1"}]
+        checks:
+          - {name: liveness, kind: http, target: local, failure_threshold: 3, timeout: 1s}
+          - {name: rate, kind: metric, target: local, metric: "sglang:num_requests_total",
+             aggregate: sum, window: 1m, rate: true, interval: 10s}
+        """)
+    service = Service(catalog, store)
+    with store.engine.begin() as connection:  # the store breaks under the service
+        connection.execute(text("alter table check_results rename to check_results_gone"))
+    caplog.clear()
+    held = [service.run_check("liveness") for _ in range(4)]
+    assert all(item is not None for item in held)  # runs go on, nothing raised
+    assert service.backlog.pending == 4 and service.backlog.outage
+    said = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert len(said) == 1 and said[0].startswith("store unavailable")  # once per outage
+    with store.engine.begin() as connection:
+        connection.execute(text("alter table check_results_gone rename to check_results"))
+    service._replay_backlog()
+    assert service.backlog.pending == 0 and not service.backlog.outage
+    assert results(store, "liveness") == 4
+    with store.session() as session:
+        [incident] = queries.incidents(session, open_only=True, limit=5)
+        assert incident.check_name == "liveness"  # the held failures opened it, in order
+
+
+def test_a_windowed_check_without_its_store_has_no_data_not_an_unknown_server(
+        make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "{emulator.url}"}}]
+        checks:
+          - {{name: rate, kind: metric, target: local, metric: "sglang:num_requests_total",
+             aggregate: sum, window: 1m, rate: true}}
+        """)
+    service = Service(catalog, store)
+    with store.engine.begin() as connection:
+        connection.execute(text("alter table check_samples rename to check_samples_gone"))
+    result = service.checks["rate"].execute()
+    assert result.status.label == "ok" and not result.counts, result
+    assert "the store is unavailable" in result.message

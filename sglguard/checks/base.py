@@ -17,7 +17,7 @@ from sglguard.client import SGLangClient, TargetError
 from sglguard.clock import utcnow
 from sglguard.config.base import ConfigModel, KindModel, Name
 from sglguard.config.types import ByteSize, Duration, Threshold, ThresholdField, format_duration
-from sglguard.domain import CheckResult, Measurement, Status
+from sglguard.domain import CheckResult, Measurement, SamplesUnavailable, Status
 from sglguard.logs import log_context
 from sglguard.redact import clean, remember
 
@@ -197,10 +197,14 @@ class Check(Generic[ConfigT]):
         if book is None:
             raise NoWindowYet(f"a {format_duration(window)} window needs the store")
         now = self.context.clock()
-        latest = book.latest(self.config.name)
-        data = build(latest[1] if latest is not None and latest[0] < now else None)
-        baseline = book.earliest_since(self.config.name, now - window, now)
-        book.save(self.config.name, now, data, keep=window * 2)
+        try:
+            latest = book.latest(self.config.name)
+            data = build(latest[1] if latest is not None and latest[0] < now else None)
+            baseline = book.earliest_since(self.config.name, now - window, now)
+            book.save(self.config.name, now, data, keep=window * 2)
+        except SamplesUnavailable as exc:  # sglguard's trouble: no data, not an UNKNOWN server
+            raise NoWindowYet(f"{exc}: the {format_duration(window)} window waits for it") \
+                from None
         if baseline is None:
             raise NoWindowYet(
                 f"collecting samples for the {format_duration(window)} window: "
