@@ -305,3 +305,31 @@ def test_an_empty_store_shows_every_check_pending(make_catalog: Callable[[str], 
     assert "no chart yet" in get(web, "/checks/liveness").text
     head = requests.head(f"http://127.0.0.1:{web.port}/", timeout=5)
     assert head.status_code == 200 and head.content == b""
+
+
+def test_the_fleet_view_shows_every_agent_of_a_shared_postgresql_and_a_silent_one_at_once(
+        make_catalog: Callable[[str], Catalog], postgres_url: str, clock: FakeClock) -> None:
+    from sglguard.agents import Agents
+
+    shared = Store.open(postgres_url)
+    try:
+        hosts = []
+        for host in ("gpu-a", "gpu-b"):  # one agent per inference host, one store
+            agent = Agents(shared, name=f"{host}:100:0000", clock=clock)
+            agent.register(["local"])
+            hosts.append(agent)
+        clock.advance(30)
+        hosts[0].beat()  # gpu-b stopped reporting 30 s ago...
+        clock.advance(30)  # ...and is silent past the 45 s bound now
+        web = serve(make_catalog(CATALOG), shared, listen=f"127.0.0.1:{free_port()}")
+        web.app.view.clock = clock
+        try:
+            agents = get(web, "/api/v1/agents").json()["agents"]
+            page = get(web, "/").text
+        finally:
+            web.stop()
+    finally:
+        shared.close()
+    states = {item["host"]: item["state"] for item in agents}
+    assert states == {"gpu-a": "running", "gpu-b": "silent"}
+    assert "gpu-b:100:0000" in page and "<b>silent</b>" in page

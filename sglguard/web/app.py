@@ -68,6 +68,7 @@ class WebApp:
             (re.compile(r"/checks/([^/]+)"), self._check_page),
             (re.compile(r"/incidents/(\d+)"), self._incident_page),
             (re.compile(API + r"/targets"), lambda q: _json({"targets": view.targets()})),
+            (re.compile(API + r"/agents"), lambda q: _json({"agents": view.agents()})),
             (re.compile(API + r"/checks"), lambda q: _json({"checks": view.checks()})),
             (re.compile(API + r"/checks/([^/]+)"), self._check),
             (re.compile(API + r"/checks/([^/]+)/results"), self._results),

@@ -161,6 +161,33 @@ class View:
                 CheckResultRow.value.is_not(None)).order_by(*_NEWEST).limit(limit)).all()
         return [[iso(at), value] for at, value in reversed(rows)]
 
+    # --- agents -------------------------------------------------------------------------
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every sglguard process that used this store lately (`sglguard run` on each host,
+        hand-run commands), grouped by host, with its last heartbeat: one that stopped
+        reporting shows as silent at once."""
+        from sglguard.agents import DEAD_AFTER
+        from sglguard.store.models import AgentRow
+
+        now = self.clock()
+        with self.store.session() as session:
+            rows = session.scalars(select(AgentRow).where(
+                AgentRow.heartbeat_at >= now - timedelta(days=1))
+                .order_by(AgentRow.host, AgentRow.started_at)).all()
+        items = []
+        for row in rows:
+            silent = now - row.heartbeat_at
+            state = ("stopped" if row.stopped_at is not None
+                     else "silent" if silent > DEAD_AFTER else "running")
+            items.append({
+                "agent": row.name, "host": row.host, "pid": row.pid, "role": row.role,
+                "targets": json.loads(row.targets or "[]"), "state": state,
+                "started_at": iso(row.started_at), "heartbeat_at": iso(row.heartbeat_at),
+                "heartbeat_age_s": round(silent.total_seconds(), 1),
+                "stopped_at": iso(row.stopped_at)})
+        return self.scrub(items)  # type: ignore[no-any-return]
+
     # --- targets ------------------------------------------------------------------------
 
     def targets(self) -> list[dict[str, Any]]:
