@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -171,6 +171,7 @@ class Notifications:
         """Write the message's outbox rows (one per notifier it goes to) in `session`'s
         transaction; how many rows. A resolution also goes to whoever was told of its
         incident, even where the routing would not send it."""
+        message = self._linked(message)
         chosen = self.router.recipients(message)
         names = [notifier.name for notifier in chosen]
         if message.event in FOLLOW_UPS and message.incident_ids:
@@ -192,6 +193,20 @@ class Notifications:
                      payload={"message": message.payload(), "direct": direct}, now=now, due=due,
                      expires=now + self.settings.expire)
         return len(names)
+
+    def _linked(self, message: Message) -> Message:
+        """The message with its page on the status page (`$link`, a last line of the body),
+        when the catalog gives `http.external_url`."""
+        if self.catalog is None or message.event == "test":
+            return message
+        from sglguard.web.links import check_url, incident_url
+
+        link = (incident_url(self.catalog, message.incident_ids[0]) if message.incident_ids
+                else check_url(self.catalog, message.check) if message.check else None)
+        if link is None:
+            return message
+        body = f"{message.body}\npage: {link}"
+        return replace(message, body=body, fields={**message.fields, "link": link, "body": body})
 
     def _told(self, session: Session, incident_id: int) -> list[str]:
         """Notifiers told of the incident, or with a telling message still on its way."""

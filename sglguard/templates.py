@@ -19,6 +19,7 @@ Placeholders (every one is always filled; what does not apply reads `-`):
 - `$count`: how many incidents the message is about
 - `$checks`: one line per incident: check, status, value, threshold
 - `$ack`: the command that acknowledges the incident(s) and stops repeats
+- `$link`: the incident's (or check's) page on the status page, when `http.external_url` is set
 - `$title`, `$body`: sglguard's default title and body, to wrap rather than replace
 
 Braces are not used: the catalog loader reads `${NAME}` as an environment variable.
@@ -31,7 +32,7 @@ from string import Template
 
 PLACEHOLDERS: tuple[str, ...] = (
     "ack", "body", "check", "checks", "count", "done", "event", "first_value", "host",
-    "incident", "kind", "lasted", "message", "opened_at", "runbook", "severity", "status",
+    "incident", "kind", "lasted", "link", "message", "opened_at", "runbook", "severity", "status",
     "target", "threshold", "title", "url", "value", "what",
 )
 MISSING = "-"

@@ -426,3 +426,22 @@ def test_a_resolution_inside_the_window_releases_the_group_first(
     sender.stop()
     assert [alert["title"].split(":")[0] for alert in inbox.received()] == [
         "[CRITICAL] a/a-live", "[ACTING] a/a-live", "[RESOLVED] a/a-live"]
+
+
+def test_messages_link_to_the_status_page_when_the_catalog_gives_its_address(
+        make_catalog: Callable[[str], Catalog], store: Store,
+        receivers: Callable[[], AlertReceiver]) -> None:
+    inbox = receivers()
+    catalog = make_catalog(CHECKS + f"""\
+notifications: {{group_wait: 0s, title: "$title", body: "$body ($link)"}}
+notifiers: [{{name: ops, urls: ["{json_url(inbox)}"]}}]
+http: {{external_url: "https://gpu-07.example.com/sglguard/"}}
+""")
+    incident = open_incident(store, "a-live", "a")
+    sender = notifications(catalog, store)
+    sender.submit(opened(catalog, incident))
+    assert sender.flush(10)
+    sender.stop()
+    [alert] = inbox.received()
+    link = f"https://gpu-07.example.com/sglguard/incidents/{incident.id}"
+    assert f"page: {link}" in alert["message"] and alert["message"].endswith(f"({link})")
