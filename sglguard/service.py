@@ -6,6 +6,7 @@ import contextlib
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor as Pool
 from datetime import UTC, datetime, timedelta
@@ -166,6 +167,8 @@ class Service:
                                  stop=self.stopping, interrupt=self.interrupt)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
         self.backlog = Backlog(self.engine.record)  # results held while the store is down
+        self._ran: dict[str, float] = {}  # when each check last finished a run (monotonic)
+        self._started = time.monotonic()
         # Set once each check's first run of this process is recorded: on the first round a
         # check waits for the checks it depends on.
         self._first_run = {config.name: threading.Event() for config in catalog.checks}
@@ -203,6 +206,8 @@ class Service:
         soon = self.clock() + timedelta(seconds=1)
         self.scheduler.add_job(self.agents.beat, every(HEARTBEAT.total_seconds()),
                                id="_heartbeat", name="heartbeat")
+        self.scheduler.add_job(self.find_stale, every(15), id="_stale",
+                               name="notice checks that stopped producing results")
         self.scheduler.add_job(self._replay_backlog, every(5), id="_backlog",
                                name="write results held while the store was down")
         self.scheduler.add_job(self.repeat_reminders, every(60), next_run_time=soon,
@@ -315,6 +320,46 @@ class Service:
             return None
         finally:
             self._first_run[name].set()
+            self._ran[name] = time.monotonic()
+
+    def stale_after(self, config: CheckConfig) -> float:
+        """Seconds without a finished run after which a check is stale: several intervals,
+        and never less than its timeout allows."""
+        interval = config.interval.total_seconds()
+        timeout = config.timeout.total_seconds()
+        return max(3 * interval + config.jitter_seconds, interval + 2 * timeout, 30.0)
+
+    def find_stale(self) -> list[str]:
+        """Checks with no finished run for several intervals (a stuck thread, a scheduler that
+        no longer runs them): each gets an UNKNOWN result that says so, which opens an incident
+        of its own like any failure ("sglguard cannot run check X") and never restarts the
+        server; the check's next real result ends it."""
+        now = time.monotonic()
+        stale: list[str] = []
+        for config in self.catalog.checks:
+            if config.name in self.responder.verifying:
+                continue
+            last = self._ran.get(config.name, self._started)
+            silent = now - last
+            if silent < self.stale_after(config):
+                continue
+            stale.append(config.name)
+            logger.error("check %s: no result for %.0f s: sglguard cannot run it", config.name,
+                         silent)
+            result = CheckResult(
+                check=config.name, target=config.target, status=Status.UNKNOWN, value=None,
+                unit="", message=f"stale: sglguard has not run this check for {silent:.0f} s "
+                                 "(a stuck run or a scheduler that no longer runs it)",
+                duration_ms=0.0, started_at=self.clock())
+            try:
+                decision = self.engine.record(result)
+            except Exception:
+                logger.exception("check %s: its staleness could not be recorded", config.name)
+                continue
+            self._ran[config.name] = now  # said once per stale period, not at every look
+            if decision.staged:
+                self.notifications.poke()
+        return stale
 
     def _replay_backlog(self) -> None:
         if self.backlog.pending:

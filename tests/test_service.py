@@ -236,3 +236,31 @@ def test_a_windowed_check_without_its_store_has_no_data_not_an_unknown_server(
     result = service.checks["rate"].execute()
     assert result.status.label == "ok" and not result.counts, result
     assert "the store is unavailable" in result.message
+
+
+def test_a_check_that_stops_producing_results_becomes_stale_and_opens_an_incident(
+        make_catalog: Callable[[str], Catalog], store: Store, emulator: Emulator) -> None:
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "{emulator.url}"}}]
+        checks:
+          - {{name: liveness, kind: http, target: local, interval: 10s, failure_threshold: 2}}
+          - {{name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs",
+             interval: 10s}}
+        """)
+    service = Service(catalog, store)
+    service.run_check("liveness")
+    service.run_check("queue")
+    assert service.find_stale() == []  # both just ran
+    # liveness's runs stop (a thread stuck, a scheduler gone): its last run is 40 s old
+    for _ in range(2):
+        service._ran["liveness"] -= 40
+        assert service.find_stale() == ["liveness"]
+    with store.session() as session:
+        [result] = queries.recent_results(session, "liveness", 1)
+        [incident] = queries.incidents(session, open_only=True, limit=5)
+    assert result.status == "unknown" and result.message.startswith("stale: sglguard has not")
+    assert incident.check_name == "liveness" and incident.severity == "unknown"
+    service.run_check("liveness")  # it runs again, and passes: the incident resolves
+    with store.session() as session:
+        assert queries.incidents(session, open_only=True, limit=5) == []
