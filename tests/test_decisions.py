@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -309,3 +310,47 @@ def test_lower_concurrency_waits_until_its_check_judges_only_data_from_after_the
     assert "judges only data from after it" in note
     clock.advance(6 * 60)  # the window (5m) and two runs (1m) are all from after the step
     assert service.responder._fresh_after_step(check, clock()) is None
+
+
+def test_a_crash_during_another_checks_verification_is_acted_on_at_once(
+        make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    state = {"health": True, "other": True, "fixed_live": 0.0}
+
+    def answer(request: Request) -> Reply:
+        path = request[1]
+        if path == "/fix-live":
+            state["fixed_live"] = time.monotonic()
+            state["health"] = True
+            return 200, "application/json", b"{}"
+        if path == "/fix-other":
+            return 200, "application/json", b"{}"  # fixes nothing: its verification drags on
+        ok = state["health"] if path == "/health" else state["other"]
+        return (200, "text/plain", b"") if ok else (503, "text/plain", b"no")
+
+    server = Loopback(answer)
+    catalog = make_catalog(f"""\
+        version: 1
+        targets: [{{name: local, url: "{server.url}"}}]
+        checks:
+          - {{name: liveness, kind: http, target: local, path: /health, interval: 0.2s,
+             timeout: 1s, failure_threshold: 1, remediate: [fix-live]}}
+          - {{name: other, kind: http, target: local, path: /other, interval: 0.2s,
+             timeout: 1s, failure_threshold: 1, remediate: [fix-other]}}
+        remediations:
+          - {{name: fix-live, kind: webhook, url: "{server.url}/fix-live"}}
+          - {{name: fix-other, kind: webhook, url: "{server.url}/fix-other",
+             verify_within: 30s}}
+        """)
+    service = Service(catalog, store)
+    service.start()
+    try:
+        state["other"] = False
+        wait_for(lambda: "other" in service.responder.verifying, 10)
+        crashed = time.monotonic()
+        state["health"] = False  # the server crashes while `other` is being verified
+        wait_for(lambda: state["fixed_live"], 10)
+        assert "other" in service.responder.verifying  # that verification still runs
+    finally:
+        service.stop()
+        server.close()
+    assert state["fixed_live"] - crashed < 5.0
