@@ -13,12 +13,12 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sglguard import flapping, messages, silences
+from sglguard import flapping, silences
 from sglguard.checks.base import CheckConfig
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.domain import CheckResult, Status
-from sglguard.notify import Message, Notifications
+from sglguard.notify import Message, Notifications, messages
 from sglguard.store import Store, queries
 from sglguard.store import outbox as owed
 from sglguard.store.models import CheckStateRow, IncidentRow

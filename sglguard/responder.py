@@ -9,14 +9,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sglguard import messages
 from sglguard.agents import Agents
 from sglguard.checks.base import Check, CheckConfig
 from sglguard.config.models import Catalog
 from sglguard.diag import Diagnostics
 from sglguard.domain import Status
 from sglguard.engine import IncidentEngine
-from sglguard.notify import Notifications
+from sglguard.notify import Notifications, messages
 from sglguard.rails import Leases, next_run_allowed
 from sglguard.remediations.base import RemediationConfig, RemediationError
 from sglguard.remediations.drained import return_workers

@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from apscheduler.triggers.interval import IntervalTrigger
 
-from sglguard import messages, silences
+from sglguard import silences
 from sglguard.agents import HEARTBEAT, Agents
 from sglguard.backlog import Backlog, store_down
 from sglguard.checks.base import Check, CheckConfig, CheckContext
@@ -31,7 +31,7 @@ from sglguard.config.models import Catalog
 from sglguard.diag import Diagnostics
 from sglguard.domain import CheckResult, Status
 from sglguard.engine import IncidentEngine
-from sglguard.notify import Notifications
+from sglguard.notify import Notifications, messages
 from sglguard.remediations.drained import return_when_well
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner

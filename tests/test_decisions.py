@@ -149,7 +149,7 @@ def test_flapping_that_starts_while_an_incident_is_open_is_announced_then_ended(
 def test_no_longer_flapping_is_withheld_where_flapping_was_never_told(
         make_catalog: Callable[[str], Catalog], store: Store, down: Loopback,
         inbox: AlertReceiver) -> None:
-    from sglguard import messages
+    from sglguard.notify import messages
 
     catalog = make(make_catalog, down, inbox)
     engine = IncidentEngine(catalog, store)

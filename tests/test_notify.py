@@ -11,11 +11,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner, Result
 
-from sglguard import messages, reminders
 from sglguard.cli import main
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
-from sglguard.notify import Message, Notifications
+from sglguard.notify import Message, Notifications, messages, reminders
 from sglguard.receiver import AlertReceiver
 from sglguard.store import Store, queries
 from sglguard.store.models import IncidentRow, NotificationAttemptRow, OutboxRow

@@ -1,7 +1,7 @@
 """Routing, grouping, fallback and templates of notifications, against real loopback receivers.
 
 Incidents are created in the store directly; the messages about them come from the real
-builders in sglguard.messages.
+builders in sglguard.notify.messages.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 
-from sglguard import messages
 from sglguard.config.loader import ConfigError
 from sglguard.config.models import Catalog, NotifierConfig
-from sglguard.notify import Message, Notifications
+from sglguard.notify import Message, Notifications, messages
+from sglguard.notify.routing import Router
 from sglguard.receiver import AlertReceiver
-from sglguard.routing import Router
 from sglguard.store import Store
 from sglguard.store.models import IncidentRow, NotificationAttemptRow, OutboxRow
 

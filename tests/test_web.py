@@ -17,7 +17,7 @@ from sglguard.checks.base import CheckResult, Status
 from sglguard.config.loader import ConfigError
 from sglguard.config.models import Catalog
 from sglguard.engine import IncidentEngine
-from sglguard.reminders import acknowledge
+from sglguard.notify.reminders import acknowledge
 from sglguard.store import Store, queries
 from sglguard.store.models import CheckResultRow, IncidentRow
 from sglguard.web.links import check_url, incident_url

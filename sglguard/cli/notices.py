@@ -44,9 +44,8 @@ def notify_test(config_path: str | None, name: str) -> None:
 def ack(config_path: str | None, incident_ids: tuple[int, ...], by: str, comment: str,
         quiet: bool) -> None:
     """Acknowledge incidents: someone is on it, so "still open" reminders stop."""
-    from sglguard import reminders
     from sglguard.clock import utcnow
-    from sglguard.notify import Notifications
+    from sglguard.notify import Notifications, reminders
     from sglguard.store.models import IncidentRow
 
     _, catalog = load(config_path)

@@ -24,9 +24,9 @@ from sglguard.config.maintenance import MaintenanceWindow
 from sglguard.config.notifier_urls import apprise_problem
 from sglguard.config.types import Duration, DurationOrZero, HttpUrl
 from sglguard.controls.base import ControlConfig
+from sglguard.notify.routing import notifier_problems
+from sglguard.notify.templates import check_template
 from sglguard.remediations.base import RemediationConfig
-from sglguard.routing import notifier_problems
-from sglguard.templates import check_template
 
 Event = Literal[
     "incident_opened",
@@ -125,8 +125,8 @@ class NotificationsConfig(ConfigModel):
         default=timedelta(hours=1),
         description="a message not delivered (after retries and the fallback) is given up "
                     "this long after it was written, and recorded as expired")
-    title: str | None = Field(default=None, description="template, see sglguard.templates")
-    body: str | None = Field(default=None, description="template, see sglguard.templates")
+    title: str | None = Field(default=None, description="template, see sglguard.notify.templates")
+    body: str | None = Field(default=None, description="template, see sglguard.notify.templates")
 
     @field_validator("title", "body")
     @classmethod

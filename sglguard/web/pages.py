@@ -7,7 +7,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from sglguard.notice import host_name
+from sglguard.notify.notice import host_name
 from sglguard.web.chart import CHART_HOURS, build_chart
 from sglguard.web.view import View
 

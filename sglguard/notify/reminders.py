@@ -6,9 +6,9 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sglguard import messages
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
-from sglguard.notice import Message
+from sglguard.notify import messages
+from sglguard.notify.notice import Message
 from sglguard.store import Store, queries
 from sglguard.store.models import IncidentRow
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sglguard.notice import ESCALATIONS, SEVERITY_RANK, Message
+from sglguard.notify.notice import ESCALATIONS, SEVERITY_RANK, Message
 
 if TYPE_CHECKING:
     from sglguard.config.models import NotifierConfig

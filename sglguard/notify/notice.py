@@ -29,7 +29,7 @@ class Message:
     `severity` picks the Apprise type (an `ok` resolution shows green); `level` is what
     `min_severity` filters on and defaults to `severity` (a resolution carries the incident's
     severity there). `incident_ids` lists every incident a grouped message is about;
-    `fields` fills catalog templates (see sglguard.templates).
+    `fields` fills catalog templates (see sglguard.notify.templates).
     """
 
     event: str

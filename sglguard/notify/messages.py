@@ -1,6 +1,6 @@
 """Titles and bodies of notifications: what a person paged at night needs to read.
 
-Each builder returns a Message whose `fields` fill catalog templates (sglguard.templates);
+Each builder returns a Message whose `fields` fill catalog templates (sglguard.notify.templates);
 the default title and body are what those fields read when no template is set.
 """
 
@@ -11,9 +11,9 @@ from datetime import datetime, timedelta
 
 from sglguard.checks.base import CheckConfig
 from sglguard.config.models import TargetConfig
-from sglguard.notice import Message, host_name
+from sglguard.notify.notice import Message, host_name
+from sglguard.notify.templates import MISSING
 from sglguard.store.models import IncidentRow
-from sglguard.templates import MISSING
 
 WORST_FIRST = ("critical", "warning", "unknown", "info", "ok")
 

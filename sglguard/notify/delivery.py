@@ -29,19 +29,19 @@ from urllib.parse import parse_qsl, urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sglguard import messages, reminders
 from sglguard.agents import Agents, may_take
-from sglguard.apprise_send import send as apprise_send
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
 from sglguard.diag.capture import Attachment, attachment
-from sglguard.notice import ESCALATIONS, FOLLOW_UPS, REMINDS, TELLS, Message, host_name
+from sglguard.notify import messages, reminders
+from sglguard.notify.channel import send as apprise_send
+from sglguard.notify.notice import ESCALATIONS, FOLLOW_UPS, REMINDS, TELLS, Message, host_name
+from sglguard.notify.routing import Router
+from sglguard.notify.templates import render
 from sglguard.redact import clean, remember
-from sglguard.routing import Router
 from sglguard.store import Store, queries
 from sglguard.store import outbox as owed
 from sglguard.store.models import IncidentRow, NotificationAttemptRow, OutboxRow
-from sglguard.templates import render
 
 __all__ = ["DeliveryFailed", "Message", "Notifications", "host_name"]
 logger = logging.getLogger(__name__)
