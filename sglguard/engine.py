@@ -104,6 +104,7 @@ class IncidentEngine:
         self._views: dict[str, StateView] = {}
         self._views_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._grace_began: dict[str, datetime] = {}  # when this process began a target's grace
         if writer is not None:
             writer.on_stale = self.forget
 
@@ -193,7 +194,9 @@ class IncidentEngine:
         in_grace = state.grace_until is not None and now < state.grace_until
         failing = result.status is not Status.OK
         decision.evaluated = result.counts and not (failing and in_grace)
-        self._count(state, result, decision.evaluated, now)
+        began = self._grace_began.get(check.target)
+        self._count(state, result, decision.evaluated, now,
+                    keep_grace=began is not None and result.started_at < began)
         if decision.evaluated:
             self._flap(check, state, decision)
         queries.add_result(session, result, evaluated=decision.evaluated)
@@ -328,7 +331,9 @@ class IncidentEngine:
 
     @staticmethod
     def _count(state: State, result: CheckResult, evaluated: bool,
-               now: datetime) -> None:
+               now: datetime, *, keep_grace: bool = False) -> None:
+        """`keep_grace`: the result was measured before the grace began (a run in flight when
+        a restart started): its pass says nothing of the restarted server."""
         if result.status.label != state.status:
             state.last_change_at = now
         state.status = result.status.label
@@ -339,7 +344,8 @@ class IncidentEngine:
             state.consecutive_successes += 1
             state.consecutive_failures = 0
             state.failing_since = None
-            state.grace_until = None  # the check passed: start-up is over
+            if not keep_grace:
+                state.grace_until = None  # the check passed: start-up is over
         elif evaluated:
             state.consecutive_failures += 1
             state.consecutive_successes = 0
@@ -393,7 +399,9 @@ class IncidentEngine:
         return True
 
     def begin_grace(self, target: str, until: datetime) -> None:
-        """Failures of the target's checks do not count until `until` or until they pass."""
+        """Failures of the target's checks do not count until `until` or until they pass (in a
+        run that started after now)."""
+        self._grace_began[target] = self.clock()
         self._set_grace(target, until)
 
     def end_grace(self, target: str) -> None:

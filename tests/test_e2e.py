@@ -184,3 +184,36 @@ def test_crash_looping_server_gets_no_more_restarts_than_the_budget(
         "select detail from incident_events where kind = 'remediation_deferred'")
     assert any("backoff" in row[0] for row in backoff), backoff
     assert sum("ESCALATION" in title for title in titles(receiver)) == 1
+
+
+def test_a_restart_by_hand_beside_the_running_service_is_performed_by_it(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    # A server that takes 3 s to start: the planned restart must page nothing.
+    catalog = write_catalog(tmp_path, port, receiver.port,
+                            emulator_command(port, "--startup-delay", "3"))
+    service = ServiceProcess(catalog)  # starts the server (its child), as under systemd
+    try:
+        wait_for(lambda: any("incident resolved" in title for title in titles(receiver)), 30)
+        first = read_pidfile(tmp_path / "sglguard-local.pid")
+        paged = len(receiver.received())
+        by_hand = subprocess.run(
+            [PYTHON, "-m", "sglguard", "remediate", "restart", "--config", str(catalog)],
+            capture_output=True, text=True, timeout=60)
+        assert by_hand.returncode == 0, by_hand.stdout + by_hand.stderr
+        assert "handed over to the running service" in by_hand.stderr
+        assert "succeeded" in by_hand.stdout
+        second = read_pidfile(tmp_path / "sglguard-local.pid")
+        assert second is not None and second != first and pid_alive(second)
+        wait_for(lambda: service.query(
+            "select 1 from check_results where status = 'ok' and started_at > "
+            "(select max(started_at) from remediation_runs)"), 15)
+    finally:
+        code = service.stop()
+    assert code == 0
+    runs = [tuple(run) for run in service.query(
+        "select trigger, outcome from remediation_runs order by id")]
+    assert runs[-1] == ("manual", "succeeded"), runs
+    assert len(receiver.received()) == paged  # the planned restart paged nobody
+    assert len(service.query("select 1 from incidents")) == 1
+    os.kill(second, signal.SIGTERM)
