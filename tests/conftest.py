@@ -245,14 +245,14 @@ class ServiceProcess:
     started: ClassVar[list[ServiceProcess]] = []
 
     def __init__(self, catalog: Path, log: str = "service.log",
-                 database: str = "sglguard-e2e.db") -> None:
+                 database: str = "sglguard-e2e.db", url: str | None = None) -> None:
         self.catalog = catalog
         self.log = (catalog.parent / log).open("ab")
         self.process = subprocess.Popen(
             [PYTHON, "-m", "sglguard", "--log-level", "debug", "run", "--config", str(catalog)],
             stdout=self.log, stderr=subprocess.STDOUT)
         ServiceProcess.started.append(self)
-        self.database = create_engine(f"sqlite:///{catalog.parent / database}")
+        self.database = create_engine(url or f"sqlite:///{catalog.parent / database}")
 
     def query(self, sql: str) -> list[Any]:
         try:

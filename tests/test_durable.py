@@ -72,11 +72,12 @@ def world() -> Iterator[World]:
     made.close()
 
 
-def catalog(directory: Path, world: World, *, group_wait: str = "1s") -> Path:
+def catalog(directory: Path, world: World, *, group_wait: str = "1s",
+            url: str = f"sqlite:///{DATABASE}") -> Path:
     path = directory / "sglguard.yaml"
     path.write_text(f"""\
 version: 1
-store: {{url: "sqlite:///{DATABASE}", flush_interval: 0s}}
+store: {{url: "{url}", flush_interval: 0s}}
 targets:
   - {{name: local, url: "{world.server.url}", timeout: 1s}}
 checks:
@@ -103,8 +104,8 @@ notifiers:
     return path
 
 
-def start(path: Path) -> ServiceProcess:
-    service = ServiceProcess(path, database=DATABASE)
+def start(path: Path, url: str | None = None) -> ServiceProcess:
+    service = ServiceProcess(path, database=DATABASE, url=url)
     wait_for(lambda: service.query("select 1 from check_results where status = 'ok'"), 20)
     return service
 
@@ -212,3 +213,23 @@ def test_a_reload_during_a_remediation_lets_it_finish_under_its_own_rules(
     assert [tuple(run) for run in runs] == [("succeeded", 1)], runs
     got = world.titles()
     assert not any("[FAILED]" in title or "[ESCALATION]" in title for title in got), got
+
+
+def test_a_kill_mid_remediation_loses_nothing_on_postgresql_too(
+        tmp_path: Path, world: World, postgres_url: str) -> None:
+    path = catalog(tmp_path, world, group_wait="1s", url=postgres_url)
+    service = start(path, postgres_url)
+    world.hook_gate.clear()  # the repair hangs: the kill finds it in flight
+    world.healthy = False
+    wait_for(lambda: world.hook_calls >= 1, 30)
+    service.kill()
+    world.hook_gate.set()
+    service = ServiceProcess(path, url=postgres_url)
+    try:
+        running(service)
+        wait_for(lambda: world.count("incident resolved") == 1, 30)
+    finally:
+        assert service.stop() == 0
+    assert world.count("incident opened") == 1, world.titles()
+    owed = service.query("select status from outbox where status not in ('done', 'cancelled')")
+    assert owed == [], owed
