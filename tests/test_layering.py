@@ -109,3 +109,10 @@ def test_the_store_knows_nothing_of_checks_config_or_notifications() -> None:
 
 def test_a_cycle_is_found_when_there_is_one() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_checks_read_pidfiles_without_the_controls() -> None:
+    graph = import_graph()
+    for name, imports in graph.items():
+        if name.startswith("sglguard.checks"):
+            assert not {other for other in imports if other.startswith("sglguard.controls")}, name

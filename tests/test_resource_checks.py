@@ -585,7 +585,7 @@ def test_process_check_without_pidfile_or_match_says_what_to_set(make_check: Mak
 
     assert (result.status, result.value) == (Status.UNKNOWN, None)
     assert "set `match:`" in result.message
-    assert "target local has no process control" in result.message
+    assert "target local has no control with a pidfile" in result.message
 
 
 def test_process_check_invalid_match_is_a_config_error() -> None:

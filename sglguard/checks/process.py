@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Literal
 
 import psutil
@@ -15,9 +16,8 @@ from pydantic import Field, field_validator
 
 from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.host import Reading, Remembered, describe_span, reading_pair, stale_after
-from sglguard.controls.base import ControlError
-from sglguard.controls.process import ProcessControlConfig, read_pidfile
 from sglguard.domain import Measurement, Status
+from sglguard.pidfiles import read_pidfile
 
 ProcessMetric = Literal["alive", "rss_mib", "cpu_percent", "open_fds", "uptime_s"]
 UNITS: dict[str, str] = {"alive": "up", "rss_mib": "MiB", "cpu_percent": "%",
@@ -122,11 +122,11 @@ class ProcessCheck(Check[ProcessCheckConfig]):
     def _find(self) -> _Found:
         if self._pattern is not None:
             return self._by_match(self._pattern)
-        control = self.context.target.control
-        if isinstance(control, ProcessControlConfig):
-            return self._by_pidfile(control)
+        pidfile = getattr(self.context.target.control, "pidfile", None)
+        if isinstance(pidfile, Path):  # a process or command control that keeps one
+            return self._by_pidfile(pidfile)
         return _Found(None, f"cannot tell which process to watch: target "
-                            f"{self.context.target.name} has no process control with a pidfile; "
+                            f"{self.context.target.name} has no control with a pidfile; "
                             "set `match:` to find the server by its command line",
                       unconfigured=True)
 
@@ -147,12 +147,11 @@ class ProcessCheck(Check[ProcessCheckConfig]):
         extra = f" (of {len(matches)} matching)" if len(matches) > 1 else ""
         return _Found(oldest, f"pid {oldest.pid}{extra} matches {pattern.pattern!r}")
 
-    def _by_pidfile(self, control: ProcessControlConfig) -> _Found:
-        pidfile = control.pidfile
+    def _by_pidfile(self, pidfile: Path) -> _Found:
         try:
             pid = read_pidfile(pidfile)
             written = pidfile.stat().st_mtime if pid is not None else 0.0
-        except (OSError, ControlError) as exc:
+        except OSError as exc:
             return _Found(None, f"cannot read pidfile {pidfile}: {exc}")
         if pid is None:
             return _Found(None, f"pidfile {pidfile} is missing or holds no pid")

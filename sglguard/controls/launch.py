@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from sglguard import pidfiles
 from sglguard.client import redact_secrets
 from sglguard.controls.base import ControlError
 
@@ -60,14 +61,9 @@ def _no_link(path: Path, what: str, exc: OSError) -> ControlError:
 def read_pidfile(path: Path) -> int | None:
     """The pid in `path`, None if there is none; a symbolic link is refused (ControlError)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _no_link(path, "pidfile", exc) from None
-    with os.fdopen(descriptor, "rb") as handle:
-        text = handle.read(32).strip()
-    return int(text) if text.isdigit() else None
+        return pidfiles.read_pidfile(path)
+    except pidfiles.PidfileError as exc:
+        raise ControlError(str(exc), permanent=True) from None
 
 
 def write_pidfile(path: Path, pid: int) -> None:
