@@ -116,3 +116,16 @@ def test_the_checks_read_pidfiles_without_the_controls() -> None:
     for name, imports in graph.items():
         if name.startswith("sglguard.checks"):
             assert not {other for other in imports if other.startswith("sglguard.controls")}, name
+
+
+def test_the_package_init_files_import_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, sglguard, sglguard.checks, sglguard.store, sglguard.notify, "
+             "sglguard.config, sglguard.controls, sglguard.remediations, sglguard.domain; "
+             "print(sorted(m for m in ('sqlalchemy', 'requests', 'apprise', 'apscheduler', "
+             "'pynvml', 'psutil') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
