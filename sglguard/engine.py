@@ -194,9 +194,8 @@ class IncidentEngine:
         in_grace = state.grace_until is not None and now < state.grace_until
         failing = result.status is not Status.OK
         decision.evaluated = result.counts and not (failing and in_grace)
-        began = self._grace_began.get(check.target)
         self._count(state, result, decision.evaluated, now,
-                    keep_grace=began is not None and result.started_at < began)
+                    keep_grace=self._before_grace(check, state, result))
         if decision.evaluated:
             self._flap(check, state, decision)
         queries.add_result(session, result, evaluated=decision.evaluated)
@@ -287,6 +286,18 @@ class IncidentEngine:
             if incident.escalated_at is None and (
                     not state.flapping or self._hard_down(check, result)):
                 decision.remediate = incident.id
+
+    def _before_grace(self, check: CheckConfig, state: CheckStateRow,
+                      result: CheckResult) -> bool:
+        """The result was measured before the target's start-up grace began (by this process
+        or another one, such as `sglguard remediate`): its pass says nothing of the restarted
+        server."""
+        began = self._grace_began.get(check.target)
+        control = self.catalog.target(check.target).control
+        if state.grace_until is not None and control is not None:
+            stored = state.grace_until - control.startup_timeout
+            began = stored if began is None else max(began, stored)
+        return began is not None and result.started_at < began
 
     @staticmethod
     def _hard_down(check: CheckConfig, result: CheckResult) -> bool:

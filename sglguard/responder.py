@@ -217,6 +217,8 @@ class Responder:
         try:
             while not self.stop.is_set():
                 result = check.execute()
+                if self.stop.is_set():
+                    break  # cut short because sglguard stops: no verdict from it
                 self.engine.record(result)
                 self.notifications.poke()
                 last = f"{result.status.label}: {result.message}"

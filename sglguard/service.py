@@ -294,6 +294,8 @@ class Service:
             blocker = blocking_dependency(config, self._latest, self.store)
             result = (skipped_result(config, blocker, self.clock()) if blocker
                       else self.checks[name].execute())
+            if self.stopping.is_set():
+                return None  # cut short because sglguard stops: it says nothing of the server
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             self._latest[name] = result.shown_status
             if self.backlog.pending and not self.backlog.replay():
