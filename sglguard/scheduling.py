@@ -96,6 +96,17 @@ class Lag:
         return self.missed > 0
 
 
+def advance(grid: float, interval: float, now: float) -> tuple[float, int]:
+    """The next run's time before jitter, one interval after `grid` (never after `now` plus
+    an interval), and how many runs a lagging timer skipped to get there. Jitter never moves
+    the grid, so runs keep the configured interval on average."""
+    grid += interval
+    if grid > now:
+        return grid, 0
+    skipped = math.floor((now - grid) / interval) + 1
+    return grid + skipped * interval, skipped
+
+
 def _quantile(ordered: list[float], q: float) -> float:
     if not ordered:
         return 0.0
@@ -221,13 +232,9 @@ class CheckScheduler:
                     self._work.notify()
             else:
                 self._waiting[job.group].append((job, job.due))
-        interval = job.trigger.interval.total_seconds()
-        job.grid += interval
-        if job.grid <= now:  # a whole interval behind: those runs are skipped
-            skipped = math.floor((now - job.grid) / interval) + 1
-            job.grid += skipped * interval
-            self._missed += skipped
-            self.missed_total += skipped
+        job.grid, skipped = advance(job.grid, job.trigger.interval.total_seconds(), now)
+        self._missed += skipped
+        self.missed_total += skipped
         self._push(job)
 
     def _push(self, job: Job) -> None:
