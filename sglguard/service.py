@@ -56,6 +56,8 @@ def scheduler(executor: BaseExecutor) -> BackgroundScheduler:
 # Connections a target's pool keeps beyond its checks' runs: remediations, verifications and
 # requests of other threads.
 SPARE_CONNECTIONS = 2
+# Old results deleted per transaction by the retention.
+PRUNE_BATCH = 2_000
 # How often the scheduler's lateness and missed runs are logged.
 LAG_REPORT_S = 30.0
 
@@ -324,16 +326,26 @@ class Service:
             self.requests.let_go(due.target)
 
     def prune(self) -> int:
-        """Apply the store's retention: old results, and incidents long resolved."""
+        """Apply the store's retention: old results, and incidents long resolved. Results go
+        in batches of PRUNE_BATCH rows, each its own transaction, so the writes of check runs
+        wait a moment at most; stopping the service ends it between two batches."""
         retention = self.catalog.store.retention
         now = self.clock()
+        gone = 0
         try:
+            while not self.stopping.is_set():
+                with self.store.session() as session:
+                    batch = queries.prune_results(session, before=now - retention.results,
+                                                  limit=PRUNE_BATCH)
+                gone += batch
+                if batch < PRUNE_BATCH:
+                    break
             with self.store.session() as session:
-                gone = queries.prune(session, results_before=now - retention.results,
-                                     incidents_before=now - retention.incidents)
+                gone += queries.prune(session, results_before=None,
+                                      incidents_before=now - retention.incidents)
         except Exception:
             logger.exception("retention failed")
-            return 0
+            return gone
         if gone:
             logger.info("retention: deleted %s old rows", gone)
         return gone

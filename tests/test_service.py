@@ -188,3 +188,49 @@ def test_a_run_left_running_is_interrupted_at_start_but_not_at_a_reload(
     fresh.start()  # a new process: whoever ran it died
     fresh.stop()
     assert outcome(still_finishing) == "interrupted"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_retention_deletes_old_results_in_small_transactions(
+        backend: str, make_catalog: Callable[[str], Catalog], store: Store,
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from sglguard import service as service_module
+    from sglguard.checks.base import CheckResult, Status
+
+    from conftest import FakeClock
+
+    if backend == "postgresql":
+        store = Store.open(request.getfixturevalue("postgres_url"))
+    clock = FakeClock()
+    catalog = make_catalog("""\
+        version: 1
+        store: {retention: {results: 14d}}
+        targets: [{name: local, url: "http://127.0.0.1:1"}]
+        checks: [{name: liveness, kind: http, target: local}]
+        """)
+    with store.session() as session:
+        for days in [*range(20, 30), 1]:  # ten results past the retention, one within
+            queries.add_result(session, CheckResult("liveness", "local", Status.OK, 0.1, "s",
+                                                    "", 1.0, clock() - timedelta(days=days)))
+    monkeypatch.setattr(service_module, "PRUNE_BATCH", 3)
+    deletes: list[int] = []
+
+    def counted(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM CHECK_RESULTS"):
+            deletes.append(1)
+
+    event.listen(store.engine, "after_cursor_execute", counted)
+    service = Service(catalog, store, clock=clock)
+    try:
+        assert service.prune() == 10
+    finally:
+        service.stop()
+        event.remove(store.engine, "after_cursor_execute", counted)
+    assert len(deletes) == 4  # 3 + 3 + 3 + 1, each in a transaction of its own
+    assert results(store, "liveness") == 1
+    if backend == "postgresql":
+        store.close()
