@@ -34,8 +34,11 @@ logger = logging.getLogger(__name__)
 
 # Runs of one target in flight together, at most (and that target's pooled connections).
 TARGET_LIMIT = 8
-# A queued run that has waited this long means the workers are held: add one.
+# While runs are queued the timer looks this often whether a worker is held.
 STUCK_S = 0.02
+# A run in progress this long holds its worker (waiting on the network, not using the CPU):
+# another worker may take its place.
+HELD_S = 0.1
 # Lateness figures kept between two reports, at most.
 LATE_KEPT = 200_000
 # A worker beyond the cores that found nothing to do for this long ends.
@@ -131,11 +134,12 @@ class CheckScheduler:
         self._heap: list[tuple[float, int, Job]] = []
         self._order = itertools.count()
         self._jobs: dict[str, Job] = {}
-        self._ready: deque[tuple[Job, float, float]] = deque()  # (job, due, time queued)
+        self._ready: deque[tuple[Job, float]] = deque()  # (job, due)
         self._waiting: dict[str, deque[tuple[Job, float]]] = {
             name: deque() for name in self.limits}  # (job, due) over its target's limit
         self._flight = dict.fromkeys(self.limits, 0)
         self._workers: set[threading.Thread] = set()
+        self._began: dict[threading.Thread, float] = {}  # start of each worker's current run
         self._idle = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -227,7 +231,7 @@ class CheckScheduler:
             job.busy = True
             if self._flight[job.group] < self.limits[job.group]:
                 self._flight[job.group] += 1
-                self._ready.append((job, job.due, now))
+                self._ready.append((job, job.due))
                 if self._idle:
                     self._work.notify()
             else:
@@ -242,11 +246,13 @@ class CheckScheduler:
         heapq.heappush(self._heap, (job.due, next(self._order), job))
 
     def _staff(self, now: float) -> None:
-        """Add a worker while runs wait and none is idle: up to the cores at once, beyond
-        them only once a run has waited STUCK_S (the workers are held, not just busy)."""
+        """Add a worker while runs wait and none is idle: up to the cores, and one more for
+        each worker held by a run that waits on the network. Workers that only compete for
+        the CPU would just take turns at the interpreter lock."""
         if self._idle or len(self._workers) >= self.cap:
             return
-        if len(self._workers) < self.cores or now - self._ready[0][2] >= STUCK_S:
+        held = sum(1 for began in self._began.values() if now - began >= HELD_S)
+        if len(self._workers) < self.cores + held:
             worker = threading.Thread(target=self._run_worker, daemon=True,
                                       name=f"sglguard-worker-{len(self._workers) + 1}")
             self._workers.add(worker)
@@ -267,14 +273,15 @@ class CheckScheduler:
                         return
                 if self._stopping:
                     return
-                job, due, _queued = self._ready.popleft()
+                job, due = self._ready.popleft()
+                began = self._began[me] = self.monotonic()
                 self._lock.release()
                 try:
-                    late = self.monotonic() - due
                     self._call(job)
                 finally:
                     self._lock.acquire()
-                self._done(job, late)
+                    del self._began[me]
+                self._done(job, began - due)
         finally:
             self._workers.discard(me)
             self._lock.release()
@@ -294,6 +301,6 @@ class CheckScheduler:
         waiting = self._waiting[job.group]
         if waiting and not self._stopping:
             queued, due = waiting.popleft()
-            self._ready.append((queued, due, self.monotonic()))
+            self._ready.append((queued, due))
         else:
             self._flight[job.group] -= 1

@@ -30,7 +30,8 @@ from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.requested import Requests
 from sglguard.responder import Responder
-from sglguard.scheduling import CheckScheduler, Job as CheckJob, target_limits
+from sglguard.scheduling import CheckScheduler, target_limits
+from sglguard.scheduling import Job as CheckJob
 from sglguard.store import Store, queries
 from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.samples import StoreSamples
