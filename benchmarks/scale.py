@@ -36,6 +36,7 @@ from sglguard.store import Store
 MIB = 1024 * 1024
 POSTGRES = os.environ.get("SGLGUARD_TEST_POSTGRES",
                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TROUBLE = ("database is locked", "could not write", "results dropped", "pool is full")
 # The service's report of how it kept its schedule, every 30 s.
 SCHEDULE = re.compile(r"schedule: (\d+) runs in (\d+) s, (\d+) missed, lateness p50 (\d+) ms, "
                       r"p99 (\d+) ms, max (\d+) ms")
@@ -100,12 +101,13 @@ class Figures:
     rss_mib: float
     threads: int
     machine_load: float
+    troubles: int  # log lines: database locked, writes failed or dropped, connections discarded
 
     def row(self) -> str:
         return (f"| {self.checks} | {self.store} | {self.runs_per_s:.0f} | "
                 f"{self.missed_pct:.1f} % | {self.p50_ms:.0f} ms | {self.p99_ms:.0f} ms | "
                 f"{self.cpu_pct:.0f} % | {self.rss_mib:.0f} MiB | {self.threads} | "
-                f"{self.startup_s:.1f} s | {self.machine_load:.1f} |")
+                f"{self.startup_s:.1f} s | {self.machine_load:.1f} | {self.troubles} |")
 
 
 def cpu_s(process: psutil.Process) -> float:
@@ -172,8 +174,9 @@ def measure(checks: int, store: str, urls: list[str], seconds: float, flush: str
         assert mark_cpu is not None and mark_wall is not None
         span = end_mono - mark_mono
         runs = count_runs(store_url, mark_wall, end_wall)
-        reports = [tuple(map(int, match.groups()))
-                   for match in SCHEDULE.finditer(log.read_text(errors="replace"))]
+        said = log.read_text(errors="replace")
+        reports = [tuple(map(int, match.groups())) for match in SCHEDULE.finditer(said)]
+        troubles = sum(1 for line in said.splitlines() if any(what in line for what in TROUBLE))
         # The reports after the first (start-up) one, each covering 30 s.
         steady = reports[1:] or reports
         done = sum(report[0] for report in steady)
@@ -182,7 +185,7 @@ def measure(checks: int, store: str, urls: list[str], seconds: float, flush: str
         p99 = max((report[4] for report in steady), default=0)
         return Figures(checks, store, startup, runs / span,
                        100 * missed / max(1, done + missed), p50, p99,
-                       100 * (end_cpu - mark_cpu) / span, rss, threads, load)
+                       100 * (end_cpu - mark_cpu) / span, rss, threads, load, troubles)
     finally:
         if schema is not None:
             admin = create_engine(POSTGRES)
@@ -248,8 +251,8 @@ def main() -> None:
           f"{args.seconds:g} s per run; flush_interval {args.flush}; "
           f"{args.emulators} emulators; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
     print("| N | store | runs/s | missed | lateness p50 | p99 | CPU | peak RSS | threads "
-          "| start-up | load |", flush=True)
-    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "| start-up | load | troubles |", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory(prefix="sglguard-scale-") as name:
         directory = Path(name)
         emulators = start_emulators(args.emulators, directory)
