@@ -218,7 +218,7 @@ class CheckScheduler:
                 if self._ready:
                     self._staff(now)
                 wait = self._heap[0][0] - now if self._heap else None
-                if self._ready:
+                if self._ready and not self._idle:  # all workers busy: look again soon
                     wait = STUCK_S if wait is None else min(wait, STUCK_S)
                 self._timer.wait(wait)
 
@@ -274,6 +274,8 @@ class CheckScheduler:
                 if self._stopping:
                     return
                 job, due = self._ready.popleft()
+                if self._ready and not self._idle:
+                    self._timer.notify()  # runs still wait: the timer sees to the staffing
                 began = self._began[me] = self.monotonic()
                 self._lock.release()
                 try:
