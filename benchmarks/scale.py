@@ -37,9 +37,9 @@ MIB = 1024 * 1024
 POSTGRES = os.environ.get("SGLGUARD_TEST_POSTGRES",
                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TROUBLE = ("database is locked", "could not write", "results dropped", "pool is full")
-# The service's report of how it kept its schedule, every 30 s.
-SCHEDULE = re.compile(r"schedule: (\d+) runs in (\d+) s, (\d+) missed, lateness p50 (\d+) ms, "
-                      r"p99 (\d+) ms, max (\d+) ms")
+# The service's report of how it kept its schedule, every 30 s and at stop.
+SCHEDULE = re.compile(r"schedule(?: at stop)?: (\d+) runs in (\d+) s, (\d+) missed, "
+                      r"lateness p50 (\d+) ms, p99 (\d+) ms, max (\d+) ms")
 
 
 def free_port() -> int:
@@ -177,7 +177,7 @@ def measure(checks: int, store: str, urls: list[str], seconds: float, flush: str
         said = log.read_text(errors="replace")
         reports = [tuple(map(int, match.groups())) for match in SCHEDULE.finditer(said)]
         troubles = sum(1 for line in said.splitlines() if any(what in line for what in TROUBLE))
-        # The reports after the first (start-up) one, each covering 30 s.
+        # The reports after the first (start-up) one: every 30 s, then the one at stop.
         steady = reports[1:] or reports
         done = sum(report[0] for report in steady)
         missed = sum(report[2] for report in steady)
