@@ -257,7 +257,10 @@ class SGLangClient:
         api_key: str | None = None,
         admin_api_key: str | None = None,
         timeout: float = 10.0,
+        connections: int = 10,
     ) -> None:
+        """`connections`: how many connections the pool keeps open for reuse; size it to the
+        requests that can be in flight together, or the ones beyond it are closed after use."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._api_key = api_key
@@ -267,7 +270,8 @@ class SGLangClient:
         # outbound traffic, not for a local inference server (and reading them every request
         # was a third of a probe's CPU).
         self._session.trust_env = False
-        self._adapter = GuardedAdapter()  # kept at hand for `probe`
+        # Kept at hand for `probe`.
+        self._adapter = GuardedAdapter(pool_maxsize=max(1, connections))
         for scheme in ("http://", "https://"):
             self._session.mount(scheme, self._adapter)
         self._prepared: dict[tuple[str, str, bool], requests.PreparedRequest] = {}

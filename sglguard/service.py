@@ -1,4 +1,4 @@
-"""The service: one APScheduler job per check, incidents, remediation and notification."""
+"""The service: every check on one scheduler, incidents, remediation and notification."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.executors.base import BaseExecutor
-from apscheduler.executors.debug import DebugExecutor
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -37,6 +36,8 @@ from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.requested import Requests
 from sglguard.responder import Responder
+from sglguard.scheduling import CheckScheduler, target_limits
+from sglguard.scheduling import Job as CheckJob
 from sglguard.store import Store, queries
 from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.samples import StoreSamples
@@ -59,7 +60,25 @@ def scheduler(executor: BaseExecutor) -> BackgroundScheduler:
     )
 
 
+# Connections a target's pool keeps beyond its checks' runs: remediations, verifications and
+# requests of other threads.
+SPARE_CONNECTIONS = 2
+# Old results deleted per transaction by the retention.
+PRUNE_BATCH = 2_000
+# How often the scheduler's lateness and missed runs are logged.
+LAG_REPORT_S = 30.0
+
+
+def check_limits(catalog: Catalog) -> dict[str, int]:
+    """Check runs of each target that may be in flight together."""
+    counts = {target.name: 0 for target in catalog.targets}
+    for config in catalog.checks:
+        counts[config.target] += 1
+    return target_limits(counts)
+
+
 def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
+    limits = check_limits(catalog)
     return {
         target.name: SGLangClient(
             target.url,
@@ -67,6 +86,7 @@ def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
             admin_api_key=(target.admin_api_key.get_secret_value()
                            if target.admin_api_key else None),
             timeout=target.timeout.total_seconds(),
+            connections=limits[target.name] + SPARE_CONNECTIONS,
         )
         for target in catalog.targets
     }
@@ -172,13 +192,10 @@ class Service:
         # Set once each check's first run of this process is recorded: on the first round a
         # check waits for the checks it depends on.
         self._first_run = {config.name: threading.Event() for config in catalog.checks}
-        # Each check has a scheduler of its own, whose thread runs it where it wakes up
-        # (APScheduler's in-thread executor): a hand-over to a pool thread cost about as much
-        # CPU as the check itself, and a run that hangs until its timeout holds up no other
-        # check. Housekeeping shares one scheduler and a small pool.
+        # Checks share one timer thread and a few workers, whatever their number (see
+        # sglguard.scheduling); housekeeping has an APScheduler of its own and a small pool.
         self.scheduler = scheduler(ThreadPoolExecutor(2))
-        self.check_schedulers = {config.name: scheduler(DebugExecutor())
-                                 for config in catalog.checks}
+        self.check_scheduler = CheckScheduler(limits=check_limits(catalog))
 
     def start(self, *, reloaded: bool = False) -> None:
         """Schedule every check. `reloaded`: this process ran the previous catalog, so a run
@@ -194,13 +211,14 @@ class Service:
         self._close_removed_checks()
         self.notifications.start()
         self.requests.start()
-        for config in self.catalog.checks:
-            self.check_schedulers[config.name].add_job(
-                self.run_check, every(config.interval.total_seconds(),
-                                      jitter=config.jitter_seconds or None),
-                args=[config.name], id=config.name, name=config.name,
-                next_run_time=self.clock() + timedelta(seconds=0.1),
-            )
+        # The first round is spread over a tenth of a second per hundred checks (at most a
+        # second), not fired at once.
+        spread = min(1.0, len(self.catalog.checks) / 1000)
+        for index, config in enumerate(self.catalog.checks):
+            self.check_scheduler.add(
+                config.name, self.run_check, interval=config.interval.total_seconds(),
+                jitter=config.jitter_seconds, group=config.target,
+                first_in=0.1 + spread * index / max(1, len(self.catalog.checks)))
         # Housekeeping catches up at start (after a restart of sglguard, a reminder or a
         # restore may be overdue), then keeps its pace.
         soon = self.clock() + timedelta(seconds=1)
@@ -223,9 +241,10 @@ class Service:
                                    id="_flush", name="write queued results")
         self.scheduler.add_job(self.prune, every(3600), next_run_time=soon,
                                id="_prune", name="retention")
+        self.scheduler.add_job(self.report_lag, every(LAG_REPORT_S), id="_lag",
+                               name="report lateness")
         self.scheduler.start()
-        for one in self.check_schedulers.values():
-            one.start()
+        self.check_scheduler.start()
         logger.info("sglguard running: %s checks on %s targets%s", len(self.catalog.checks),
                     len(self.catalog.targets), " (dry run)" if self.dry_run else "")
 
@@ -236,15 +255,15 @@ class Service:
         under the catalog they started with, in their own threads, while the next service
         (see `take_over`) runs; this process stays the same agent."""
         self.stopping.set()
-        schedulers = [*self.check_schedulers.values(), self.scheduler]
-        for one in schedulers:  # no new run anywhere while the ones in flight finish
-            if one.state == STATE_RUNNING:
-                one.pause()
-        for client in self.clients.values():  # a run waiting on a server ends now
-            client.abort()
-        for one in schedulers:
-            if one.state != STATE_STOPPED:
-                one.shutdown(wait=True)
+        if self.scheduler.state == STATE_RUNNING:  # no new run anywhere while the ones in
+            self.scheduler.pause()                # flight finish
+        if not handing_over:  # a run waiting on a server ends now (a reload lets work finish)
+            for client in self.clients.values():
+                client.abort()
+        self.check_scheduler.stop()
+        if self.scheduler.state != STATE_STOPPED:
+            self.scheduler.shutdown(wait=True)
+        self.report_lag(final=True)
         if self.writer is not None:
             self.writer.flush()
         if handing_over:
@@ -274,14 +293,25 @@ class Service:
         previous.notifications.successor = self.notifications
         previous.requests.successor = self.requests
 
-    def jobs(self) -> list[Job]:
+    def jobs(self) -> list[Job | CheckJob]:
         """Every scheduled job: one per check, then housekeeping."""
-        return [job for one in [*self.check_schedulers.values(), self.scheduler]
-                for job in one.get_jobs()]
+        return [*self.check_scheduler.jobs(), *self.scheduler.get_jobs()]
 
     @property
     def running(self) -> bool:
-        return all(one.running for one in [*self.check_schedulers.values(), self.scheduler])
+        return self.check_scheduler.running and self.scheduler.running
+
+    def report_lag(self, *, final: bool = False) -> None:
+        """Log how the schedule was kept since the last report: a warning when runs were
+        missed, else a line at info (one per report, never one per run)."""
+        lag = self.check_scheduler.lag()
+        if not lag.runs and not lag.missed:
+            return
+        logger.log(logging.WARNING if lag.behind else logging.INFO,
+                   "schedule%s: %s runs in %.0f s, %s missed, lateness p50 %.0f ms, "
+                   "p99 %.0f ms, max %.0f ms; %s worker threads",
+                   " at stop" if final else "", lag.runs, lag.span_s, lag.missed, lag.p50_ms,
+                   lag.p99_ms, lag.max_ms, self.check_scheduler.threads - 1)
 
     def run_check(self, name: str) -> CheckResult | None:
         """One scheduled run; never raises, so a failing job never stops the service."""
@@ -430,16 +460,26 @@ class Service:
             self.requests.let_go(due.target)
 
     def prune(self) -> int:
-        """Apply the store's retention: old results, and incidents long resolved."""
+        """Apply the store's retention: old results, and incidents long resolved. Results go
+        in batches of PRUNE_BATCH rows, each its own transaction, so the writes of check runs
+        wait a moment at most; stopping the service ends it between two batches."""
         retention = self.catalog.store.retention
         now = self.clock()
+        gone = 0
         try:
+            while not self.stopping.is_set():
+                with self.store.session() as session:
+                    batch = queries.prune_results(session, before=now - retention.results,
+                                                  limit=PRUNE_BATCH)
+                gone += batch
+                if batch < PRUNE_BATCH:
+                    break
             with self.store.session() as session:
-                gone = queries.prune(session, results_before=now - retention.results,
-                                     incidents_before=now - retention.incidents)
+                gone += queries.prune(session, results_before=None,
+                                      incidents_before=now - retention.incidents)
         except Exception:
             logger.exception("retention failed")
-            return 0
+            return gone
         if gone:
             logger.info("retention: deleted %s old rows", gone)
         return gone

@@ -266,3 +266,49 @@ def test_a_check_that_stops_producing_results_becomes_stale_and_opens_an_inciden
     service.run_check("liveness")  # it runs again, and passes: the incident resolves
     with store.session() as session:
         assert queries.incidents(session, open_only=True, limit=5) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_retention_deletes_old_results_in_small_transactions(
+        backend: str, make_catalog: Callable[[str], Catalog], store: Store,
+        request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import event
+
+    from sglguard import service as service_module
+    from sglguard.checks.base import CheckResult, Status
+
+    from conftest import FakeClock
+
+    if backend == "postgresql":
+        store = Store.open(request.getfixturevalue("postgres_url"))
+    clock = FakeClock()
+    catalog = make_catalog("""\
+        version: 1
+        store: {retention: {results: 14d}}
+        targets: [{name: local, url: "http://127.0.0.1:1"}]
+        checks: [{name: liveness, kind: http, target: local}]
+        """)
+    with store.session() as session:
+        for days in [*range(20, 30), 1]:  # ten results past the retention, one within
+            queries.add_result(session, CheckResult("liveness", "local", Status.OK, 0.1, "s",
+                                                    "", 1.0, clock() - timedelta(days=days)))
+    monkeypatch.setattr(service_module, "PRUNE_BATCH", 3)
+    deletes: list[int] = []
+
+    def counted(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM CHECK_RESULTS"):
+            deletes.append(1)
+
+    event.listen(store.engine, "after_cursor_execute", counted)
+    service = Service(catalog, store, clock=clock)
+    try:
+        assert service.prune() == 10
+    finally:
+        service.stop()
+        event.remove(store.engine, "after_cursor_execute", counted)
+    assert len(deletes) == 4  # 3 + 3 + 3 + 1, each in a transaction of its own
+    assert results(store, "liveness") == 1
+    if backend == "postgresql":
+        store.close()

@@ -223,3 +223,42 @@ def test_batches_and_stale_states_on_postgresql(postgres_url: str,
         assert feed(engine, clock, Status.OK, "sticky").resolved == opened
     finally:
         store.close()
+
+
+def rows(count: int) -> list[dict[str, Any]]:
+    """Result rows of `liveness`, one second apart."""
+    from datetime import UTC, datetime, timedelta
+
+    from sglguard.checks.base import CheckResult
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    return [queries.result_values(CheckResult("liveness", "local", Status.OK, 0.1, "s", "", 1.0,
+                                              start + timedelta(seconds=n)), evaluated=False)
+            for n in range(count)]
+
+
+def test_a_full_batch_is_written_by_one_run_without_waiting_for_the_interval(
+        store: Store) -> None:
+    ticks = Ticks()
+    writer = ResultWriter(store, interval=30.0, batch=3, monotonic=ticks)
+    told = [writer.add(row) for row in rows(5)]
+    assert told == [False, False, True, False, False]  # one run is told; the others go on
+    assert writer.flush() and writer.pending == 0
+    assert len(stored(store)) == 5
+
+
+def test_a_drop_says_whether_the_store_refused_or_results_came_too_fast(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    writer = ResultWriter(store, limit=2, batch=2)
+    with caplog.at_level(logging.ERROR, logger="sglguard.store.writer"):
+        for row in rows(3):
+            writer.add(row)
+    assert "results came faster than the store took them" in caplog.text
+    caplog.clear()
+    with store.engine.begin() as connection:
+        connection.execute(text("alter table check_results rename to check_results_gone"))
+    with caplog.at_level(logging.ERROR, logger="sglguard.store.writer"):
+        assert not writer.flush()
+        for row in rows(1000):
+            writer.add(row)
+    assert "the store refused the last write" in caplog.text

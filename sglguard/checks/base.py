@@ -67,7 +67,8 @@ class CheckConfig(KindModel):
         description="largest answer read from the server, counted after decompression; "
                     "a larger one is an UNKNOWN result")
     jitter: Duration | None = Field(
-        default=None, description="random delay added to each run; default 10% of interval"
+        default=None, description="each run falls up to this long after its slot, at random; "
+                                  "runs keep the interval on average (default 10% of it)"
     )
     failure_threshold: int = Field(default=3, ge=1, le=1000)
     failures: FailureWindow | None = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import cached_property
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -256,10 +257,19 @@ class Catalog(ConfigModel):
         return catalog
 
     def target(self, name: str) -> TargetConfig:
-        return next(target for target in self.targets if target.name == name)
+        return self.targets_by_name[name]
 
     def check(self, name: str) -> CheckConfig:
-        return next(check for check in self.checks if check.name == name)
+        return self.checks_by_name[name]
+
+    # Every check run looks its check and target up: by name, not by a scan of the catalog.
+    @cached_property
+    def targets_by_name(self) -> dict[str, TargetConfig]:
+        return {target.name: target for target in self.targets}
+
+    @cached_property
+    def checks_by_name(self) -> dict[str, CheckConfig]:
+        return {check.name: check for check in self.checks}
 
     def remediation(self, name: str) -> RemediationConfig:
         return next(item for item in self.remediations if item.name == name)

@@ -252,11 +252,24 @@ def latest_unit(session: Session, check: str) -> str:
         CheckResultRow.check_name == check).order_by(*NEWEST_FIRST).limit(1)) or ""
 
 
-def prune(session: Session, *, results_before: datetime, incidents_before: datetime) -> int:
-    """Delete results older than `results_before`, and resolved incidents (with their timeline,
-    runs and deliveries) resolved before `incidents_before`; how many rows went."""
-    gone = session.execute(delete(CheckResultRow).where(
-        CheckResultRow.started_at < results_before)).rowcount or 0  # type: ignore[attr-defined]
+def prune_results(session: Session, *, before: datetime, limit: int) -> int:
+    """Delete up to `limit` of the oldest results started before `before`; how many went.
+    Called in a loop, one short transaction each, so writers wait a moment at most."""
+    oldest = (select(CheckResultRow.id).where(CheckResultRow.started_at < before)
+              .order_by(CheckResultRow.started_at).limit(limit).scalar_subquery())
+    return int(session.execute(delete(CheckResultRow).where(
+        CheckResultRow.id.in_(oldest))).rowcount or 0)  # type: ignore[attr-defined]
+
+
+def prune(session: Session, *, results_before: datetime | None,
+          incidents_before: datetime) -> int:
+    """Delete results older than `results_before` (None: leave them to `prune_results`), and
+    resolved incidents (with their timeline, runs and deliveries) resolved before
+    `incidents_before`; how many rows went."""
+    gone = 0
+    if results_before is not None:
+        gone = session.execute(delete(CheckResultRow).where(
+            CheckResultRow.started_at < results_before)).rowcount or 0  # type: ignore[attr-defined]
     old = select(IncidentRow.id).where(IncidentRow.status == "resolved",
                                        IncidentRow.resolved_at < incidents_before)
     for table in (IncidentEventRow, RemediationRunRow, NotificationAttemptRow, DiagnosticRow):

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 # Held while the store cannot be written; beyond it the oldest results are dropped, counted
 # and logged (about 300 bytes each).
 DEFAULT_LIMIT = 20_000
+# A batch this large is written without waiting for the interval: at hundreds of results a
+# second, waiting would reach the limit above while the store is perfectly writable.
+DEFAULT_BATCH = 2_000
 # Core statements on the tables: the rows need no ORM bookkeeping.
 _RESULTS = cast(Table, CheckResultRow.__table__)
 _STATES = cast(Table, CheckStateRow.__table__)
@@ -42,10 +45,12 @@ class ResultWriter:
     called so the engine reads the stored state again instead of trusting its copy."""
 
     def __init__(self, store: Store, *, interval: float = 30.0, limit: int = DEFAULT_LIMIT,
+                 batch: int = DEFAULT_BATCH,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.interval = interval
         self.limit = limit
+        self.batch = min(batch, limit)
         self.monotonic = monotonic
         self._since: float | None = None  # monotonic time of the oldest queued row
         self.on_stale: Callable[[str], None] = lambda _check: None
@@ -53,12 +58,16 @@ class ResultWriter:
         self._flushing = threading.Lock()
         self._rows: list[dict[str, Any]] = []
         self._states: dict[str, dict[str, Any]] = {}
+        self._claimed = False  # a caller was told to flush and has not yet taken the rows
+        self._refused = False  # the last write failed
         self.dropped = 0
         self._updates: dict[tuple[str, ...], Update] = {}
 
     def add(self, row: dict[str, Any], state: tuple[str, dict[str, Any]] | None = None) -> bool:
         """Queue one result row and, optionally, the new counters of its check's state; True
-        when the oldest queued row has waited `interval`: time for the caller to flush."""
+        when the oldest queued row has waited `interval`, or a batch is full: time for the
+        caller to flush. One caller is told, not each one until the flush has begun: the
+        others go on instead of queueing behind it."""
         now = self.monotonic()
         with self._lock:
             self._rows.append(row)
@@ -67,7 +76,10 @@ class ResultWriter:
             self._trim()
             if self._since is None:
                 self._since = now
-            return self._due(now)
+            if self._claimed or not self._due(now):
+                return False
+            self._claimed = True
+            return True
 
     def flush_if_due(self) -> bool:
         """Flush when the oldest queued row has waited `interval` (a timer's backstop)."""
@@ -81,8 +93,10 @@ class ResultWriter:
             return len(self._rows)
 
     def _due(self, now: float) -> bool:
-        """Whether the oldest queued row has waited `interval` (call holding the lock)."""
-        return self._since is not None and now - self._since >= self.interval
+        """Whether the oldest queued row has waited `interval`, or a batch is full (call
+        holding the lock)."""
+        return self._since is not None and (now - self._since >= self.interval
+                                            or len(self._rows) >= self.batch)
 
     def flush(self) -> bool:
         """Write what is queued in one transaction (retried); False if the store refused, in
@@ -91,12 +105,14 @@ class ResultWriter:
             with self._lock:
                 rows, states, since = self._rows, self._states, self._since
                 self._rows, self._states, self._since = [], {}, None
+                self._claimed = False
             if not rows and not states:
                 return True
             try:
                 stale = self._write(rows, states)
             except Exception as exc:
                 with self._lock:
+                    self._refused = True
                     self._rows[:0] = rows
                     self._states = {**states, **self._states}
                     self._since = since
@@ -105,6 +121,7 @@ class ResultWriter:
                 logger.error("could not write %s check results, %s held for the next attempt: "
                              "%s", len(rows), held, exc)
                 return False
+            self._refused = False
         for check in stale:
             self.on_stale(check)
         return True
@@ -115,13 +132,26 @@ class ResultWriter:
                 if rows:
                     connection.execute(_INSERT, rows)
                 stale = []
-                for check, values in states.items():
-                    done = connection.execute(self._update(tuple(values)),
-                                              {"_check": check, **values})
-                    if done.rowcount == 0:
-                        stale.append(check)
+                for columns, changes in self._by_columns(states).items():
+                    statement = self._update(columns)
+                    # One statement for all checks with the same counters; where some found
+                    # their state changed by another writer, each is applied again alone to
+                    # learn which (the same values: applying them twice changes nothing).
+                    if connection.execute(statement, changes).rowcount == len(changes):
+                        continue
+                    for values in changes:
+                        if connection.execute(statement, values).rowcount == 0:
+                            stale.append(str(values["_check"]))
                 return stale
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _by_columns(states: dict[str, dict[str, Any]]) -> dict[tuple[str, ...],
+                                                                list[dict[str, Any]]]:
+        grouped: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for check, values in states.items():
+            grouped.setdefault(tuple(values), []).append({"_check": check, **values})
+        return grouped
 
     def _update(self, columns: tuple[str, ...]) -> Update:
         """The state update for these counters, applied only where the state is still quiet."""
@@ -137,6 +167,8 @@ class ResultWriter:
             del self._rows[:extra]
             before, self.dropped = self.dropped, self.dropped + extra
             if before == 0 or before // 1000 != self.dropped // 1000:  # now and then, not always
-                logger.error("the store has not been writable for a while: %s oldest check "
-                             "results dropped (%s in all), %s held", extra, self.dropped,
-                             len(self._rows))
+                why = ("the store refused the last write" if self._refused else
+                       "results came faster than the store took them")
+                logger.error("%s oldest check results dropped (%s in all): more than %s were "
+                             "waiting to be written and %s; %s held", extra, self.dropped,
+                             self.limit, why, len(self._rows))
