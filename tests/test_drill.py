@@ -194,6 +194,7 @@ def test_the_bound_is_the_runs_a_check_takes_to_judge() -> None:
     check = HttpCheckConfig(name="c", target="t", kind="http", interval=timedelta(seconds=10),
                             timeout=timedelta(seconds=5), jitter=timedelta(0),
                             failure_threshold=3)
-    assert detection_bound(check) == timedelta(seconds=10 + 2 * 10 + 5)
+    recording = 0.5  # from the last run's end to the incident in the store
+    assert detection_bound(check) == timedelta(seconds=10 + 2 * 10 + 5 + recording)
     slow = check.model_copy(update={"timeout": timedelta(seconds=20)})
-    assert detection_bound(slow) == timedelta(seconds=10 + 2 * 20 + 20)
+    assert detection_bound(slow) == timedelta(seconds=10 + 2 * 20 + 20 + recording)

@@ -29,13 +29,15 @@ from sglguard.store.models import IncidentRow, NotificationAttemptRow, Remediati
 logger = logging.getLogger(__name__)
 DRILL_MARK = "[DRILL]"
 SOON = 5.0  # seconds: a check run less often is run by the drill before each fault
+RECORDING = timedelta(seconds=0.5)  # from a run's end to its incident being in the store
 
 
 def detection_bound(check: CheckConfig) -> timedelta:
     """How long after a fault the catalog promises an incident: the first run after the fault
     (an interval, with its jitter, at most), then the runs it takes to judge (failure_threshold,
     X of Y, or `for:`), each an interval apart or a timeout when a run takes that long (runs of a
-    check never overlap), the last one running out its timeout; plus the check's `window`."""
+    check never overlap), the last one running out its timeout; plus the check's `window`, and a
+    moment to record the incident."""
     jitter = timedelta(seconds=check.jitter_seconds)
     first = check.interval + jitter
     step = max(check.interval, check.timeout) + jitter
@@ -46,7 +48,7 @@ def detection_bound(check: CheckConfig) -> timedelta:
     else:
         rest = step * (check.failure_threshold - 1)
     window = getattr(check, "window", None)
-    return first + rest + check.timeout + (
+    return first + rest + check.timeout + RECORDING + (
         window if isinstance(window, timedelta) else timedelta())
 
 
