@@ -25,7 +25,9 @@ class Holder:
             return f"a process of another user (port {self.port})"
         try:
             process = psutil.Process(self.pid)
-            command = " ".join(process.cmdline())[:200] or process.name()
+            command = " ".join(process.cmdline()) or process.name()
+            if len(command) > 200:  # keep both ends: the program and what it was asked to do
+                command = f"{command[:80]} ... {command[-115:]}"
             return f"pid {self.pid} ({command})"
         except psutil.Error:
             return f"pid {self.pid}"
