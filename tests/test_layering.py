@@ -129,20 +129,3 @@ def test_the_package_init_files_import_nothing_heavy() -> None:
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == "[]"
-
-
-def test_validate_loads_no_database_library(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-    from importlib import resources
-
-    catalog = tmp_path / "sglguard.yaml"
-    catalog.write_text(resources.files("sglguard.config").joinpath("catalog.example.yaml")
-                       .read_text())
-    probe = ("import sys; from sglguard.cli import main\n"
-             "try:\n    main(['validate', '--config', sys.argv[1]])\n"
-             "except SystemExit as exc:\n    code = exc.code\n"
-             "print('sqlalchemy' in sys.modules, code)")
-    said = subprocess.run([sys.executable, "-c", probe, str(catalog)], capture_output=True,
-                          text=True, check=True).stdout.strip().splitlines()[-1]
-    assert said == "False 0"

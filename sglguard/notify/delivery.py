@@ -154,7 +154,6 @@ class Notifications:
         self._release_all = threading.Event()
         self._stopping = threading.Event()
         self._idle = threading.Event()
-        self._plans_begun = self._plans_done = 0  # dispatcher plans begun, and finished
         self._thread: threading.Thread | None = None
         self._planned = -1  # batches handed out by the newest plan
         self.successor: Notifications | None = None  # after a reload, the one to wake
@@ -254,13 +253,10 @@ class Notifications:
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                # Only a plan begun after this poke counts: one already under way may have
-                # read the outbox before what was just staged.
-                wanted = self._plans_begun + 1
                 self._idle.clear()
                 self.poke()
                 self._idle.wait(min(0.2, max(0.01, deadline - time.monotonic())))
-                if self._plans_done >= wanted and self._settled():
+                if self._settled():
                     return True
             return False
         finally:
@@ -294,14 +290,11 @@ class Notifications:
             self._wake.clear()
             if self._stopping.is_set():
                 return
-            self._plans_begun += 1
-            begun = self._plans_begun
             try:
                 sleep = self.dispatch()
             except Exception:
                 logger.exception("notification dispatcher error")
                 sleep = 5.0
-            self._plans_done = begun
             self._idle.set()
 
     def dispatch(self) -> float:

@@ -11,10 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sglguard.store import Store
+from sglguard.store import Store, queries
 
 
 @dataclass(frozen=True)
@@ -96,8 +94,6 @@ class TargetLevels:
         self.clock = clock
 
     def all(self) -> list[Level]:
-        from sglguard.store import queries
-
         with self.store.session() as session:
             return [Level(row.setting, row.original, row.current, row.steps, row.changed_at)
                     for row in queries.target_levels(session, self.target)]
@@ -108,8 +104,6 @@ class TargetLevels:
 
     def save(self, levels: Sequence[Level], removed: Sequence[str] = ()) -> None:
         """Write `levels` and delete the settings named in `removed`, in one transaction."""
-        from sglguard.store import queries
-
         for retry in self.store.retrying():
             with retry, self.store.session() as session:
                 for level in levels:
@@ -120,8 +114,6 @@ class TargetLevels:
                     queries.delete_level(session, self.target, setting)
 
     def trouble(self) -> tuple[bool, datetime | None]:
-        from sglguard.store import queries
-
         with self.store.session() as session:
             return queries.target_trouble(session, self.target)
 
