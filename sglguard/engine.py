@@ -104,7 +104,6 @@ class IncidentEngine:
         self._views: dict[str, StateView] = {}
         self._views_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
-        self._grace_began: dict[str, datetime] = {}  # when this process began a target's grace
         if writer is not None:
             writer.on_stale = self.forget
 
@@ -292,12 +291,11 @@ class IncidentEngine:
         """The result was measured before the target's start-up grace began (by this process
         or another one, such as `sglguard remediate`): its pass says nothing of the restarted
         server."""
-        began = self._grace_began.get(check.target)
         control = self.catalog.target(check.target).control
-        if state.grace_until is not None and control is not None:
-            stored = state.grace_until - control.startup_timeout
-            began = stored if began is None else max(began, stored)
-        return began is not None and result.started_at < began
+        if state.grace_until is None or control is None:
+            return False
+        # Every grace is begun as now + startup_timeout, so its start is in the store.
+        return result.started_at < state.grace_until - control.startup_timeout
 
     @staticmethod
     def _hard_down(check: CheckConfig, result: CheckResult) -> bool:
@@ -412,7 +410,6 @@ class IncidentEngine:
     def begin_grace(self, target: str, until: datetime) -> None:
         """Failures of the target's checks do not count until `until` or until they pass (in a
         run that started after now)."""
-        self._grace_began[target] = self.clock()
         self._set_grace(target, until)
 
     def end_grace(self, target: str) -> None:
