@@ -18,6 +18,7 @@ import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
+    NameResolutionError,
     NewConnectionError,
     ReadTimeoutError,
 )
@@ -27,6 +28,7 @@ from sglguard.bounded import (
     Guard,
     GuardedAdapter,
     Overrun,
+    ResolveTimeoutError,
     guarded,
     iter_capped,
     lines,
@@ -104,9 +106,10 @@ def _bounded(method: str, path: str, limit: float, where: str,
                 yield guard
             except Overrun as exc:
                 raise _overrun(exc, guard, method, path) from None
-            except Exception:
-                if guard.expired is None:
-                    raise
+            except Exception as exc:
+                if guard.expired is None or (guard.expired == "timeout"
+                                             and _in_chain(exc, ResolveTimeoutError)):
+                    raise  # a late name lookup says so (below)
                 raise _overrun(Overrun("timeout", ""), guard, method, path) from None
     finally:
         _CURRENT.reset(token)
@@ -195,6 +198,11 @@ def _transport_error(exc: BaseException, method: str, path: str, limit: float,
                      where: str) -> TargetError:
     """What urllib3 raised (directly for a probe, wrapped by requests otherwise)."""
     cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+    if isinstance(cause, ResolveTimeoutError):
+        return TargetTimeout(f"{method} {path}: {cause.args[-1]}")
+    if isinstance(cause, NameResolutionError):
+        return TargetError(f"{method} {path}: could not resolve the host name of {where}: "
+                           f"{_short(cause.__cause__ or cause)}")
     if _is_refused(cause):
         return ConnectionRefused(f"{method} {path}: connection refused at {where} "
                                  "(nothing is listening: the server process is gone)")
