@@ -30,6 +30,7 @@ from sglguard.config.models import Catalog
 from sglguard.diag import Diagnostics
 from sglguard.domain import CheckResult, Status
 from sglguard.engine import IncidentEngine
+from sglguard.housekeeping import HOUSEKEEPING
 from sglguard.notify import Notifications, messages
 from sglguard.remediations.drained import return_when_well
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
@@ -195,6 +196,7 @@ class Service:
         # Checks share one timer thread and a few workers, whatever their number (see
         # sglguard.scheduling); housekeeping has an APScheduler of its own and a small pool.
         self.scheduler = scheduler(ThreadPoolExecutor(2))
+        HOUSEKEEPING.attach(self.scheduler)  # its missed and failed runs counted and logged
         self.check_scheduler = CheckScheduler(limits=check_limits(catalog))
 
     def start(self, *, reloaded: bool = False) -> None:

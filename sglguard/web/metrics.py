@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 
 from sglguard import __version__
 from sglguard.domain import Status
+from sglguard.housekeeping import HOUSEKEEPING
 from sglguard.store.models import (
     CheckResultRow,
     CheckStateRow,
@@ -57,6 +58,7 @@ class StoreCollector:
                                      "scrapes whose store read failed, since start")
         errors.add_metric([], float(self.scrape_errors))
         yield errors
+        yield housekeeping_events()
         yield from families
 
     def _from_store(self) -> Iterator[Metric]:
@@ -103,6 +105,17 @@ class StoreCollector:
                            "notification delivery attempts, by notifier and outcome",
                            NotificationAttemptRow, ["notifier", "outcome"],
                            [NotificationAttemptRow.notifier, NotificationAttemptRow.outcome])
+
+
+def housekeeping_events() -> Metric:
+    """Counted in memory by the process whose scheduler runs the jobs (`sglguard run`), not
+    stored: another process serving the page shows none."""
+    family = CounterMetricFamily("sglguard_housekeeping_events",
+                                 "housekeeping jobs' missed, failed and skipped runs, since start",
+                                 labels=["job", "event"])
+    for (job, event), count in sorted(HOUSEKEEPING.counts().items()):
+        family.add_metric([job, event], float(count))
+    return family
 
 
 def _counted(session: Any, name: str, documentation: str, table: Any, labels: list[str],
