@@ -164,3 +164,15 @@ def test_stopping_abandons_a_fetch_waiting_on_a_name_lookup(resolver: FakeResolv
     assert isinstance(error, TargetError) and not isinstance(error, TargetTimeout), error
     assert "abandoned, sglguard is stopping" in str(error)
     assert took < SLACK * 2
+
+
+def test_a_gateway_worker_name_whose_lookup_hangs_is_compared_by_name(
+        resolver: FakeResolver) -> None:
+    from sglguard.remediations.gateway import LOOKUP_S, normalised
+
+    outcome, took = timed(lambda: normalised(f"http://{HUNG}:30000"))
+    assert outcome == ("http", HUNG, 30000)
+    assert took < LOOKUP_S + SLACK
+    resolver.release.set()  # answered later: asked again, not the name kept from the timeout
+    wait_for(lambda: RESOLVER.in_flight() == 0, 10)
+    assert normalised(f"http://{HUNG}:30000") == ("http", "127.0.0.1", 30000)

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from sglguard.client import HTTPStatusError, TargetError
 from sglguard.remediations.base import RemediationError
+from sglguard.resolver import RESOLVER, ResolveTimeout
 
 # What a gateway answers when asking again cannot help: no key, wrong key, no such route.
 PERMANENT = {401: "the gateway wants a key (set api_key)",
@@ -28,22 +29,32 @@ PERMANENT = {401: "the gateway wants a key (set api_key)",
 REGISTRATION_FIELDS = ("url", "worker_type", "bootstrap_port", "priority", "cost", "labels",
                        "model_id")
 _LOOPBACK = "127.0.0.1"
+LOOKUP_S = 2.0  # a gateway's worker names: a resolver that does not answer holds no drain
 
 
 class GatewayDown(Exception):
     """The gateway could not be asked (refused, timed out) or answered 5xx."""
 
 
-@lru_cache(maxsize=256)
 def _address(host: str) -> str:
-    """The host as an address: loopback names are one, other names resolve when they can."""
+    """The host as an address: loopback names are one, other names resolve when they can
+    (within LOOKUP_S: a late answer is not cached, the next call asks again)."""
+    try:
+        return _resolved(host)
+    except ResolveTimeout:
+        return host
+
+
+@lru_cache(maxsize=256)
+def _resolved(host: str) -> str:
     if host in ("localhost", "localhost.localdomain", "0.0.0.0", "::", "::1"):
         return _LOOPBACK
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         try:
-            address = ipaddress.ip_address(str(socket.getaddrinfo(host, None)[0][4][0]))
+            found = RESOLVER.lookup(host, None, 0, socket.SOCK_STREAM, LOOKUP_S)
+            address = ipaddress.ip_address(str(found[0][4][0]))
         except (OSError, ValueError, IndexError):
             return host
     return _LOOPBACK if address.is_loopback else str(address)
