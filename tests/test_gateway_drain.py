@@ -27,6 +27,7 @@ from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.receiver import AlertReceiver
 from sglguard.remediations.drained import return_when_well, return_workers
+from sglguard.remediations.gateway import DISCOVERED_LABELS
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.service import Service, build_clients
 from sglguard.store import Store
@@ -133,11 +134,42 @@ def test_drain_returns_a_worker_with_its_priority_cost_and_labels_under_its_own_
     said = return_workers(store, runner.catalog, "local", by="test")
 
     assert said == [f"added {as_registered} back to {gateway.url} as it was: regular, "
-                    "priority 10, cost 2.5, 15 labels"]
+                    "priority 10, cost 2.5, 1 label"]
     assert registered(gateway.worker(as_registered)) == before
     assert sorted(item["url"] for item in gateway.workers()) == sorted([other.url,
                                                                         as_registered])
     assert return_workers(store, runner.catalog, "local", by="test") == []  # nothing owed
+
+
+def test_a_worker_restarted_into_a_new_release_is_listed_with_its_new_version(
+        smg: StartGateway, start_emulator: StartEmulator, store: Store,
+        make_runner: Callable[[str], RemediationRunner]) -> None:
+    other, sick = start_emulator(), start_emulator(metrics_version="legacy")
+    gateway = smg(workers=[other.url])
+    add(gateway, {"url": sick.url, "priority": 10, "cost": 2.5, "labels": {"zone": "a"}})
+    before = gateway.worker(sick.url)
+    assert before is not None and before["labels"]["version"] == "0.4.6"
+    # Every other label of a worker registered without any is the gateway's own finding.
+    other_entry = gateway.worker(other.url)
+    assert other_entry is not None and set(other_entry["labels"]) == DISCOVERED_LABELS
+    runner = make_runner(catalog_text(sick.url, gateway.url))
+    assert runner.run("drain", "local", trigger="manual").outcome == "succeeded"
+    [row] = out_rows(store)
+    assert json.loads(row.registration) == {
+        "url": sick.url, "worker_type": "regular", "priority": 10, "cost": 2.5,
+        "labels": {"zone": "a"}, "model_id": before["model_id"]}
+    port = int(sick.url.rsplit(":", 1)[1])
+    sick.stop()
+    upgraded = start_emulator(port=port)  # the same server, restarted on a new release
+
+    said = return_workers(store, runner.catalog, "local", by="test")
+
+    assert said == [f"added {sick.url} back to {gateway.url} as it was: regular, priority 10, "
+                    "cost 2.5, 1 label"]
+    after = gateway.worker(upgraded.url)
+    assert after is not None
+    assert after["labels"]["version"] == "0.5.23" and after["labels"]["zone"] == "a"
+    assert registered(after) == registered(before)
 
 
 def test_a_worker_the_gateway_does_not_hold_is_a_failure_naming_its_workers(
@@ -177,6 +209,8 @@ def test_pd_prefill_worker_is_drained_restarted_and_returned_with_its_bootstrap_
         gateway = smg(prefill=[(prefill, 8998)], decode=[decode.url], port=gateway_port)
         before = registered(gateway.worker(prefill))
         assert before[1:3] == ("prefill", 8998)
+        for url in (prefill, decode.url):  # the gateway's own findings: none goes back
+            assert set((gateway.worker(url) or {})["labels"]) <= DISCOVERED_LABELS
         assert gateway.generate().status_code == 200
         decision = service.engine.record(CheckResult(
             "liveness", "local", Status.CRITICAL, None, "s", "refused", 1.0, utcnow()))
@@ -228,7 +262,7 @@ def test_a_worker_left_out_after_a_failed_chain_returns_when_the_incident_resolv
     finally:
         service.stop()
     assert said == [f"added {sick.url} back to {gateway.url} as it was: regular, priority 50, "
-                    "cost 1.0, 14 labels"]
+                    "cost 1.0"]
     assert gateway.worker(sick.url) is not None and len(gateway.workers()) == 2
 
 

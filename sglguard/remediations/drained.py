@@ -34,6 +34,7 @@ from sglguard.remediations.gateway import (
     describe,
     find,
     permanent,
+    registration,
     same_worker,
 )
 from sglguard.store import Store, queries
@@ -159,7 +160,7 @@ def return_when_well(store: Store, catalog: Catalog, *, busy: Callable[[str], bo
 
 def _return_one(store: Store, access: GatewayAccess, row: DrainedWorkerRow, by: str,
                 clock: Callable[[], datetime], stop: threading.Event) -> str:
-    body: dict[str, Any] = json.loads(row.registration)
+    body = registration(json.loads(row.registration))  # older rows kept discovered labels
     with closing(access.client()) as client:
         if access.legacy:
             with asking(access.url, "POST /add_worker"):
