@@ -433,8 +433,10 @@ class Service:
         if self.dry_run or self.catalog.mode == "passive":
             return []
         try:
-            return return_when_well(self.store, self.catalog, busy=self.requests.busy,
-                                    clock=self.clock, stop=self.stopping)
+            return return_when_well(self.store, self.catalog, hold=self.requests.hold,
+                                    let_go=self.requests.let_go,
+                                    agents=self.responder.leases.agents, clock=self.clock,
+                                    stop=self.stopping)
         except Exception:
             logger.exception("re-adding drained workers failed")
             return []

@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from sglguard.checks.base import CheckResult, Status
 from sglguard.cli import main
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
+from sglguard.rails import Leases
 from sglguard.receiver import AlertReceiver
 from sglguard.remediations.drained import return_when_well, return_workers
 from sglguard.remediations.gateway import DISCOVERED_LABELS
@@ -322,7 +324,7 @@ def test_undrain_by_hand_and_incidents_show_the_worker_that_is_out(
     shown = cli.invoke(main, ["incidents", "--config", str(path), "--show",
                               str(decision.remediate)])
     assert shown.exit_code == 0, shown.output
-    assert (f"out of gateway: {sick.url} (regular, priority 50, cost 1.0, 14 labels) out of "
+    assert (f"out of gateway: {sick.url} (regular, priority 50, cost 1.0) out of "
             f"{gateway.url} since") in shown.output
     assert "sglguard undrain local" in shown.output
     listed = cli.invoke(main, ["incidents", "--config", str(path)])
@@ -340,13 +342,83 @@ def test_undrain_by_hand_and_incidents_show_the_worker_that_is_out(
     assert unknown.exit_code == 2 and "unknown target 'nope'" in unknown.output
 
 
+def test_a_re_add_waits_while_a_restart_in_another_process_or_this_one_holds_the_lease(
+        smg: StartGateway, start_emulator: StartEmulator, make_catalog: Callable[[str], Catalog],
+        store: Store, tmp_path: Path) -> None:
+    port, other = free_port(), start_emulator()
+    worker = f"http://127.0.0.1:{port}"
+    start = json.dumps(emulator_command(port, "--startup-delay", "2"))
+    catalog = make_catalog(catalog_text(
+        worker, "http://127.0.0.1:1", control="{kind: process, start: " + start
+        + ", pidfile: w.pid, startup_timeout: 20s}"))
+    path = tmp_path / "sglguard.yaml"
+    control = RemediationRunner(catalog, store, build_clients(catalog)).control(
+        catalog.targets[0])
+    assert control is not None
+    # Started here, and reaped here once the other process stops it.
+    first = subprocess.Popen(json.loads(start), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (tmp_path / "w.pid").write_text(f"{first.pid}\n")
+    threading.Thread(target=first.wait, daemon=True).start()
+    restart: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: healthy(worker), timeout=20)
+        gateway = smg(workers=[other.url, worker])
+        catalog = make_catalog(path.read_text().replace("http://127.0.0.1:1", gateway.url))
+        runner = RemediationRunner(catalog, store, build_clients(catalog))
+        assert runner.run("drain", "local", trigger="manual").outcome == "succeeded"
+        # Another process restarts the worker by hand: it holds the target's lease meanwhile.
+        with (tmp_path / "restart.log").open("wb") as log:
+            restart = subprocess.Popen([PYTHON, "-m", "sglguard", "remediate", "restart",
+                                        "--config", str(path)], stdout=log,
+                                       stderr=subprocess.STDOUT)
+        leases = Leases(store)
+        wait_for(lambda: leases.holder_of("local") is not None, timeout=15)
+        holder = leases.holder_of("local")
+        cli = CliRunner()
+
+        refused = cli.invoke(main, ["undrain", "--config", str(path), "local"])
+
+        assert refused.exit_code == 1, refused.output
+        assert (f"{worker} stays out of {gateway.url} for now: local is being remediated by "
+                f"{holder} (it is re-added once that is done)") in refused.output
+        assert "1 worker(s) of local still out of their gateway" in refused.output
+        assert gateway.worker(worker) is None
+        [row] = out_rows(store)
+        assert row.last_error == f"not re-added: local is being remediated by {holder}"
+        assert restart.wait(timeout=60) == 0, (tmp_path / "restart.log").read_text()
+        assert leases.holder_of("local") is None
+
+        # In this process: a remediation running here holds the lease; the timer's re-add
+        # waits for it all the same.
+        service = Service(catalog, store)
+        try:
+            assert service.responder.leases.claim("local", utcnow(), timedelta(minutes=5))
+            [said] = service.return_drained()
+            assert said.startswith(f"{worker} stays out of {gateway.url} for now: local is "
+                                   f"being remediated by {service.responder.leases.holder}")
+            assert gateway.worker(worker) is None
+            service.responder.leases.release("local")
+
+            assert service.return_drained() == [f"added {worker} back to {gateway.url} as it "
+                                                "was: regular, priority 50, cost 1.0"]
+        finally:
+            service.stop()
+        assert gateway.worker(worker) is not None and out_rows(store) == []
+        assert leases.holder_of("local") is None
+    finally:
+        if restart is not None and restart.poll() is None:
+            restart.kill()
+        control.stop()
+
+
 def test_a_worker_someone_else_removed_is_not_re_added(
         smg: StartGateway, start_emulator: StartEmulator, store: Store,
         make_catalog: Callable[[str], Catalog]) -> None:
     other, sick = start_emulator(), start_emulator()
     gateway = smg(workers=[other.url])
     catalog = make_catalog(catalog_text(sick.url, gateway.url))
-    assert return_when_well(store, catalog, busy=lambda _target: False) == []
+    assert return_when_well(store, catalog) == []
     assert gateway.worker(sick.url) is None
 
 

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 @config_option
 @click.argument("target")
 def undrain(config_path: str | None, target: str) -> None:
-    """Re-add the target's workers that a drain took out of their gateway, as registered."""
+    """Re-add the target's workers that a drain took out of their gateway, as registered.
+    Refused (exit 1) while a remediation of the target holds its lease."""
     from sglguard.remediations.drained import out, return_workers
 
     _, catalog = load(config_path)
@@ -32,7 +33,15 @@ def undrain(config_path: str | None, target: str) -> None:
     if not rows:
         click.echo(f"{target}: no worker of it is out of a gateway")
         return
-    said = return_workers(store, catalog, target, by="by hand: sglguard undrain")
+    from sglguard.agents import Agents
+
+    agents = Agents(store, role="cli")  # a lease left by a dead process is taken over
+    agents.register([target])
+    try:
+        said = return_workers(store, catalog, target, by="by hand: sglguard undrain",
+                              agents=agents)
+    finally:
+        agents.leave()
     for line in said:
         click.echo(line)
     with store.session() as session:
