@@ -87,6 +87,7 @@ def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
                            if target.admin_api_key else None),
             timeout=target.timeout.total_seconds(),
             connections=limits[target.name] + SPARE_CONNECTIONS,
+            gateway=target.role == "gateway",
         )
         for target in catalog.targets
     }

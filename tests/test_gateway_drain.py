@@ -643,6 +643,7 @@ def test_a_gateway_key_missing_escalates_at_once_with_the_reason(
 
 GATEWAY_CHECKS = ["gateway-ready", "gateway-workers-healthy", "gateway-breaker",
                   "gateway-5xx-ratio", "gateway-retries", "gateway-latency-p95"]
+WORKER_CHECKS = ["worker-a-health", "worker-b-health"]
 
 
 def test_the_gateway_example_is_quiet_while_healthy_and_loud_when_a_worker_is_lost(
@@ -664,10 +665,11 @@ def test_the_gateway_example_is_quiet_while_healthy_and_loud_when_a_worker_is_lo
 
     def statuses() -> dict[str, str]:
         return {result.check: result.status.label
-                for result in run_once(catalog, store, GATEWAY_CHECKS)}
+                for result in run_once(catalog, store, [*GATEWAY_CHECKS, *WORKER_CHECKS])}
 
     quiet = statuses()
-    assert {quiet[name] for name in GATEWAY_CHECKS[:3]} == {"ok"}, quiet
+    assert set(quiet) == {check.name for check in catalog.checks}
+    assert {quiet[name] for name in [*GATEWAY_CHECKS[:3], *WORKER_CHECKS]} == {"ok"}, quiet
     assert not {"warning", "critical"} & set(quiet.values()), quiet
 
     b.set_fault("error:500")  # its breaker opens after two failed requests
@@ -675,7 +677,9 @@ def test_the_gateway_example_is_quiet_while_healthy_and_loud_when_a_worker_is_lo
              and statuses()["gateway-breaker"] == "critical", timeout=10)
     b.stop()  # lost: the gateway's health check marks it unhealthy
     wait_for(lambda: statuses()["gateway-workers-healthy"] == "critical", timeout=10)
-    assert statuses()["gateway-ready"] == "ok"  # one worker is still healthy
+    lost = statuses()
+    assert (lost["gateway-ready"], lost["worker-a-health"], lost["worker-b-health"]) == (
+        "ok", "ok", "critical")  # one worker is still healthy
     a.stop()
     wait_for(lambda: statuses()["gateway-ready"] == "critical", timeout=10)
 
@@ -718,3 +722,92 @@ def test_checks_aimed_at_the_gateways_main_port_say_it_is_a_gateway(
     # Before, the gateway handed /get_server_info to its worker: a worker's figure, quietly.
     assert running.status is Status.UNKNOWN and running.value is None
     assert "is an SGLang gateway (smg), which has no server info of its own" in running.message
+
+
+def test_a_target_declared_a_gateway_is_probed_and_described_as_one(
+        smg: StartGateway, start_emulator: StartEmulator, store: Store,
+        make_catalog: Callable[[str], Catalog]) -> None:
+    from sglguard.service import run_once
+
+    worker = start_emulator()
+    gateway = smg(workers=[worker.url])
+    catalog = make_catalog(f"""\
+        version: 1
+        targets:
+          - {{name: gateway, role: gateway, url: "{gateway.url}",
+              metrics_url: "{gateway.metrics_url}/metrics"}}
+        checks:
+          - {{name: ready, kind: http, target: gateway}}
+          - {{name: alive, kind: http, target: gateway, path: /health}}
+          - {{name: pool, kind: metric, target: gateway, metric: smg_worker_pool_size,
+              critical: "< 1"}}
+          - {{name: queue, kind: metric, target: gateway, metric: "sglang:num_queue_reqs",
+              critical: "> 100"}}
+        """)
+
+    def results() -> dict[str, CheckResult]:
+        return {result.check: result for result in run_once(
+            catalog, store, ["ready", "alive", "pool", "queue"])}
+
+    first = results()
+    assert first["ready"].status is Status.OK, first["ready"]
+    assert first["ready"].message.startswith("GET /readiness answered 200")
+    assert first["pool"].status is Status.OK and first["pool"].value == 1
+    queue = first["queue"]
+    assert queue.value is None and not queue.counts and "--enable-metrics" not in queue.message
+    assert ("sglang:num_queue_reqs is not a gateway's metric: a gateway serves smg_* families; "
+            "an SGLang server's are read from the worker's own target") in queue.message
+
+    worker.stop()  # the gateway's only worker is lost: /health stays 200, /readiness tells
+    wait_for(lambda: results()["ready"].status is Status.CRITICAL, timeout=15)
+    lost = results()
+    assert lost["ready"].message.startswith("GET /readiness answered 503 (expected 200)")
+    assert lost["ready"].message.endswith(": the gateway has no healthy worker")
+    assert lost["alive"].status is Status.OK
+
+
+def test_checks_that_only_a_server_can_answer_are_refused_on_a_gateway_target(
+        tmp_path: Path) -> None:
+    from sglguard.config.loader import ConfigError, parse_catalog
+
+    text = textwrap.dedent("""\
+        version: 1
+        targets:
+          - {name: gw, role: gateway, url: "http://127.0.0.1:1"}
+          - {name: worker, url: "http://127.0.0.1:2"}
+        checks:
+          - {name: version, kind: server_info, target: gw, path: max_running_requests,
+             critical: "< 1"}
+          - {name: steps, kind: progress, target: gw}
+          - {name: queue, kind: metric, target: gw, metric: smg_worker_pool_size,
+             critical: "< 1"}
+          - {name: fine, kind: server_info, target: worker, path: max_running_requests,
+             critical: "< 1"}
+        """)
+    with pytest.raises(ConfigError) as caught:
+        parse_catalog(text, tmp_path / "sglguard.yaml")
+    said = str(caught.value)
+    assert ("target 'gw' is a gateway: a gateway has no server info of its own (its "
+            "/server_info would be one worker's): aim this check at a worker's target") in said
+    assert "target 'gw' is a gateway: a gateway runs no decode steps of its own" in said
+    assert ("target 'gw' is a gateway, whose metrics are on its own port (--prometheus-port, "
+            "default 29000): give the target a metrics_url") in said
+    assert "checks[3]" not in said and said.count("is a gateway") == 3
+
+
+def test_validate_warns_of_a_health_check_on_a_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(textwrap.dedent("""\
+        version: 1
+        targets: [{name: gw, role: gateway, url: "http://127.0.0.1:1"}]
+        checks:
+          - {name: alive, kind: http, target: gw, path: /health}
+          - {name: ready, kind: http, target: gw}
+        """))
+
+    checked = CliRunner().invoke(main, ["validate", "--config", str(path)])
+
+    assert checked.exit_code == 0, checked.output
+    assert ("warning: check alive (http): GET /health of gateway gw answers 200 even with no "
+            "worker left; /readiness answers 503 when no worker is healthy") in checked.output
+    assert "check ready (http)" not in checked.output.split("warning:", 1)[1]

@@ -61,6 +61,11 @@ class TargetConfig(ConfigModel):
 
     name: Name
     url: HttpUrl
+    role: Literal["server", "gateway"] = Field(
+        default="server",
+        description="gateway: an SGLang model gateway (smg / sglang-router) in front of "
+                    "servers, not a server: its http checks ask /readiness by default, its "
+                    "metrics are read from metrics_url, and its messages speak of a gateway")
     api_key: SecretStr | None = None
     admin_api_key: SecretStr | None = None
     timeout: Duration = timedelta(seconds=10)
