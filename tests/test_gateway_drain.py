@@ -330,6 +330,12 @@ def test_undrain_by_hand_and_incidents_show_the_worker_that_is_out(
     listed = cli.invoke(main, ["incidents", "--config", str(path)])
     assert listed.exit_code == 0, listed.output
     assert f"out of gateway: {sick.url} (regular" in listed.output
+    status = cli.invoke(main, ["status", "--config", str(path)])
+    assert (f"out of gateway: {sick.url} (regular, priority 50, cost 1.0) out of "
+            f"{gateway.url} since") in status.output
+    status_json = json.loads(cli.invoke(main, ["status", "--config", str(path), "--json"]).output)
+    assert [(item["target"], item["worker"], item["state"]) for item in
+            status_json["drained"]] == [("local", sick.url, "out")]
 
     done = cli.invoke(main, ["undrain", "--config", str(path), "local"])
 
