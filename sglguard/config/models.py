@@ -70,8 +70,8 @@ class TargetConfig(ConfigModel):
     admin_api_key: SecretStr | None = None
     timeout: Duration = timedelta(seconds=10)
     control: ControlConfig | None = None
-    metrics_url: str | None = Field(
-        default=None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+    metrics_url: HttpUrl | None = Field(
+        default=None,
         description="where metric and progress checks read the Prometheus page (a proxy, a "
                     "gateway's metrics port); no API key is sent there. Default: url/metrics")
     metrics_max_age: DurationOrZero = Field(
