@@ -66,8 +66,11 @@ def drained_of(session: Session, target: str, incident_id: int) -> list[dict[str
 
 
 def _item(row: DrainedWorkerRow) -> dict[str, Any]:
+    from sglguard.remediations.gateway import registration
+
     return {"worker": row.worker_url, "gateway": row.gateway, "state": row.state,
-            "registration": json.loads(row.registration), "in_flight": row.in_flight,
+            "registration": registration(json.loads(row.registration)),
+            "in_flight": row.in_flight,
             "drained_at": row.drained_at.isoformat(),
             "returned_at": row.returned_at.isoformat() if row.returned_at else None,
             "returned_by": row.returned_by, "last_error": row.last_error}
