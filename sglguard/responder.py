@@ -229,7 +229,8 @@ class Responder:
                 if passed:
                     self._verified(incident_id, outcome, True, f"{name} passed")
                     for said in return_workers(self.store, self.catalog, config.target,
-                                               by=f"verified: {name} passed", clock=self.clock):
+                                               by=f"verified: {name} passed",
+                                               agents=self.leases.agents, clock=self.clock):
                         self.engine.note(incident_id, "undrained", said)
                     return True
                 if time.monotonic() >= deadline:

@@ -88,6 +88,7 @@ def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
                            if target.admin_api_key else None),
             timeout=target.timeout.total_seconds(),
             connections=limits[target.name] + SPARE_CONNECTIONS,
+            gateway=target.role == "gateway",
         )
         for target in catalog.targets
     }
@@ -435,8 +436,10 @@ class Service:
         if self.dry_run or self.catalog.mode == "passive":
             return []
         try:
-            return return_when_well(self.store, self.catalog, busy=self.requests.busy,
-                                    clock=self.clock, stop=self.stopping)
+            return return_when_well(self.store, self.catalog, hold=self.requests.hold,
+                                    let_go=self.requests.let_go,
+                                    agents=self.responder.leases.agents, clock=self.clock,
+                                    stop=self.stopping)
         except Exception:
             logger.exception("re-adding drained workers failed")
             return []

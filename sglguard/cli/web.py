@@ -80,20 +80,28 @@ def serve(config_path: str | None, listen: str | None) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON (/api/v1/checks)")
 def status(config_path: str | None, as_json: bool) -> None:
-    """One line per check, worst first; the exit status is the worst status, as `check`."""
+    """One line per check, worst first, then every worker out of its gateway; the exit status
+    is the worst status, as `check`."""
     from rich.console import Console
 
     from sglguard import output
+    from sglguard.cli.drained import drained_lines, drained_now
     from sglguard.web.view import View
 
     _, catalog = load(config_path)
-    checks = View(catalog, open_store(catalog)).checks(runs=1)
+    store = open_store(catalog)
+    checks = View(catalog, store).checks(runs=1)
     for item in checks:
         item.pop("runs", None)
+    with store.session() as session:
+        out_now = drained_now(session)
     if as_json:
-        click.echo(output.json_text({"checks": checks}))
+        click.echo(output.json_text({"checks": checks, "drained": [
+            {"target": target, **item} for target, item in out_now]}))
     else:
         output.status_table(Console(), checks)
+        for target, item in out_now:
+            click.echo(drained_lines(target, [item])[0])
     sys.exit(output.worst_label(item["status"] for item in checks))
 
 

@@ -1,6 +1,7 @@
 """What a valid catalog still cannot do on this host: checks that will only report UNKNOWN, a
-control that cannot write its pidfile. Said as warnings by `validate`; none stops the service
-(the host may change: a driver installed, the server started for the first time)."""
+control that cannot write its pidfile, a gateway probed where it always looks well. Said as
+warnings by `validate`; none stops the service (the host may change: a driver installed, the
+server started for the first time)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from pathlib import Path
 
 from sglguard.checks.gpu import GpuCheckConfig, nvml_unavailable
+from sglguard.checks.http import GATEWAY_PATH, HttpCheckConfig
 from sglguard.checks.log import LogCheckConfig
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.config.notifier_urls import disabled_here
@@ -25,6 +27,11 @@ def host_warnings(catalog: Catalog) -> list[str]:
     for check in catalog.checks:
         if isinstance(check, LogCheckConfig):
             warnings += _log(check, targets.get(check.target))
+        if isinstance(check, HttpCheckConfig) and targets[check.target].role == "gateway" \
+                and "path" in check.model_fields_set and check.path in ("/health", "/liveness"):
+            warnings.append(f"check {check.name} (http): GET {check.path} of gateway "
+                            f"{check.target} answers 200 even with no worker left; "
+                            f"{GATEWAY_PATH} answers 503 when no worker is healthy")
     for notifier in catalog.notifiers:
         for url in notifier.urls:
             scheme = url.get_secret_value().partition("://")[0]
