@@ -173,7 +173,8 @@ class Service:
         self.notifications = Notifications.from_catalog(catalog, store, clock=clock,
                                                         agents=self.agents)
         self.engine = IncidentEngine(catalog, store, clock, writer=self.writer,
-                                     notifications=self.notifications, dry_run=dry_run)
+                                     notifications=self.notifications, dry_run=dry_run,
+                                     agent=self.agents.host)
         self.runner = RemediationRunner(catalog, store, self.clients, stop=self.interrupt,
                                         clock=clock)
         self.diagnostics = Diagnostics(catalog, store, self.clients,

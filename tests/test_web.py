@@ -310,7 +310,9 @@ def test_an_empty_store_shows_every_check_pending(make_catalog: Callable[[str], 
 def test_the_fleet_view_shows_every_agent_of_a_shared_postgresql_and_a_silent_one_at_once(
         make_catalog: Callable[[str], Catalog], postgres_url: str, clock: FakeClock) -> None:
     from sglguard.agents import Agents
+    from sglguard.store.writer import ResultWriter
 
+    catalog = make_catalog(CATALOG)
     shared = Store.open(postgres_url)
     try:
         hosts = []
@@ -318,18 +320,39 @@ def test_the_fleet_view_shows_every_agent_of_a_shared_postgresql_and_a_silent_on
             agent = Agents(shared, name=f"{host}:100:0000", clock=clock)
             agent.register(["local"])
             hosts.append(agent)
+        # Each agent writes its own check's results; gpu-a's quiet ones go through the
+        # batching writer, its failures (and the incident they open) straight to the store.
+        writer = ResultWriter(shared, interval=3600)
+        engine_a = IncidentEngine(catalog, shared, clock, writer=writer, agent=hosts[0].host)
+        engine_b = IncidentEngine(catalog, shared, clock, agent=hosts[1].host)
+        for status in (Status.OK, Status.OK, Status.OK, Status.CRITICAL, Status.CRITICAL):
+            feed(engine_a, clock, status)
+            feed(engine_b, clock, Status.OK, check="info")
+        writer.flush()
         clock.advance(30)
         hosts[0].beat()  # gpu-b stopped reporting 30 s ago...
         clock.advance(30)  # ...and is silent past the 45 s bound now
-        web = serve(make_catalog(CATALOG), shared, listen=f"127.0.0.1:{free_port()}")
+        web = serve(catalog, shared, listen=f"127.0.0.1:{free_port()}")
         web.app.view.clock = clock
         try:
-            agents = get(web, "/api/v1/agents").json()["agents"]
+            fleet = get(web, "/api/v1/agents").json()
             page = get(web, "/").text
+            runs = get(web, "/api/v1/checks/liveness/results").json()["results"]
         finally:
             web.stop()
+        with shared.session() as session:
+            written = {(check, agent) for check, agent in session.execute(
+                select(CheckResultRow.check_name, CheckResultRow.agent).distinct())}
+            opened_by = session.scalars(select(IncidentRow.agent)).all()
     finally:
         shared.close()
-    states = {item["host"]: item["state"] for item in agents}
+    states = {item["host"]: item["state"] for item in fleet["agents"]}
     assert states == {"gpu-a": "running", "gpu-b": "silent"}
     assert "gpu-b:100:0000" in page and "<b>silent</b>" in page
+    assert written == {("liveness", "gpu-a"), ("info", "gpu-b")}
+    assert opened_by == ["gpu-a"]
+    assert {run["agent"] for run in runs} == {"gpu-a"} and len(runs) == 5
+    grouped = {group["agent"]: [(item["check"], item["status"]) for item in group["checks"]]
+               for group in fleet["results"]}
+    assert grouped == {"gpu-a": [("liveness", "critical")], "gpu-b": [("info", "ok")]}
+    assert 'class="by-agent" data-agent="gpu-a"' in page

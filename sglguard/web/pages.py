@@ -53,7 +53,7 @@ class Pages:
         incidents = self.view.incidents(limit=20)
         return self._render(
             "index.html", "", targets=self.view.targets(), checks=checks,
-            agents=self.view.agents(),
+            agents=self.view.agents(), by_agent=self.view.by_agent(),
             open_incidents=[item for item in incidents if item["status"] == "open"],
             recent_incidents=[item for item in incidents if item["status"] != "open"])
 
