@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -97,6 +98,8 @@ class IncidentEngine:
                  agent: str | None = None) -> None:
         self.catalog = catalog
         self.agent = agent or local_agent()  # named on every row it writes
+        # Told of each result written at once: ("result", seconds, written).
+        self.on_write: Callable[[str, float, bool], None] = lambda _what, _took, _ok: None
         self.store = store
         self.clock = clock
         self.writer = writer
@@ -126,6 +129,16 @@ class IncidentEngine:
             if quiet is not None:
                 return quiet
             self.writer.flush()
+        began = time.perf_counter()
+        try:
+            decision = self._record_at_once(result)
+        except Exception:
+            self.on_write("result", time.perf_counter() - began, False)
+            raise
+        self.on_write("result", time.perf_counter() - began, True)
+        return decision
+
+    def _record_at_once(self, result: CheckResult) -> Decision:
         for clash in range(3):
             try:
                 for retry in self.store.retrying():

@@ -25,6 +25,7 @@ from sglguard.store import Store
 from sglguard.store.models import (
     CheckResultRow,
     CheckStateRow,
+    DrainedWorkerRow,
     IncidentEventRow,
     IncidentRow,
     NotificationAttemptRow,
@@ -234,6 +235,9 @@ class View:
             TargetLevelRow.target == target.name)).all()
         open_ids = session.scalars(select(IncidentRow.id).where(
             IncidentRow.target == target.name, IncidentRow.status == "open")).all()
+        drained = session.scalars(select(DrainedWorkerRow).where(
+            DrainedWorkerRow.target == target.name, DrainedWorkerRow.returned_at.is_(None))
+            .order_by(DrainedWorkerRow.id)).all()
         return {
             "name": target.name, "url": public_url(target.url),
             "control": target.control.kind if target.control is not None else None,
@@ -242,6 +246,11 @@ class View:
                         "original": level.original} for level in levels],
             "budgets": self._budgets(session, target.name, now),
             "open_incidents": list(open_ids),
+            # Workers sglguard took out of a gateway and has not put back yet.
+            "drained": [{"worker": public_url(row.worker_url), "gateway": public_url(row.gateway),
+                         "state": row.state, "remediation": row.remediation,
+                         "incident_id": row.incident_id, "drained_at": iso(row.drained_at),
+                         "last_error": row.last_error} for row in drained],
         }
 
     def _budgets(self, session: Session, target: str, now: datetime) -> list[dict[str, Any]]:
