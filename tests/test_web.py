@@ -4,6 +4,7 @@ escaping, /metrics through Prometheus' parser, /healthz, and the token off loopb
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -120,6 +121,9 @@ def test_api_checks_and_results_are_what_the_store_holds(
     assert [entry["kind"] for entry in one["timeline"]] == [
         "opened", "remediation_run", "notification", "acknowledged", "resolved"]
     assert one["timeline"][1]["plan"] == ["kill -TERM 42", "start emulator"]
+    # Written by this process: each row names this host as its agent.
+    assert one["agent"] == one["remediations"][0]["agent"] == socket.gethostname()
+    assert {run["agent"] for run in liveness["runs"]} == {socket.gethostname()}
     assert get(web, "/api/v1/incidents?open=1").json()["incidents"] == []
 
 
@@ -138,6 +142,33 @@ def test_targets_show_the_server_from_the_latest_server_info_result_and_the_budg
     assert target["budgets"] == [{"remediation": "restart", "used": 1, "max": 3, "left": 2,
                                   "within": "30m"}]
     assert target["quiet"] is None and target["open_incidents"] == []
+
+
+def test_a_drained_worker_shows_on_its_target_until_it_is_back(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
+        start_web: Serve) -> None:
+    from sglguard.remediations import drained
+
+    catalog = make_catalog(CATALOG)
+    incident = with_liveness_cycle(catalog, store, clock)
+    row = drained.record(store, target="local", remediation="drain",
+                         gateway="http://admin:gw-secret@127.0.0.1:30000",
+                         body={"url": "http://127.0.0.1:8001", "worker_type": "regular"},
+                         incident_id=incident, at=clock())
+    drained.update(store, row, state="out")
+    web = start_web(catalog)
+    [target] = get(web, "/api/v1/targets").json()["targets"]
+    assert [(item["worker"], item["state"], item["incident_id"]) for item in target["drained"]
+            ] == [("http://127.0.0.1:8001", "out", incident)]
+    assert target["drained"][0]["gateway"] == "http://***@127.0.0.1:30000"
+    page = get(web, "/").text
+    section = page[page.index('<tr class="target" data-name="local">'):]
+    section = section[:section.index("</tr>")]
+    assert '<b class="drained">drained</b> http://127.0.0.1:8001' in section
+    assert f'href="incidents/{incident}"' in section and "gw-secret" not in page
+    drained.update(store, row, state="returned", returned_at=clock())
+    assert get(web, "/api/v1/targets").json()["targets"][0]["drained"] == []
+    assert 'class="drained"' not in get(web, "/").text
 
 
 def test_no_secret_leaves_the_listener(make_catalog: Callable[[str], Catalog], store: Store,
