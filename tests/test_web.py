@@ -144,6 +144,26 @@ def test_targets_show_the_server_from_the_latest_server_info_result_and_the_budg
     assert target["quiet"] is None and target["open_incidents"] == []
 
 
+def test_a_silenced_or_maintained_target_says_so_on_the_page_and_in_the_api(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
+        start_web: Serve) -> None:
+    from sglguard.silences import add_silence
+
+    catalog = make_catalog(CATALOG)
+    add_silence(store, target="local", check=None, starts=clock(), length=timedelta(hours=1),
+                reason="<b>kernel upgrade</b>", by="ana")
+    web = start_web(catalog)
+    quiet = get(web, "/api/v1/targets").json()["targets"][0]["quiet"]
+    assert quiet == "silence #1 by ana: <b>kernel upgrade</b>"
+    assert "quiet: silence #1 by ana: &lt;b&gt;kernel upgrade&lt;/b&gt;" in get(web, "/").text
+    maintained = make_catalog(CATALOG + "maintenance:\n  - {name: always, cron: '* * * * *', "
+                                        "duration: 1h, targets: [local]}\n")
+    web = start_web(maintained)
+    assert get(web, "/api/v1/targets").json()["targets"][0]["quiet"] == \
+        "maintenance window always"
+    assert "quiet: maintenance window always" in get(web, "/").text
+
+
 def test_a_drained_worker_shows_on_its_target_until_it_is_back(
         make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
         start_web: Serve) -> None:
@@ -228,6 +248,9 @@ def test_metrics_parse_and_their_counters_move_with_the_runs(
     assert before[("sglguard_notification_attempts_total",
                    (("notifier", "ops"), ("outcome", "failed")))] == 1
     assert before[("sglguard_store_up", ())] == 1
+    # No worker runs here: the messages the incident owes and the restart it asks for wait.
+    assert before[("sglguard_outbox_unclaimed", (("kind", "message"),))] >= 2
+    assert before[("sglguard_outbox_unclaimed", (("kind", "remediation"),))] == 1
     engine = IncidentEngine(catalog, store, clock)
     feed(engine, clock, Status.CRITICAL)
     feed(engine, clock, Status.CRITICAL)
