@@ -40,7 +40,7 @@ class Telemetry:
             "how long each write of results to the store took (failed ones included)",
             ["write"], buckets=WRITE_BUCKETS, registry=self.registry)
         self.store_errors = Counter(
-            "sglguard_store_write_errors", "writes of results the store refused",
+            "sglguard_store_write_errors", "writes of results that failed",
             ["write"], registry=self.registry)
         for write in WRITES:  # shown at zero from the start, so rate() has a baseline
             self.store_writes.labels(write)

@@ -261,7 +261,7 @@ def test_metrics_parse_and_their_counters_move_with_the_runs(
                                               ("target", "local")))] == 1
 
 
-def test_healthz_fails_until_a_result_is_written_and_when_results_stop(
+def test_healthz_apart_from_the_service_fails_until_a_result_is_written_and_when_they_stop(
         make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
         start_web: Serve) -> None:
     catalog = make_catalog(CATALOG)
