@@ -58,6 +58,11 @@ class Agents:
         self.name = name or holder_name()
         self.clock = clock
 
+    @property
+    def host(self) -> str:
+        """The host this agent runs on: what the rows it writes name as their agent."""
+        return self.name.partition(":")[0]
+
     def register(self, targets: Iterable[str] = ()) -> None:
         now = self.clock()
         host, _, rest = self.name.partition(":")
