@@ -146,6 +146,21 @@ def test_rows_from_before_agents_were_named_keep_no_agent_and_new_ones_name_thei
     engine.dispose()
 
 
+def test_an_agent_named_in_the_environment_is_named_on_its_rows_and_claims(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sglguard.agents import Agents
+
+    monkeypatch.setenv("SGLGUARD_AGENT", "rack4:gpu-a")  # a colon would split claim names
+    with store.session() as session:
+        queries.add_result(session, result(datetime(2026, 5, 1, 8, 1, tzinfo=UTC)))
+    with store.session() as session:
+        assert [row.agent for row in session.query(CheckResultRow)] == ["rack4-gpu-a"]
+    agents = Agents(store)
+    agents.register(["local"])
+    assert agents.host == "rack4-gpu-a"
+    assert agents.name.startswith("rack4-gpu-a:")
+
+
 def test_the_schema_head_known_without_alembic_is_alembics_head() -> None:
     from sglguard.store.db import SCHEMA_HEAD
 

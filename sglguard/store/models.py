@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import UTC, datetime
 from typing import Any
@@ -25,12 +26,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
-_HOST = socket.gethostname()[:128]
-
-
 def local_agent() -> str:
-    """The agent a row names when its writer names none: this host."""
-    return _HOST
+    """The agent a row names when its writer names none: `SGLGUARD_AGENT` when set (two
+    agents on one host, or a host name shared by containers), else this host's name."""
+    named = os.environ.get("SGLGUARD_AGENT", "").strip().replace(":", "-")
+    return (named or socket.gethostname())[:128]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
