@@ -101,7 +101,13 @@ class Backlog:
         self._since: float | None = None
         self.last_error = ""
         self._full = False  # the spill file refused items in this outage (said once)
-        self._spilled = len(spill.read()) if spill is not None else 0
+        self._spilled = 0
+        if spill is not None:
+            try:
+                self._spilled = len(spill.read())
+            except OSError as exc:  # a link planted there, a folder, no permission
+                logger.error("cannot read %s (%s): results held during an outage stay in "
+                             "memory", spill.path, exc)
         if self._spilled:
             assert spill is not None
             self._since = time.monotonic()
@@ -151,9 +157,6 @@ class Backlog:
         """Append the items to the file; False when it cannot take them (full, unwritable):
         they stay in memory then, bounded there, still after everything in the file."""
         assert self._spill is not None
-        if not self._spilled:
-            logger.warning("more than %s results held: the rest go to %s", self._limit,
-                           self._spill.path)
         lines = []
         for item in items:
             if isinstance(item, CheckResult):
@@ -161,18 +164,20 @@ class Backlog:
             else:
                 self._actions[item.key] = item
                 lines.append(json.dumps({"held": item.key}))
+        why = f"full: {self._spill.limit_bytes} bytes"
         try:
             written = self._spill.append(lines)
-        except OSError as exc:
-            logger.error("cannot write %s: %s", self._spill.path, exc)
-            written = False
+        except OSError as exc:  # a link planted there, a full disk
+            written, why = False, str(exc)
         if written:
+            if self._spilled == 0:
+                logger.warning("more than %s results held: the rest go to %s", self._limit,
+                               self._spill.path)
             self._spilled += len(lines)
             return True
         if not self._full:
-            logger.error("%s is full (%s bytes): results are held in memory again, the "
-                         "oldest of them dropped past %s", self._spill.path,
-                         self._spill.limit_bytes, self._limit)
+            logger.error("%s takes no more (%s): results are held in memory, the oldest "
+                         "dropped past %s", self._spill.path, why, self._limit)
         self._full = True
         return False
 

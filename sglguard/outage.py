@@ -124,7 +124,7 @@ class LocalRepairs:
         now = self.clock()
         with self._lock:
             streak = self._streaks.setdefault(result.check, _Streak())
-            if not self._hard_down(config, result) or self._in_grace(result.check, now):
+            if not self._hard_down(config, result) or self._in_grace(config.target, now):
                 streak.failures, streak.since = 0, None
                 return None
             streak.failures += 1

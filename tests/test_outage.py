@@ -15,17 +15,30 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import select
 
+from sglguard.config.models import Catalog
 from sglguard.controls.process import read_pidfile
+from sglguard.domain import CheckResult, Status
 from sglguard.receiver import AlertReceiver
+from sglguard.service import Service
+from sglguard.store import Store
+from sglguard.store.models import RemediationRunRow
 
-from conftest import ServiceProcess, emulator_command, free_port, pid_alive, wait_for
+from conftest import (
+    FakeClock,
+    ServiceProcess,
+    emulator_command,
+    free_port,
+    pid_alive,
+    wait_for,
+)
 
 
 class Proxy:
@@ -239,3 +252,66 @@ def test_results_spilled_during_an_outage_survive_a_kill_and_are_written_in_orde
     assert wanted[0] in stored, (wanted, stored)
     at = stored.index(wanted[0])
     assert stored[at:at + len(wanted)] == wanted, (wanted, stored)  # all, in their order
+
+
+def local_catalog(port: int, *, mode: str = "active") -> str:
+    return f"""\
+        version: 1
+        mode: {mode}
+        targets:
+          - name: local
+            url: http://127.0.0.1:{port}
+            control: {{kind: process, start: {json.dumps(emulator_command(port))},
+                       pidfile: sglguard-local.pid, startup_timeout: 15s}}
+        checks:
+          - {{name: liveness, kind: http, target: local, failure_threshold: 2,
+             remediate: [restart]}}
+          - {{name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs",
+             critical: "> 1", failure_threshold: 1, remediate: [restart]}}
+        remediations:
+          - {{name: restart, kind: restart, budget: {{max: 5, within: 1h}}}}
+        """
+
+
+def down(check: str, at: datetime) -> CheckResult:
+    return CheckResult(check=check, target="local", status=Status.CRITICAL, value=None,
+                       unit="", message="connection refused", duration_ms=1.0, started_at=at)
+
+
+def test_the_outage_budget_is_one_restart_per_target_and_only_for_a_dead_server(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store,
+        clock: FakeClock) -> None:
+    port = free_port()
+    service = Service(make_catalog(local_catalog(port)), store, clock=clock)
+    repairs = service.repairs
+    repairs.remember_flags()  # as at start, while the store answers
+    assert all(repairs.held(down("queue", clock())) is None for _ in range(3))  # not hard-down
+    service.engine.begin_grace("local", clock() + timedelta(minutes=5))
+    assert all(repairs.held(down("liveness", clock())) is None for _ in range(3))  # a start-up
+    service.engine.end_grace("local")
+    assert repairs.held(down("liveness", clock())) is None  # the threshold is counted afresh
+    run = repairs.held(down("liveness", clock()))
+    assert run is not None and service.requests.busy("local")  # one action at a time
+    started: int | None = None
+    try:
+        assert run.done.wait(30)
+        started = read_pidfile(tmp_path / "sglguard-local.pid")
+        assert run.outcome == "succeeded", run.error
+        assert all(repairs.held(down("liveness", clock())) is None for _ in range(4))  # spent
+        run.write()  # the store answers again: recorded, and the target is free
+        assert not service.requests.busy("local")
+        with store.session() as session:
+            [row] = session.scalars(select(RemediationRunRow)).all()
+            assert (row.remediation, row.outcome) == ("restart", "succeeded")
+    finally:
+        if started is not None and pid_alive(started):
+            os.kill(started, signal.SIGTERM)
+
+
+def test_no_restart_without_the_store_in_passive_mode(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    service = Service(make_catalog(local_catalog(free_port(), mode="passive")), store,
+                      clock=clock)
+    service.repairs.remember_flags()
+    assert all(service.repairs.held(down("liveness", clock())) is None for _ in range(4))
+    assert not service.requests.busy("local")
