@@ -374,3 +374,16 @@ def test_the_start_up_grace_covers_the_example_progress_check(
         clock.advance(15)
     assert [decision.evaluated for decision in decisions] == [False, False, False]
     assert all(decision.opened is None for decision in decisions)
+
+
+def test_every_example_check_that_fires_on_a_value_has_a_threshold() -> None:
+    """Kinds whose only verdict is a threshold on their value: without one, they never fire
+    (the drill's 129 GB of KV cache read OK)."""
+    catalog = yaml.safe_load(
+        resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text())
+    valued = {"metric", "server_info", "gpu", "host", "log"}
+    unjudged = [check["name"] for check in catalog["checks"]
+                if (check["kind"] in valued or (check["kind"] == "process"
+                                                and check.get("metric", "alive") != "alive"))
+                and not ({"warning", "critical"} & set(check))]
+    assert unjudged == []
