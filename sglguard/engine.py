@@ -25,7 +25,7 @@ from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.writer import ResultWriter
 
 logger = logging.getLogger(__name__)
-HARD_DOWN_KINDS = frozenset({"http", "process", "generate"})  # probes of the server's life
+HARD_DOWN_KINDS = flapping.HARD_DOWN_KINDS  # probes of the server's life
 
 
 @dataclass
