@@ -142,6 +142,22 @@ class Backlog:
         with self._lock:
             self._add(item)
 
+    def adopt(self, previous: Backlog) -> None:
+        """After a reload: what the previous backlog held in memory is held here, after what
+        the spill file holds (which this one read when it was made), with the outage's
+        counts."""
+        with previous._lock:
+            items, previous._items = list(previous._items), deque()
+            actions = dict(previous._actions)
+            since, held, dropped = previous._since, previous.held, previous.dropped
+        with self._lock:
+            self._actions.update(actions)
+            for item in items:
+                self._add(item)
+            if since is not None and self._since is None:
+                self._since = since
+            self.held, self.dropped = max(self.held, held), self.dropped + dropped
+
     def _add(self, item: CheckResult | Held) -> None:
         """(Call holding the lock.)"""
         if self._spill is not None and (self._spilled or len(self._items) >= self._limit) \

@@ -113,6 +113,17 @@ class LocalRepairs:
             except Exception as exc:
                 logger.debug("launch flags of %s not read: %s", target.name, exc)
 
+    def adopt(self, previous: LocalRepairs) -> None:
+        """After a reload: the outage's budget spent so far, its streaks and the launch flags
+        known go on (a reload is no new outage)."""
+        with previous._lock:
+            spent, streaks = dict(previous._spent), dict(previous._streaks)
+        with self._lock:
+            self._spent.update(spent)
+            self._streaks.update(streaks)
+        for target, levels in previous._levels.items():
+            self._levels.setdefault(target, levels)
+
     def outage_over(self) -> None:
         with self._lock:
             self._streaks.clear()

@@ -300,6 +300,8 @@ class Service:
         work writes into the outbox."""
         self.runner.adopt(previous.runner)
         self.requests.adopt(previous.requests)
+        self.backlog.adopt(previous.backlog)  # results held through a store outage
+        self.repairs.adopt(previous.repairs)
         self.predecessors = [earlier for earlier in (*previous.predecessors, previous)
                              if earlier.requests.working()]
         previous.notifications.successor = self.notifications

@@ -254,14 +254,15 @@ def test_results_spilled_during_an_outage_survive_a_kill_and_are_written_in_orde
     assert stored[at:at + len(wanted)] == wanted, (wanted, stored)  # all, in their order
 
 
-def local_catalog(port: int, *, mode: str = "active") -> str:
+def local_catalog(port: int, *, mode: str = "active", start: list[str] | None = None) -> str:
+    start = start or emulator_command(port)
     return f"""\
         version: 1
         mode: {mode}
         targets:
           - name: local
             url: http://127.0.0.1:{port}
-            control: {{kind: process, start: {json.dumps(emulator_command(port))},
+            control: {{kind: process, start: {json.dumps(start)},
                        pidfile: sglguard-local.pid, startup_timeout: 15s}}
         checks:
           - {{name: liveness, kind: http, target: local, failure_threshold: 2,
@@ -315,3 +316,34 @@ def test_no_restart_without_the_store_in_passive_mode(
     service.repairs.remember_flags()
     assert all(service.repairs.held(down("liveness", clock())) is None for _ in range(4))
     assert not service.requests.busy("local")
+
+
+def test_a_reload_during_a_store_outage_keeps_the_held_results_and_the_spent_budget(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    from sqlalchemy import text
+
+    catalog = make_catalog(local_catalog(free_port(), start=["false"]))  # never starts
+    before = Service(catalog, store, clock=clock)
+    before.repairs.remember_flags()
+    with store.engine.begin() as connection:  # the store breaks under the service
+        connection.execute(text("alter table check_results rename to check_results_gone"))
+    before.engine.forget("queue")
+    for _ in range(3):
+        assert before.run_check("queue") is not None  # nothing listens: held
+    run = None
+    while run is None:  # its one restart of this outage (which fails at once)
+        run = before.repairs.held(down("liveness", clock()))
+    assert run.done.wait(15) and run.outcome == "failed"
+    run.write()  # (only its table answers) recorded: the target is no longer busy
+    after = Service(catalog, store, clock=clock)  # the reloaded catalog's service
+    after.take_over(before)
+    assert after.backlog.pending == 3 and after.backlog.outage
+    assert not after.requests.busy("local")  # only the spent budget refuses now
+    after.repairs.remember_flags()  # (its table answers) as the new service's start does
+    assert all(after.repairs.held(down("liveness", clock())) is None for _ in range(3))
+    with store.engine.begin() as connection:
+        connection.execute(text("alter table check_results_gone rename to check_results"))
+    after._replay_backlog()
+    assert after.backlog.pending == 0 and not after.backlog.outage
+    with store.session() as session:
+        assert session.scalar(text("select count(*) from check_results")) == 3
