@@ -222,7 +222,7 @@ class Backlog:
         """Write one item: True done, False the store is down (or the item is not ready yet),
         None dropped."""
         if isinstance(item, str):
-            found = self._actions.get(item)
+            found = self._actions.pop(item, None)
             if found is None:
                 logger.warning("a repair made during the store outage by an sglguard that was "
                                "killed since is not recorded (%s)", item)
@@ -232,11 +232,14 @@ class Backlog:
             if isinstance(item, CheckResult):
                 self._record(item)
             elif not item.ready():
+                self._actions[item.key] = item  # (from the file) read again next time
                 return False
             else:
                 item.write()
         except Exception as exc:
             if store_down(exc):
+                if not isinstance(item, CheckResult):
+                    self._actions[item.key] = item
                 return False
             logger.exception("a held item (%s) could not be written; dropped",
                              getattr(item, "check", None) or getattr(item, "key", "?"))

@@ -23,6 +23,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from sglguard.backlog import store_down
 from sglguard.checks.base import CheckConfig
 from sglguard.config.models import Catalog
 from sglguard.domain import CheckResult, Status
@@ -217,8 +218,13 @@ class LocalRepairs:
         """Write a finished run: the run row, the incident's timeline, the messages it owes;
         the incident's pending request is left to verify it (or, if it failed, to act under
         the catalog's rails). Then the target is free again in this process."""
-        with self.store.session() as session:
-            self._record(session, run)
+        try:
+            with self.store.session() as session:
+                self._record(session, run)
+        except Exception as exc:
+            if not store_down(exc):  # dropped (said by the backlog): the target is free
+                self._let_go(run.target)
+            raise  # the store is down: written again later, the target still held
         self._let_go(run.target)
         self.notifications.poke()
 
