@@ -26,7 +26,7 @@ from sglguard.store.models import CheckStateRow, IncidentRow, local_agent
 from sglguard.store.writer import ResultWriter
 
 logger = logging.getLogger(__name__)
-HARD_DOWN_KINDS = frozenset({"http", "process", "generate"})  # probes of the server's life
+HARD_DOWN_KINDS = flapping.HARD_DOWN_KINDS  # probes of the server's life
 
 
 @dataclass
@@ -109,41 +109,43 @@ class IncidentEngine:
         self._views: dict[str, StateView] = {}
         self._views_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._graces: dict[str, datetime | None] = {}  # begun by this process, per target
         if writer is not None:
             writer.on_stale = self.forget
 
-    def record(self, result: CheckResult) -> Decision:
+    def record(self, result: CheckResult, *, at: datetime | None = None) -> Decision:
         """Store the result and move the check's state; one transaction, retried if locked.
         Results of one check are recorded one at a time (a scheduled run and a verification
-        may finish together)."""
+        may finish together). `at`: when it happened, for a result written late (held while
+        the store was down); now by default."""
         with self._check_lock(result.check):
-            return self._record_one(result)
+            return self._record_one(result, at)
 
     def _check_lock(self, check: str) -> threading.Lock:
         with self._views_lock:
             return self._locks.setdefault(check, threading.Lock())
 
-    def _record_one(self, result: CheckResult) -> Decision:
+    def _record_one(self, result: CheckResult, at: datetime | None) -> Decision:
         if self.writer is not None:
-            quiet = self._record_quietly(result, self.writer)
+            quiet = self._record_quietly(result, self.writer, at or self.clock())
             if quiet is not None:
                 return quiet
             self.writer.flush()
         began = time.perf_counter()
         try:
-            decision = self._record_at_once(result)
+            decision = self._record_at_once(result, at)
         except Exception:
             self.on_write("result", time.perf_counter() - began, False)
             raise
         self.on_write("result", time.perf_counter() - began, True)
         return decision
 
-    def _record_at_once(self, result: CheckResult) -> Decision:
+    def _record_at_once(self, result: CheckResult, at: datetime | None) -> Decision:
         for clash in range(3):
             try:
                 for retry in self.store.retrying():
                     with retry:
-                        return self._record(result)
+                        return self._record(result, at or self.clock())
             except IntegrityError:
                 # Another process opened the check's incident first (the store keeps one
                 # open per check): read its state again and go on from there.
@@ -160,7 +162,8 @@ class IncidentEngine:
         with self._views_lock:
             self._views.pop(check, None)
 
-    def _record_quietly(self, result: CheckResult, writer: ResultWriter) -> Decision | None:
+    def _record_quietly(self, result: CheckResult, writer: ResultWriter,
+                        now: datetime) -> Decision | None:
         """Queue a result that changes nothing but counters; None when it must be written now."""
         with self._views_lock:
             view = self._views.get(result.check)
@@ -173,7 +176,7 @@ class IncidentEngine:
         if view is None or not view.quiet or result.status is not Status.OK:
             return None
         trial, decision = replace(view), Decision(evaluated=result.counts)
-        self._count(trial, result, decision.evaluated, self.clock())
+        self._count(trial, result, decision.evaluated, now)
         if decision.evaluated:
             self._flap(self.catalog.check(result.check), trial, decision)
         if decision.flapping is not None:
@@ -186,19 +189,18 @@ class IncidentEngine:
             writer.flush()  # here, in the run's thread: no wake-up of its own
         return decision
 
-    def _record(self, result: CheckResult) -> Decision:
+    def _record(self, result: CheckResult, now: datetime) -> Decision:
         with self.store.session() as session:
-            decision, state = self._apply(session, result)
+            decision, state = self._apply(session, result, now)
             view = None if state is None else StateView.of(state)
         if view is not None:  # committed: the engine's copy may be trusted
             with self._views_lock:
                 self._views[result.check] = view
         return decision
 
-    def _apply(self, session: Session, result: CheckResult,
+    def _apply(self, session: Session, result: CheckResult, now: datetime,
                ) -> tuple[Decision, CheckStateRow | None]:
         check = self.catalog.check(result.check)
-        now = self.clock()
         decision = Decision()
         state = queries.check_state(session, check.name, check.target)
         if result.skipped:  # a dependency is down: recorded, never counted
@@ -432,7 +434,13 @@ class IncidentEngine:
     def end_grace(self, target: str) -> None:
         self._set_grace(target, None)
 
+    def in_grace(self, target: str, now: datetime) -> bool:
+        """The target is in a start-up grace this process began (read without the store)."""
+        until = self._graces.get(target)
+        return until is not None and now < until
+
     def _set_grace(self, target: str, until: datetime | None) -> None:
+        self._graces[target] = until
         if self.writer is not None:
             self.writer.flush()  # queued counters first: their update needs a state with no grace
         with self.store.session() as session:

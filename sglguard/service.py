@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sglguard import silences
 from sglguard.agents import HEARTBEAT, Agents
-from sglguard.backlog import Backlog, store_down
+from sglguard.backlog import Backlog, failed, store_down
 from sglguard.checks.base import Check, CheckConfig, CheckContext
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
@@ -32,6 +32,7 @@ from sglguard.domain import CheckResult, Status
 from sglguard.engine import IncidentEngine
 from sglguard.housekeeping import HOUSEKEEPING
 from sglguard.notify import Notifications, messages
+from sglguard.outage import LocalRepairs
 from sglguard.remediations.drained import return_when_well
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
@@ -39,6 +40,7 @@ from sglguard.requested import Requests
 from sglguard.responder import Responder
 from sglguard.scheduling import CheckScheduler, target_limits
 from sglguard.scheduling import Job as CheckJob
+from sglguard.spill import SpillFile
 from sglguard.store import Store, queries
 from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.samples import StoreSamples
@@ -195,7 +197,13 @@ class Service:
         self.requests = Requests(catalog, store, self.responder, self.agents, clock=clock,
                                  stop=self.stopping, interrupt=self.interrupt)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
-        self.backlog = Backlog(self.engine.record)  # results held while the store is down
+        held = catalog.store.backlog  # results held while the store is down
+        self.backlog = Backlog(lambda result: self.engine.record(result, at=result.started_at),
+                               memory=held.memory,
+                               spill=SpillFile(held.spill, held.spill_max_mb << 20))
+        self.repairs = LocalRepairs(catalog, store, self.runner, self.notifications, clock=clock,
+                                    hold=self.requests.hold, let_go=self.requests.let_go,
+                                    in_grace=self.engine.in_grace, dry_run=dry_run)
         self._ran: dict[str, float] = {}  # when each check last finished a run (monotonic)
         self._started = time.monotonic()
         # Set once each check's first run of this process is recorded: on the first round a
@@ -223,6 +231,8 @@ class Service:
         if not reloaded:
             self._close_interrupted_runs()
         self._close_removed_checks()
+        if not self.dry_run:
+            self.repairs.remember_flags()  # for a restart while the store is down
         self.notifications.start()
         self.requests.start()
         # The first round is spread over a tenth of a second per hundred checks (at most a
@@ -242,6 +252,8 @@ class Service:
                                name="notice checks that stopped producing results")
         self.scheduler.add_job(self._replay_backlog, every(5), id="_backlog",
                                name="write results held while the store was down")
+        self.scheduler.add_job(self.remember_levels, every(60), next_run_time=soon,
+                               id="_levels", name="launch flags for a restart without the store")
         self.scheduler.add_job(self.repeat_reminders, every(60), next_run_time=soon,
                                id="_reminders", name="reminders")
         self.scheduler.add_job(self.restore_levels, every(60), next_run_time=soon,
@@ -302,6 +314,8 @@ class Service:
         work writes into the outbox."""
         self.runner.adopt(previous.runner)
         self.requests.adopt(previous.requests)
+        self.backlog.adopt(previous.backlog)  # results held through a store outage
+        self.repairs.adopt(previous.repairs)
         self.predecessors = [earlier for earlier in (*previous.predecessors, previous)
                              if earlier.requests.working()]
         previous.notifications.successor = self.notifications
@@ -357,15 +371,17 @@ class Service:
                 self._timers[name].observe(result.duration_ms / 1000)
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             self._latest[name] = result.shown_status
-            if self.backlog.pending and not self.backlog.replay():
-                self.backlog.hold(result)  # behind those held before it: order is kept
+            # During an outage a run holds its result at once (the store is tried every few
+            # seconds by _replay_backlog, not by each run, which would wait on it).
+            if self.backlog.outage or (self.backlog.pending and not self.backlog.replay()):
+                self._hold(result)  # behind those held before it: order is kept
                 return result
             try:
                 decision = self.engine.record(result)
             except Exception as exc:
                 if not store_down(exc):
                     raise
-                self.backlog.hold(result, exc)
+                self._hold(result, exc)
                 return result
             if decision.opened is not None and not self.dry_run:
                 self.diagnostics.opened(decision.opened, name)  # in the background
@@ -422,8 +438,22 @@ class Service:
                 self.notifications.poke()
         return stale
 
+    def _hold(self, result: CheckResult, error: BaseException | None = None) -> None:
+        """Keep a result the store refused; a dead server is repaired meanwhile (see
+        sglguard.outage), the repair kept in order after the result that decided it."""
+        if not self.backlog.outage:
+            self.repairs.outage_over()  # a new outage: its own local budget
+        self.backlog.hold(result, error)
+        run = self.repairs.held(result)
+        if run is not None:
+            self.backlog.hold_action(run)
+
+    def remember_levels(self) -> None:
+        if not self.backlog.outage and not self.dry_run:
+            self.repairs.remember_flags()
+
     def _replay_backlog(self) -> None:
-        if self.backlog.pending:
+        if self.backlog.pending or self.backlog.outage:
             with contextlib.suppress(Exception):
                 if self.backlog.replay():
                     self.notifications.poke()
@@ -452,8 +482,8 @@ class Service:
             for due in restore_due(self.store, self.catalog, self.clock()):
                 if self._restore(due):
                     stepped.append(due.target)
-        except Exception:
-            logger.exception("restoring lowered levels failed")
+        except Exception as exc:
+            failed(logger, "restoring lowered levels failed", exc)
         return stepped
 
     def return_drained(self) -> list[str]:
@@ -466,8 +496,8 @@ class Service:
                                     let_go=self.requests.let_go,
                                     agents=self.responder.leases.agents, clock=self.clock,
                                     stop=self.stopping)
-        except Exception:
-            logger.exception("re-adding drained workers failed")
+        except Exception as exc:
+            failed(logger, "re-adding drained workers failed", exc)
             return []
 
     def _restore(self, due: RestoreDue) -> bool:
@@ -508,8 +538,8 @@ class Service:
             with self.store.session() as session:
                 gone += queries.prune(session, results_before=None,
                                       incidents_before=now - retention.incidents)
-        except Exception:
-            logger.exception("retention failed")
+        except Exception as exc:
+            failed(logger, "retention failed", exc)
             return gone
         if gone:
             logger.info("retention: deleted %s old rows", gone)
@@ -519,8 +549,8 @@ class Service:
         """Remind of open, unacknowledged incidents (not silenced, not flapping)."""
         try:
             return self.notifications.repeat_open_incidents(skip=self._hushed)
-        except Exception:
-            logger.exception("reminders failed")
+        except Exception as exc:
+            failed(logger, "reminders failed", exc)
             return 0
 
     def _hushed(self, incident: IncidentRow) -> bool:

@@ -372,3 +372,47 @@ def test_a_crash_during_another_checks_verification_is_acted_on_at_once(
         service.stop()
         server.close()
     assert state["fixed_live"] - crashed < 5.0
+
+
+def test_a_slow_but_alive_server_is_paged_about_but_never_restarted(tmp_path: Path) -> None:
+    """A real `sglguard run` watching a real server whose /health answers at once and whose
+    /metrics answers late: the metric check cannot evaluate (UNKNOWN), which pages but is no
+    evidence of harm, so its restart is withheld."""
+    from conftest import ServiceProcess
+
+    def answer(request: Request) -> Reply:
+        if request[1].startswith("/metrics"):
+            time.sleep(1.5)  # past the check's timeout: every read times out
+            return 200, "text/plain", b"sglang:num_queue_reqs 0\n"
+        return 200, "text/plain", b""
+
+    server = Loopback(answer)
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(f"""\
+version: 1
+store: {{url: "sqlite:///sglguard-e2e.db", flush_interval: 0s}}
+targets:
+  - name: local
+    url: "{server.url}"
+    control: {{kind: process, start: ["true"], pidfile: local.pid, startup_timeout: 5s}}
+checks:
+  - {{name: liveness, kind: http, target: local, path: /health, interval: 0.3s, timeout: 1s,
+     failure_threshold: 2, remediate: [restart]}}
+  - {{name: queue, kind: metric, target: local, metric: "sglang:num_queue_reqs",
+     critical: "> 100", interval: 0.3s, timeout: 0.3s, failure_threshold: 2,
+     remediate: [restart]}}
+remediations: [{{name: restart, kind: restart}}]
+""")
+    service = ServiceProcess(path)
+    try:
+        wait_for(lambda: service.query(
+            "select 1 from incident_events where kind = 'remediation_withheld'"), 20)
+        seen = len(service.query("select 1 from check_results where check_name = 'queue'"))
+        wait_for(lambda: len(service.query(  # a few more timed-out reads: still nothing acts
+            "select 1 from check_results where check_name = 'queue'")) >= seen + 3, 20)
+    finally:
+        code = service.stop()
+        server.close()
+    assert code == 0
+    assert service.query("select check_name, severity from incidents") == [("queue", "unknown")]
+    assert service.query("select 1 from remediation_runs") == []

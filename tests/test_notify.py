@@ -221,6 +221,17 @@ def test_the_default_message_tells_a_paged_person_what_they_need(
         assert line in message.body
 
 
+def test_a_resolution_says_the_check_passes_again_not_that_it_is_critical(
+        make_catalog: Any, store: Store) -> None:
+    catalog = catalog_with(make_catalog, "  - {name: ops, urls: ['json://127.0.0.1:9/']}")
+    incident = open_incident(store, utcnow())
+    incident.status, incident.resolved_at = "resolved", incident.opened_at
+    message = messages.incident_resolved(incident, catalog.check("live"), catalog.target("a"))
+    assert message.title == "[RESOLVED] a/live: incident resolved"
+    assert "is CRITICAL" not in message.body
+    assert "a/live passes again; it was CRITICAL: connection refused" in message.body
+
+
 def test_an_open_unacknowledged_incident_is_repeated_after_the_interval(
         make_catalog: Any, store: Store, receiver: AlertReceiver, clock: FakeClock) -> None:
     catalog = catalog_with(make_catalog, f"""\

@@ -317,9 +317,10 @@ def test_a_slow_start_up_fires_no_metric_check(start_emulator: StartEmulator,
                                                rounds: Rounds) -> None:
     emulator = start_emulator(startup_delay=60.0, health_latency=0.01)
     for results in rounds(emulator.url, 3):
-        reading = [result for result in results if result.check != "liveness"
-                   and result.check not in ("gpu-memory-growth", "gpu-temperature")]
+        reading = [result for result in results if result.check not in (
+            "liveness", "hang", "gpu-memory-growth", "gpu-temperature")]
         assert all(result.skipped for result in reading), failing(results)
+        assert "hang" not in failing(results)  # on its own signal: nothing running, no hang
         assert {result.check: result.status for result in results}["liveness"] is (
             Status.CRITICAL)  # what the restart's start-up grace is for
 
@@ -332,4 +333,57 @@ def test_a_dead_server_pages_through_liveness_only(make_catalog: Callable[[str],
     results = {result.check: result for result in run_once(
         catalog, store, ["liveness", "server-process", "hang", "queue"], clock)}
     assert results["liveness"].status is Status.CRITICAL
-    assert all(results[name].skipped for name in ("server-process", "hang", "queue"))
+    assert all(results[name].skipped for name in ("server-process", "queue"))
+    # The progress check has no depends_on: it cannot read /metrics, which is "no data".
+    hang = results["hang"]
+    assert not hang.skipped and not hang.counts and hang.message.startswith("no data: cannot "
+                                                                              "read /metrics")
+    assert "hang" not in failing(list(results.values()))
+
+
+def test_the_example_progress_check_calls_a_stall_a_hang_on_its_own_signal(
+        start_emulator: StartEmulator, rounds: Rounds) -> None:
+    emulator = start_emulator(fault="stall", health_latency=0.01)
+    last = {result.check: result for result in rounds(emulator.url, 3)[-1]}
+    assert last["liveness"].status is Status.CRITICAL  # /health times out on a stall too
+    hang = last["hang"]  # not skipped for it: the decode counter is its own evidence
+    assert not hang.skipped and hang.status is Status.CRITICAL, hang
+    assert hang.message.startswith("hung: no token generated")
+
+
+def test_the_start_up_grace_covers_the_example_progress_check(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    from datetime import timedelta
+
+    from sglguard.engine import IncidentEngine
+
+    catalog = make_catalog(example(f"http://127.0.0.1:{free_port()}"))
+    engine = IncidentEngine(catalog, store, clock)
+
+    def hang(status: Status) -> CheckResult:
+        return CheckResult(check="hang", target="local", status=status, value=0.0,
+                           unit="tokens", message="hung" if status is Status.CRITICAL
+                           else "idle", duration_ms=1.0, started_at=clock())
+
+    engine.record(hang(Status.OK))
+    engine.begin_grace("local", clock() + timedelta(minutes=10))  # a restart began
+    clock.advance(1)
+    decisions = []
+    for _ in range(3):  # past its failure_threshold of 2
+        decisions.append(engine.record(hang(Status.CRITICAL)))
+        clock.advance(15)
+    assert [decision.evaluated for decision in decisions] == [False, False, False]
+    assert all(decision.opened is None for decision in decisions)
+
+
+def test_every_example_check_that_fires_on_a_value_has_a_threshold() -> None:
+    """Kinds whose only verdict is a threshold on their value: without one, they never fire
+    (the drill's 129 GB of KV cache read OK)."""
+    catalog = yaml.safe_load(
+        resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text())
+    valued = {"metric", "server_info", "gpu", "host", "log"}
+    unjudged = [check["name"] for check in catalog["checks"]
+                if (check["kind"] in valued or (check["kind"] == "process"
+                                                and check.get("metric", "alive") != "alive"))
+                and not ({"warning", "critical"} & set(check))]
+    assert unjudged == []

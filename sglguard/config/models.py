@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -147,6 +148,17 @@ class Retention(ConfigModel):
     incidents: Duration = timedelta(days=180)
 
 
+class BacklogConfig(ConfigModel):
+    """Where results wait while the store cannot be reached."""
+
+    memory: int = Field(default=10_000, ge=1, description="results held in memory; past "
+                        "this, everything held goes to the spill file")
+    spill: RelativePath = Field(default=Path("sglguard-backlog.jsonl"), validate_default=True,
+                                description="the spill file (relative: beside the catalog)")
+    spill_max_mb: int = Field(default=64, ge=1, le=4096,
+                              description="the spill file's bound, in MiB")
+
+
 class StoreConfig(ConfigModel):
     """Where results, incidents and audit records are kept (an SQLAlchemy URL)."""
 
@@ -157,6 +169,7 @@ class StoreConfig(ConfigModel):
         description="results that change nothing (OK after OK) are written together this often; "
                     "anything that changes a check's state is written at once; 0s: every "
                     "result at once")
+    backlog: BacklogConfig = Field(default_factory=dict, validate_default=True)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sglguard.agents import Agents, may_take
+from sglguard.backlog import failed
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
 from sglguard.diag.capture import Attachment, attachment
@@ -294,8 +295,8 @@ class Notifications:
                 return
             try:
                 sleep = self.dispatch()
-            except Exception:
-                logger.exception("notification dispatcher error")
+            except Exception as exc:
+                failed(logger, "notification dispatcher error", exc)
                 sleep = 5.0
             self._idle.set()
 
