@@ -6,25 +6,26 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sglguard.checks.gpu import GpuCheckConfig, nvml_unavailable
-from sglguard.checks.log import LogCheckConfig
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.config.notifier_urls import disabled_here
 from sglguard.deploy import STATE_DIR
+
+if TYPE_CHECKING:
+    from sglguard.checks.log import LogCheckConfig
 
 
 def host_warnings(catalog: Catalog) -> list[str]:
     targets = {target.name: target for target in catalog.targets}
     warnings = [warning for target in catalog.targets for warning in _control(target)]
-    gpu_checks = [check for check in catalog.checks if isinstance(check, GpuCheckConfig)]
-    nvml = nvml_unavailable() if gpu_checks else None
-    if nvml is not None:
-        warnings += [f"check {check.name} (gpu): NVML is not available on this host ({nvml}); "
-                     f"it will report {check.on_unavailable.upper()}" for check in gpu_checks]
-    for check in catalog.checks:
-        if isinstance(check, LogCheckConfig):
-            warnings += _log(check, targets.get(check.target))
+    warnings += _gpu(catalog)
+    if any(check.kind == "log" for check in catalog.checks):  # only then is its module loaded
+        from sglguard.checks.log import LogCheckConfig
+
+        for check in catalog.checks:
+            if isinstance(check, LogCheckConfig):
+                warnings += _log(check, targets.get(check.target))
     for notifier in catalog.notifiers:
         for url in notifier.urls:
             scheme = url.get_secret_value().partition("://")[0]
@@ -32,6 +33,19 @@ def host_warnings(catalog: Catalog) -> list[str]:
                 warnings.append(f"notifier {notifier.name}: Apprise cannot send {scheme}:// "
                                 "from this host (a library it needs is not installed)")
     return warnings
+
+
+def _gpu(catalog: Catalog) -> list[str]:
+    if not any(check.kind == "gpu" for check in catalog.checks):
+        return []  # NVML's module is not even loaded
+    from sglguard.checks.gpu import GpuCheckConfig, nvml_unavailable
+
+    gpu_checks = [check for check in catalog.checks if isinstance(check, GpuCheckConfig)]
+    nvml = nvml_unavailable()
+    if nvml is None:
+        return []
+    return [f"check {check.name} (gpu): NVML is not available on this host ({nvml}); "
+            f"it will report {check.on_unavailable.upper()}" for check in gpu_checks]
 
 
 def _control(target: TargetConfig) -> list[str]:

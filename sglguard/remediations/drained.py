@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
 from sglguard.remediations.base import RemediationError
@@ -36,11 +33,13 @@ from sglguard.remediations.gateway import (
     permanent,
     same_worker,
 )
-from sglguard.store import Store, queries
-from sglguard.store.models import DrainedWorkerRow
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from sglguard.config.models import Catalog
+    from sglguard.store import Store
+    from sglguard.store.models import DrainedWorkerRow
 
 logger = logging.getLogger(__name__)
 DEFAULT_WAIT = timedelta(seconds=30)
@@ -62,6 +61,10 @@ class GatewayAccess:
 
 def out(session: Session, target: str | None = None) -> Sequence[DrainedWorkerRow]:
     """Workers not yet back in their gateway (of one target, or all), oldest first."""
+    from sqlalchemy import select
+
+    from sglguard.store.models import DrainedWorkerRow
+
     query = select(DrainedWorkerRow).where(DrainedWorkerRow.returned_at.is_(None))
     if target is not None:
         query = query.where(DrainedWorkerRow.target == target)
@@ -82,6 +85,8 @@ def owed(store: Store, target: str, gateway: str, worker_url: str) -> DrainedWor
 def record(store: Store, *, target: str, remediation: str, gateway: str,
            body: dict[str, Any], incident_id: int | None, at: datetime) -> int:
     """Save the registration before the DELETE goes out."""
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = DrainedWorkerRow(target=target, remediation=remediation, gateway=gateway,
                                worker_url=str(body["url"]), registration=json.dumps(body),
@@ -92,6 +97,8 @@ def record(store: Store, *, target: str, remediation: str, gateway: str,
 
 
 def update(store: Store, row_id: int, **values: Any) -> None:
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = session.get(DrainedWorkerRow, row_id)
         if row is not None:
@@ -101,6 +108,8 @@ def update(store: Store, row_id: int, **values: Any) -> None:
 
 def forget(store: Store, row_id: int) -> None:
     """The DELETE did not happen: nothing is owed."""
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = session.get(DrainedWorkerRow, row_id)
         if row is not None:
@@ -146,6 +155,8 @@ def return_when_well(store: Store, catalog: Catalog, *, busy: Callable[[str], bo
                      stop: threading.Event | None = None) -> list[str]:
     """Re-add the workers of targets that have no open incident (and are not being
     remediated now)."""
+    from sglguard.store import queries
+
     with store.session() as session:
         targets = sorted({row.target for row in out(session)})
         well = [target for target in targets
