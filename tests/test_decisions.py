@@ -258,6 +258,33 @@ def test_a_lease_no_longer_renewed_runs_out(store: Store, clock: FakeClock) -> N
     assert Leases(store, "other").claim("local", clock(), timedelta(minutes=5))
 
 
+@pytest.mark.parametrize("service_running", [True, False])
+def test_a_run_by_hand_that_the_lease_refuses_says_why(
+        make_catalog: Callable[[str], Catalog], tmp_path: Path, store: Store, down: Loopback,
+        inbox: AlertReceiver, service_running: bool) -> None:
+    from click.testing import CliRunner
+
+    from sglguard.cli import main
+
+    catalog = make(make_catalog, down, inbox)
+    busy = Agents(store, role="cli")
+    busy.register(["local"])
+    assert Leases(store, agents=busy).claim("local", busy.clock(), timedelta(hours=1))
+    service = Service(catalog, store)
+    if service_running:
+        service.start()
+    try:
+        said = CliRunner().invoke(main, ["remediate", "hook", "--config",
+                                         str(tmp_path / "sglguard.yaml")])
+    finally:
+        service.stop()
+    assert said.exit_code == 1, said.output
+    assert ("handed over to the running service" in said.output) is service_running
+    assert f"local is being remediated by {busy.name}; try again when it is done" \
+        in said.output
+    assert not [request for request in down.requests if request[1] == "/hook"]  # nothing ran
+
+
 def test_incidents_of_a_check_removed_from_the_catalog_are_closed_on_reload(
         make_catalog: Callable[[str], Catalog], tmp_path: Path, store: Store, down: Loopback,
         inbox: AlertReceiver) -> None:
