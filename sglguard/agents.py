@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -19,7 +18,7 @@ from sqlalchemy import select
 
 from sglguard.clock import utcnow
 from sglguard.store import Store
-from sglguard.store.models import AgentRow
+from sglguard.store.models import AgentRow, local_agent
 
 logger = logging.getLogger(__name__)
 HEARTBEAT = timedelta(seconds=10)
@@ -28,14 +27,14 @@ DEAD_AFTER = timedelta(seconds=45)  # a few missed heartbeats
 
 def holder_name() -> str:
     """This process, as a claim names it: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{local_agent()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _gone_here(holder: str) -> bool:
     """The holder ran on this host and its process is gone (or is another process now)."""
     host, _, rest = holder.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != local_agent() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
@@ -57,6 +56,11 @@ class Agents:
         self.role = role
         self.name = name or holder_name()
         self.clock = clock
+
+    @property
+    def host(self) -> str:
+        """The host this agent runs on: what the rows it writes name as their agent."""
+        return self.name.partition(":")[0]
 
     def register(self, targets: Iterable[str] = ()) -> None:
         now = self.clock()

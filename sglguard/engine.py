@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -21,7 +22,7 @@ from sglguard.domain import CheckResult, Status
 from sglguard.notify import Message, Notifications, messages
 from sglguard.store import Store, queries
 from sglguard.store import outbox as owed
-from sglguard.store.models import CheckStateRow, IncidentRow
+from sglguard.store.models import CheckStateRow, IncidentRow, local_agent
 from sglguard.store.writer import ResultWriter
 
 logger = logging.getLogger(__name__)
@@ -93,8 +94,12 @@ class IncidentEngine:
     def __init__(self, catalog: Catalog, store: Store,
                  clock: Callable[[], datetime] = utcnow, *,
                  writer: ResultWriter | None = None,
-                 notifications: Notifications | None = None, dry_run: bool = False) -> None:
+                 notifications: Notifications | None = None, dry_run: bool = False,
+                 agent: str | None = None) -> None:
         self.catalog = catalog
+        self.agent = agent or local_agent()  # named on every row it writes
+        # Told of each result written at once: ("result", seconds, written).
+        self.on_write: Callable[[str, float, bool], None] = lambda _what, _took, _ok: None
         self.store = store
         self.clock = clock
         self.writer = writer
@@ -124,6 +129,16 @@ class IncidentEngine:
             if quiet is not None:
                 return quiet
             self.writer.flush()
+        began = time.perf_counter()
+        try:
+            decision = self._record_at_once(result)
+        except Exception:
+            self.on_write("result", time.perf_counter() - began, False)
+            raise
+        self.on_write("result", time.perf_counter() - began, True)
+        return decision
+
+    def _record_at_once(self, result: CheckResult) -> Decision:
         for clash in range(3):
             try:
                 for retry in self.store.retrying():
@@ -152,7 +167,7 @@ class IncidentEngine:
         if result.skipped:  # a dependency is down: recorded, never counted
             if view is None or self._window_open(view):
                 return None  # its window restarts: written now
-            if writer.add(queries.result_values(result, evaluated=False)):
+            if writer.add(queries.result_values(result, evaluated=False, agent=self.agent)):
                 writer.flush()
             return Decision(evaluated=False)
         if view is None or not view.quiet or result.status is not Status.OK:
@@ -165,7 +180,8 @@ class IncidentEngine:
             return None
         with self._views_lock:
             self._views[result.check] = trial
-        if writer.add(queries.result_values(result, evaluated=decision.evaluated),
+        if writer.add(queries.result_values(result, evaluated=decision.evaluated,
+                                            agent=self.agent),
                       (result.check, trial.counters())):
             writer.flush()  # here, in the run's thread: no wake-up of its own
         return decision
@@ -186,7 +202,7 @@ class IncidentEngine:
         decision = Decision()
         state = queries.check_state(session, check.name, check.target)
         if result.skipped:  # a dependency is down: recorded, never counted
-            queries.add_result(session, result, evaluated=False)
+            queries.add_result(session, result, evaluated=False, agent=self.agent)
             self._restart_window(state)
             decision.evaluated = False
             return decision, state
@@ -197,7 +213,8 @@ class IncidentEngine:
                     keep_grace=self._before_grace(check, state, result))
         if decision.evaluated:
             self._flap(check, state, decision)
-        queries.add_result(session, result, evaluated=decision.evaluated)
+        queries.add_result(session, result, evaluated=decision.evaluated,
+                          agent=self.agent)
         if state.incident_id is None:
             if failing and decision.evaluated and self._held(check, state, now):
                 incident = self._open(session, state, result, now)
@@ -361,13 +378,13 @@ class IncidentEngine:
             if state.failing_since is None:
                 state.failing_since = now
 
-    @staticmethod
-    def _open(session: Session, state: CheckStateRow, result: CheckResult,
+    def _open(self, session: Session, state: CheckStateRow, result: CheckResult,
               now: datetime) -> IncidentRow:
         incident = IncidentRow(
             check_name=result.check, target=result.target, status="open",
             severity=result.status.label, opened_at=now, first_value=result.value,
             last_value=result.value, first_message=result.message, last_message=result.message,
+            agent=self.agent,
         )
         session.add(incident)
         session.flush()

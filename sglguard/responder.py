@@ -54,7 +54,14 @@ class Responder:
             return "deferred"
         ttl = self._lease_time(config)
         if not self.dry_run and not self.leases.claim(target.name, self.clock(), ttl):
-            holder = self.leases.holder_of(target.name)
+            holder = self.leases.holder_of(target.name) or ""
+            if ":undrain:" in holder:
+                # a worker going back into its gateway holds the lease for a moment only:
+                # this incident's chain runs once it is done
+                self.deferred_until[incident_id] = self.clock() + timedelta(seconds=5)
+                self._note_once(incident_id, "remediation_deferred",
+                                f"{target.name} is being re-added to its gateway")
+                return "deferred"
             self._note_once(incident_id, "remediation_deferred",
                             f"another sglguard ({holder}) is remediating {target.name}")
             return "deferred: target leased"
@@ -233,7 +240,8 @@ class Responder:
                 if passed:
                     self._verified(incident_id, outcome, True, f"{name} passed")
                     for said in return_workers(self.store, self.catalog, config.target,
-                                               by=f"verified: {name} passed", clock=self.clock):
+                                               by=f"verified: {name} passed",
+                                               agents=self.leases.agents, clock=self.clock):
                         self.engine.note(incident_id, "undrained", said)
                     return True
                 if time.monotonic() >= deadline:

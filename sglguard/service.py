@@ -30,6 +30,7 @@ from sglguard.config.models import Catalog
 from sglguard.diag import Diagnostics
 from sglguard.domain import CheckResult, Status
 from sglguard.engine import IncidentEngine
+from sglguard.housekeeping import HOUSEKEEPING
 from sglguard.notify import Notifications, messages
 from sglguard.remediations.drained import return_when_well
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
@@ -42,6 +43,7 @@ from sglguard.store import Store, queries
 from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.samples import StoreSamples
 from sglguard.store.writer import ResultWriter
+from sglguard.telemetry import Pulse, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
                            if target.admin_api_key else None),
             timeout=target.timeout.total_seconds(),
             connections=limits[target.name] + SPARE_CONNECTIONS,
+            gateway=target.role == "gateway",
         )
         for target in catalog.targets
     }
@@ -157,8 +160,10 @@ class Service:
     """Everything `sglguard run` does, startable and stoppable from a test."""
 
     def __init__(self, catalog: Catalog, store: Store, *, dry_run: bool = False,
-                 clock: Callable[[], datetime] = utcnow, agents: Agents | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow, agents: Agents | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self.catalog = catalog
+        self.telemetry = telemetry or Telemetry()  # a reload hands it on: counts go on
         self.store = store
         self.dry_run = dry_run
         self.clock = clock
@@ -169,11 +174,15 @@ class Service:
         self.checks = build_checks(catalog, self.clients, store, clock)
         flush = catalog.store.flush_interval.total_seconds()
         self.writer = ResultWriter(store, interval=flush) if flush > 0 else None
+        if self.writer is not None:
+            self.writer.on_write = self.telemetry.store_write
         self.agents = agents or Agents(store, role="service", clock=clock)
         self.notifications = Notifications.from_catalog(catalog, store, clock=clock,
                                                         agents=self.agents)
         self.engine = IncidentEngine(catalog, store, clock, writer=self.writer,
-                                     notifications=self.notifications, dry_run=dry_run)
+                                     notifications=self.notifications, dry_run=dry_run,
+                                     agent=self.agents.host)
+        self.engine.on_write = self.telemetry.store_write
         self.runner = RemediationRunner(catalog, store, self.clients, stop=self.interrupt,
                                         clock=clock)
         self.diagnostics = Diagnostics(catalog, store, self.clients,
@@ -195,7 +204,12 @@ class Service:
         # Checks share one timer thread and a few workers, whatever their number (see
         # sglguard.scheduling); housekeeping has an APScheduler of its own and a small pool.
         self.scheduler = scheduler(ThreadPoolExecutor(2))
-        self.check_scheduler = CheckScheduler(limits=check_limits(catalog))
+        HOUSEKEEPING.attach(self.scheduler)  # its missed and failed runs counted and logged
+        self.check_scheduler = CheckScheduler(limits=check_limits(catalog),
+                                              observe=self.telemetry.lateness.observe)
+        self.telemetry.keep_checks((config.target, config.name) for config in catalog.checks)
+        self._timers = {config.name: self.telemetry.run_timer(config.target, config.name)
+                        for config in catalog.checks}
 
     def start(self, *, reloaded: bool = False) -> None:
         """Schedule every check. `reloaded`: this process ran the previous catalog, so a run
@@ -313,6 +327,19 @@ class Service:
                    " at stop" if final else "", lag.runs, lag.span_s, lag.missed, lag.p50_ms,
                    lag.p99_ms, lag.max_ms, self.check_scheduler.threads - 1)
 
+    def pulse(self, span_s: float) -> Pulse:
+        """What this service says of itself now (for its listener: /metrics, /healthz, page)."""
+        lag = self.check_scheduler.recent(span_s)
+        return Pulse(
+            running=self.check_scheduler.running, tick_age_s=self.check_scheduler.tick_age(),
+            span_s=span_s, runs=lag.runs, missed=lag.missed, late_p50_ms=lag.p50_ms,
+            late_p99_ms=lag.p99_ms, late_max_ms=lag.max_ms,
+            runs_total=self.check_scheduler.runs_total,
+            missed_total=self.check_scheduler.missed_total,
+            writer_pending=self.writer.pending if self.writer is not None else 0,
+            writer_dropped=self.writer.dropped if self.writer is not None else 0,
+            backlog_pending=self.backlog.pending, backlog_dropped=self.backlog.dropped)
+
     def run_check(self, name: str) -> CheckResult | None:
         """One scheduled run; never raises, so a failing job never stops the service."""
         try:
@@ -326,6 +353,8 @@ class Service:
                       else self.checks[name].execute())
             if self.stopping.is_set():
                 return None  # cut short because sglguard stops: it says nothing of the server
+            if not result.skipped:
+                self._timers[name].observe(result.duration_ms / 1000)
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             self._latest[name] = result.shown_status
             if self.backlog.pending and not self.backlog.replay():
@@ -433,8 +462,10 @@ class Service:
         if self.dry_run or self.catalog.mode == "passive":
             return []
         try:
-            return return_when_well(self.store, self.catalog, busy=self.requests.busy,
-                                    clock=self.clock, stop=self.stopping)
+            return return_when_well(self.store, self.catalog, hold=self.requests.hold,
+                                    let_go=self.requests.let_go,
+                                    agents=self.responder.leases.agents, clock=self.clock,
+                                    stop=self.stopping)
         except Exception:
             logger.exception("re-adding drained workers failed")
             return []

@@ -422,6 +422,24 @@ def test_lower_concurrency_waits_until_its_check_judges_only_data_from_after_the
     assert service.responder._fresh_after_step(check, clock()) is None
 
 
+def test_a_worker_going_back_into_its_gateway_delays_a_new_incidents_chain_not_drops_it(
+        make_catalog: Callable[[str], Catalog], store: Store, down: Loopback,
+        inbox: AlertReceiver) -> None:
+    catalog = make(make_catalog, down, inbox)
+    service = Service(catalog, store)
+    undrain = Leases(store, "host:undrain:abc123")
+    assert undrain.claim("local", service.clock(), timedelta(minutes=1))
+    decision = service.engine.record(result("liveness", Status.CRITICAL, service.clock()))
+    assert decision.opened is not None
+    assert service.responder.respond(catalog.check("liveness"), decision.opened) == "deferred"
+    assert service.responder.deferred_until[decision.opened] > service.clock()
+    undrain.release("local")
+    # once the worker is back, the same incident's chain runs (the hook fixes nothing here)
+    assert service.responder.respond(catalog.check("liveness"), decision.opened) \
+        == "not verified"
+    service.stop()
+
+
 def test_a_crash_during_another_checks_verification_is_acted_on_at_once(
         make_catalog: Callable[[str], Catalog], store: Store) -> None:
     state = {"health": True, "other": True, "fixed_live": 0.0}

@@ -29,7 +29,7 @@ def run(config_path: str | None, dry_run: bool) -> None:
     path, catalog = load(config_path, service=True)
     service = Service(catalog, open_store(catalog, migrate_apart=True, service=path),
                       dry_run=dry_run)
-    web = start_web(catalog, service.store)  # the catalog's `http:` listener, if any
+    web = start_web(catalog, service.store, runtime=service)  # the catalog's `http:`, if any
     asked: set[str] = set()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
@@ -54,7 +54,7 @@ def run(config_path: str | None, dry_run: bool) -> None:
             asked.discard("reload")
             previous, service = service, reloaded(path, service)
             if service is not previous:
-                web = restart_web(web, service.catalog, service.store)
+                web = restart_web(web, service.catalog, service.store, runtime=service)
     service.stop()
     if web is not None:
         web.stop()
@@ -75,7 +75,8 @@ def reloaded(path: Path, service: Any) -> Any:
         return service
     service.stop(handing_over=True)
     fresh = Service(catalog, store, dry_run=service.dry_run,
-                    agents=service.agents if store is service.store else None)
+                    agents=service.agents if store is service.store else None,
+                    telemetry=service.telemetry)
     fresh.take_over(service)
     fresh.start(reloaded=True)
     logger.info("reloaded %s", path)

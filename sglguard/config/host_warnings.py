@@ -1,6 +1,7 @@
 """What a valid catalog still cannot do on this host: checks that will only report UNKNOWN, a
-control that cannot write its pidfile. Said as warnings by `validate`; none stops the service
-(the host may change: a driver installed, the server started for the first time)."""
+control that cannot write its pidfile, a gateway probed where it always looks well. Said as
+warnings by `validate`; none stops the service (the host may change: a driver installed, the
+server started for the first time)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def host_warnings(catalog: Catalog) -> list[str]:
         for check in catalog.checks:
             if isinstance(check, LogCheckConfig):
                 warnings += _log(check, targets.get(check.target))
+    warnings += _gateway_health(catalog)
     for notifier in catalog.notifiers:
         for url in notifier.urls:
             scheme = url.get_secret_value().partition("://")[0]
@@ -33,6 +35,19 @@ def host_warnings(catalog: Catalog) -> list[str]:
                 warnings.append(f"notifier {notifier.name}: Apprise cannot send {scheme}:// "
                                 "from this host (a library it needs is not installed)")
     return warnings
+
+
+def _gateway_health(catalog: Catalog) -> list[str]:
+    if not any(check.kind == "http" for check in catalog.checks):
+        return []
+    from sglguard.checks.http import GATEWAY_PATH, HttpCheckConfig
+
+    targets = {target.name: target for target in catalog.targets}
+    return [f"check {check.name} (http): GET {check.path} of gateway {check.target} answers "
+            f"200 even with no worker left; {GATEWAY_PATH} answers 503 when no worker is "
+            "healthy" for check in catalog.checks
+            if isinstance(check, HttpCheckConfig) and targets[check.target].role == "gateway"
+            and "path" in check.model_fields_set and check.path in ("/health", "/liveness")]
 
 
 def _gpu(catalog: Catalog) -> list[str]:

@@ -61,12 +61,17 @@ class TargetConfig(ConfigModel):
 
     name: Name
     url: HttpUrl
+    role: Literal["server", "gateway"] = Field(
+        default="server",
+        description="gateway: an SGLang model gateway (smg / sglang-router) in front of "
+                    "servers, not a server: its http checks ask /readiness by default, its "
+                    "metrics are read from metrics_url, and its messages speak of a gateway")
     api_key: SecretStr | None = None
     admin_api_key: SecretStr | None = None
     timeout: Duration = timedelta(seconds=10)
     control: ControlConfig | None = None
-    metrics_url: str | None = Field(
-        default=None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+    metrics_url: HttpUrl | None = Field(
+        default=None,
         description="where metric and progress checks read the Prometheus page (a proxy, a "
                     "gateway's metrics port); no API key is sent there. Default: url/metrics")
     metrics_max_age: DurationOrZero = Field(

@@ -105,7 +105,9 @@ class _Sender:
     def __init__(self, owner: Notifications, notifier: NotifierConfig) -> None:
         self.owner = owner
         self.notifier = notifier
-        self.queue: queue.Queue[list[Batch] | None] = queue.Queue()
+        # Bounded: `busy` lets the dispatcher hand over one plan at a time (the rest stays
+        # owed in the store), and stopping adds one None.
+        self.queue: queue.Queue[list[Batch] | None] = queue.Queue(maxsize=2)
         self.busy = threading.Event()
         self.thread = threading.Thread(target=self._work, name=f"notify-{notifier.name}",
                                        daemon=True)
