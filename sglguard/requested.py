@@ -216,7 +216,8 @@ class Requests:
             control = self.catalog.target(target).control
             if control is not None:
                 self.responder.engine.begin_grace(target, self.clock() + control.startup_timeout)
-            outcome = self.responder.runner.run(name, target, trigger="manual")
+            with leases.kept(target, MANUAL_LEASE, self.clock):
+                outcome = self.responder.runner.run(name, target, trigger="manual")
         finally:
             leases.release(target)
         cleared = clear_escalations(self.store, target, self.clock(), f"{by} ran {name}")

@@ -67,7 +67,11 @@ class Responder:
             return "deferred: target leased"
         last: RunOutcome | None = None
         try:
-            last = self._run_chain(config, incident_id)
+            if self.dry_run:
+                last = self._run_chain(config, incident_id)
+            else:
+                with self.leases.kept(target.name, ttl, self.clock):
+                    last = self._run_chain(config, incident_id)
         finally:
             if not self.dry_run:
                 self.leases.release(target.name)

@@ -140,8 +140,9 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
         console.print(f"dry run recorded as run #{run_id}; nothing was changed",
                       highlight=False)
         return
-    style = output.STYLES.get(said, "")
-    console.print(f"[{style}]{said}[/]: {for_terminal(error or detail)}"
+    style = output.STYLES.get(said)  # an outcome without a style (refused) is printed plain
+    shown = f"[{style}]{for_terminal(said)}[/]" if style else for_terminal(said)
+    console.print(f"{shown}: {for_terminal(error or detail)}"
                   + (f" (run #{run_id})" if run_id is not None else ""), highlight=False)
     sys.exit(0 if said == "succeeded" else 1)
 
@@ -219,7 +220,8 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
             for state in queries.target_states(session, target):
                 state.grace_until = utcnow() + control.startup_timeout
     try:
-        outcome = runner.run(name, target, trigger="manual")
+        with leases.kept(target, timedelta(minutes=30), utcnow):
+            outcome = runner.run(name, target, trigger="manual")
     finally:
         leases.release(target)
         agents.leave()

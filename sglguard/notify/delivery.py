@@ -156,7 +156,10 @@ class Notifications:
         self._wake = threading.Event()
         self._release_all = threading.Event()
         self._stopping = threading.Event()
-        self._idle = threading.Event()
+        # Plans are numbered: flush counts only one begun after it was called (an earlier one
+        # may have read the outbox before the rows the caller just staged).
+        self._plans = threading.Condition()
+        self._plans_begun = self._plans_done = 0
         self._thread: threading.Thread | None = None
         self._planned = -1  # batches handed out by the newest plan
         self.successor: Notifications | None = None  # after a reload, the one to wake
@@ -253,20 +256,24 @@ class Notifications:
         if not started:
             self.start()
         self._release_all.set()
+        with self._plans:  # the first plan that can see what the caller staged, released
+            wanted = self._plans_begun + 1
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                self._idle.clear()
                 self.poke()
-                self._idle.wait(min(0.2, max(0.01, deadline - time.monotonic())))
-                if self._settled():
+                with self._plans:
+                    done = self._plans.wait_for(lambda: self._plans_done >= wanted,
+                                                min(0.2, max(0.01, deadline - time.monotonic())))
+                if done and self._settled():
                     return True
             return False
         finally:
             self._release_all.clear()
 
     def _settled(self) -> bool:
-        """Nothing in flight, and the newest plan (made after it) found nothing due."""
+        """Nothing in flight, and the newest plan (begun after the caller's rows were
+        written) found nothing due."""
         return self._planned == 0 and not any(
             sender.busy.is_set() for sender in self._senders.values())
 
@@ -293,12 +300,18 @@ class Notifications:
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            with self._plans:
+                self._plans_begun += 1
+                number = self._plans_begun
             try:
                 sleep = self.dispatch()
             except Exception as exc:
                 failed(logger, "notification dispatcher error", exc)
                 sleep = 5.0
-            self._idle.set()
+                self._planned = -1  # this plan did not look: nothing is known to be settled
+            with self._plans:
+                self._plans_done = number
+                self._plans.notify_all()
 
     def dispatch(self) -> float:
         """Plan and hand out what is due, per notifier; seconds until something falls due."""

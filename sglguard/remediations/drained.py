@@ -28,13 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from sglguard.agents import holder_name
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
-from sglguard.rails import Leases
 from sglguard.remediations.base import RemediationError
 from sglguard.remediations.gateway import (
     GatewayDown,
@@ -45,12 +40,14 @@ from sglguard.remediations.gateway import (
     registration,
     same_worker,
 )
-from sglguard.store import Store, queries
-from sglguard.store.models import DrainedWorkerRow
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from sglguard.agents import Agents
     from sglguard.config.models import Catalog
+    from sglguard.store import Store
+    from sglguard.store.models import DrainedWorkerRow
 
 logger = logging.getLogger(__name__)
 DEFAULT_WAIT = timedelta(seconds=30)
@@ -75,6 +72,10 @@ class GatewayAccess:
 
 def out(session: Session, target: str | None = None) -> Sequence[DrainedWorkerRow]:
     """Workers not yet back in their gateway (of one target, or all), oldest first."""
+    from sqlalchemy import select
+
+    from sglguard.store.models import DrainedWorkerRow
+
     query = select(DrainedWorkerRow).where(DrainedWorkerRow.returned_at.is_(None))
     if target is not None:
         query = query.where(DrainedWorkerRow.target == target)
@@ -95,6 +96,8 @@ def owed(store: Store, target: str, gateway: str, worker_url: str) -> DrainedWor
 def record(store: Store, *, target: str, remediation: str, gateway: str,
            body: dict[str, Any], incident_id: int | None, at: datetime) -> int:
     """Save the registration before the DELETE goes out."""
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = DrainedWorkerRow(target=target, remediation=remediation, gateway=gateway,
                                worker_url=str(body["url"]), registration=json.dumps(body),
@@ -105,6 +108,8 @@ def record(store: Store, *, target: str, remediation: str, gateway: str,
 
 
 def update(store: Store, row_id: int, **values: Any) -> None:
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = session.get(DrainedWorkerRow, row_id)
         if row is not None:
@@ -114,6 +119,8 @@ def update(store: Store, row_id: int, **values: Any) -> None:
 
 def forget(store: Store, row_id: int) -> None:
     """The DELETE did not happen: nothing is owed."""
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = session.get(DrainedWorkerRow, row_id)
         if row is not None:
@@ -146,6 +153,9 @@ def return_workers(store: Store, catalog: Catalog | None, target: str, *, by: st
         session.expunge_all()
     if not rows:
         return []
+    from sglguard.agents import holder_name
+    from sglguard.rails import Leases
+
     accesses = [access_for(catalog, row) for row in rows]
     base = agents.name if agents is not None else holder_name()
     leases = Leases(store, f"{base}:undrain:{uuid.uuid4().hex[:6]}", agents=agents)
@@ -181,6 +191,8 @@ def return_when_well(store: Store, catalog: Catalog, *,
     """Re-add the workers of targets that have no open incident. `hold` marks a target busy
     in this process (False: it is being remediated here now, so it waits), `let_go` frees it;
     the target's lease keeps other processes out."""
+    from sglguard.store import queries
+
     with store.session() as session:
         targets = sorted({row.target for row in out(session)})
         well = [target for target in targets if not queries.target_trouble(session, target)[0]]
