@@ -153,8 +153,11 @@ class Watched:
             counted = Counter(row.check_name for row in results
                               if row.status not in ("ok", "skipped") and row.evaluated)
             statuses = Counter(row.status for row in results)
+            not_ok = Counter(f"{row.check_name} {row.status}"
+                             f"{'' if row.evaluated else ' (not counted)'}"
+                             for row in results if row.status != "ok")
         return {"incidents": incidents, "runs": runs, "failing results counted": dict(counted),
-                "results": dict(statuses)}
+                "results": dict(statuses), "not ok": dict(sorted(not_ok.items()))}
 
 
 def show(value: Any) -> str:

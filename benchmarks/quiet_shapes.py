@@ -71,6 +71,8 @@ def main() -> None:
             for line in summary["incidents"] + pages + summary["runs"]:
                 print(f"  {line}")
             print(f"results by status: {show(summary['results'])}")
+            if summary["not ok"]:
+                print(f"results not OK, by check: {show(summary['not ok'])}")
             if summary["failing results counted"]:
                 print(f"failing results counted: {show(summary['failing results counted'])}")
         print("\nquiet on every shape" if quiet else "\nNOT QUIET: see above")

@@ -71,6 +71,7 @@ def main() -> None:
         for line in summary["runs"]:
             print(f"  {line}")
         print(f"results by status: {show(summary['results'])}")
+        print(f"results not OK, by check: {show(summary['not ok'])}")
         print(f"failing results counted: {show(summary['failing results counted'])}")
         unplanned = summary["incidents"] or pages or [
             line for line in summary["runs"] if "(manual)" not in line]

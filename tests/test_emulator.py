@@ -535,6 +535,22 @@ def test_a_client_that_waits_for_its_answer_aborts_nothing(
     assert value(samples, "sglang:num_requests_total") == 2
 
 
+def test_pause_in_abort_mode_aborts_again_a_second_later_while_requests_were_in_flight(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=20.0)
+    assert post(emulator, "/pause_generation", {"mode": "abort"}).status_code == 200
+    assert value(scrape(emulator), "sglang:num_aborted_requests_total") == 1  # idle: once
+    post(emulator, "/continue_generation", {})
+    waiter = threading.Thread(target=generate, args=(emulator,),
+                              kwargs={"sampling_params": {"max_new_tokens": 400}})
+    waiter.start()
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    assert post(emulator, "/pause_generation", {"mode": "abort"}).status_code == 200
+    waiter.join(TIMEOUT)
+    # SGLang: abort_all, its model lock still held by the request, 1 s, abort_all again
+    assert value(scrape(emulator), "sglang:num_aborted_requests_total") == 3
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 

@@ -154,6 +154,11 @@ class EmulatorState:
         with self.cond:
             return self.cond.wait_for(self._idle, timeout=timeout)
 
+    def in_flight(self) -> int:
+        """Requests admitted and not yet released (waiting or running)."""
+        with self.cond:
+            return len(self._flights)
+
     def is_idle(self) -> bool:
         with self.cond:
             return self._idle()
