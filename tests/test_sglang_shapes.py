@@ -174,12 +174,16 @@ def test_first_use_counter_reads_zero_then_counts_its_first_burst(
     assert (burst.status, burst.value) == (Status.CRITICAL, 3.0)
 
 
+@pytest.mark.parametrize("priorities", [(0, 1, 1, 2), (None, None, 1, None)])
 def test_queue_totals_with_priority_scheduling_come_from_the_empty_priority(
-        start_emulator: StartEmulator, run: Callable[[str, str], CheckResult]) -> None:
+        start_emulator: StartEmulator, run: Callable[[str, str], CheckResult],
+        priorities: tuple[int | None, ...]) -> None:
     emulator = start_emulator(enable_priority_scheduling=True, max_running_requests=1,
                               decode_speed=20.0)
-    bodies = [{"text": "x", "priority": priority, "sampling_params": {"max_new_tokens": 200}}
-              for priority in (0, 1, 1, 2)]
+    # a request sent without a priority is queued under the lowest one, a series of its own
+    bodies = [{"text": "x", "sampling_params": {"max_new_tokens": 200},
+               **({} if priority is None else {"priority": priority})}
+              for priority in priorities]
     workers = [threading.Thread(target=requests.post, args=(f"{emulator.url}/generate",),
                                 kwargs={"json": body, "timeout": 30}, daemon=True)
                for body in bodies]
