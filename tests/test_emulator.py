@@ -551,6 +551,21 @@ def test_pause_in_abort_mode_aborts_again_a_second_later_while_requests_were_in_
     assert value(scrape(emulator), "sglang:num_aborted_requests_total") == 3
 
 
+def test_a_structured_request_is_counted_when_it_finishes(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=1.0)  # the short JSON answer takes seconds
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "string"}}})
+    answers: list[requests.Response] = []
+    waiter = threading.Thread(target=lambda: answers.append(generate(
+        emulator, sampling_params={"json_schema": schema, "max_new_tokens": 100})))
+    waiter.start()
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    assert "num_so_requests_total" not in get(emulator, "/metrics").text  # not on arrival
+    waiter.join(TIMEOUT)
+    assert answers[0].status_code == 200
+    assert value(scrape(emulator), "sglang:num_so_requests_total") == 1
+
+
 # -- faults ----------------------------------------------------------------------------------
 
 

@@ -89,8 +89,6 @@ def run_job(ctx: EmulatorContext, job: Job) -> Outcome:
     prompt = prompt_tokens(job.prompt)
     cached = state.admit(job.rid, prompt, job.priority, client_gone=job.client_gone,
                          streaming=job.streaming)
-    if job.constraint is not None:
-        state.count_structured_request()
     try:
         backlog = state.queued_by_fault
         if not state.wait_to_run(job.rid):
@@ -104,7 +102,8 @@ def run_job(ctx: EmulatorContext, job: Job) -> Outcome:
             state.record_aborted(job.rid, GenerationRecord(
                 prompt_tokens=len(prompt), completion_tokens=0, cached_tokens=cached,
                 queue_time=queue_time, ttft=0.0, itl=0.0,
-                e2e=time.monotonic() - job.started, streaming=job.streaming))
+                e2e=time.monotonic() - job.started, streaming=job.streaming,
+                structured=job.constraint is not None))
             return _aborted(ctx, job, len(prompt), cached)
         return outcome
     finally:
@@ -144,6 +143,7 @@ def _generate(ctx: EmulatorContext, job: Job, adm: _Admitted) -> Outcome | None:
         itl=DECODE_ITL_S,
         e2e=ttft + extra + decode,
         streaming=job.streaming,
+        structured=job.constraint is not None,
     )
     waited = ctx.state.record(job.rid, rec)  # blocks while the `stall` fault lasts
     if waited is None:

@@ -335,6 +335,8 @@ class EmulatorState:
             self._count("prompt_tokens_total", rec.prompt_tokens, None, labels)
             self._count("generation_tokens_total", decoded, None, labels)
             self._count("num_requests_total", 1, None, labels)
+            if rec.structured:
+                self._count("num_so_requests_total", 1)
             if not self.decode_only:
                 computed = rec.prompt_tokens - rec.cached_tokens
                 self._realtime(flight.rank, "prefill_compute", computed)
@@ -359,6 +361,8 @@ class EmulatorState:
         self._count("prompt_tokens_total", rec.prompt_tokens, None, per_request)
         self._count("generation_tokens_total", rec.completion_tokens, None, per_request)
         self._count("num_requests_total", 1, None, per_request)
+        if rec.structured:  # as SGLang, when the request finishes
+            self._count("num_so_requests_total", 1)
         if rec.cached_tokens:
             self._count("cached_tokens_total", rec.cached_tokens, None, {"cache_source": "device"})
         self._prompt_tokens += rec.prompt_tokens
@@ -444,10 +448,6 @@ class EmulatorState:
     def count_grammar_abort(self) -> None:
         with self.cond:
             self._count("num_grammar_aborted_total", 1, 0)
-
-    def count_structured_request(self) -> None:
-        with self.cond:
-            self._count("num_so_requests_total", 1)
 
     def set_startup(self, phases: dict[str, float]) -> None:
         with self.cond:
