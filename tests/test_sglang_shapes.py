@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +20,10 @@ from sglguard.checks.base import CheckContext, CheckResult, Status
 from sglguard.checks.registry import CHECKS
 from sglguard.config.models import Catalog
 from sglguard.emulator import Emulator, EmulatorOptions
-from sglguard.service import build_clients, run_once
-from sglguard.store import Store
+from sglguard.receiver import AlertReceiver
+from sglguard.service import Service, build_clients, run_once
+from sglguard.store import Store, queries
+from sglguard.store.models import CheckResultRow
 from sglguard.store.samples import StoreSamples
 
 from conftest import FakeClock, StartEmulator, free_port, wait_for
@@ -171,12 +174,16 @@ def test_first_use_counter_reads_zero_then_counts_its_first_burst(
     assert (burst.status, burst.value) == (Status.CRITICAL, 3.0)
 
 
+@pytest.mark.parametrize("priorities", [(0, 1, 1, 2), (None, None, 1, None)])
 def test_queue_totals_with_priority_scheduling_come_from_the_empty_priority(
-        start_emulator: StartEmulator, run: Callable[[str, str], CheckResult]) -> None:
+        start_emulator: StartEmulator, run: Callable[[str, str], CheckResult],
+        priorities: tuple[int | None, ...]) -> None:
     emulator = start_emulator(enable_priority_scheduling=True, max_running_requests=1,
                               decode_speed=20.0)
-    bodies = [{"text": "x", "priority": priority, "sampling_params": {"max_new_tokens": 200}}
-              for priority in (0, 1, 1, 2)]
+    # a request sent without a priority is queued under the lowest one, a series of its own
+    bodies = [{"text": "x", "sampling_params": {"max_new_tokens": 200},
+               **({} if priority is None else {"priority": priority})}
+              for priority in priorities]
     workers = [threading.Thread(target=requests.post, args=(f"{emulator.url}/generate",),
                                 kwargs={"json": body, "timeout": 30}, daemon=True)
                for body in bodies]
@@ -387,3 +394,43 @@ def test_every_example_check_that_fires_on_a_value_has_a_threshold() -> None:
                                                 and check.get("metric", "alive") != "alive"))
                 and not ({"warning", "critical"} & set(check))]
     assert unjudged == []
+
+
+def test_one_outage_opens_one_incident_and_pages_once(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    receiver = AlertReceiver().start()
+    catalog: dict[str, Any] = yaml.safe_load(
+        resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text())
+    target = catalog["targets"][0]
+    target["url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens: the server is down
+    target["control"]["pidfile"] = str(tmp_path / "server.pid")
+    # what the server wrote before it went away (its log is read beside the pidfile)
+    (tmp_path / "server.log").write_text("INFO:     Uvicorn running on http://127.0.0.1\n")
+    for check in catalog["checks"]:  # every check of the example, at a test's pace
+        check.update(interval="0.2s", timeout="1s")
+        check.pop("remediate", None)  # the outage stays
+    catalog["notifiers"][0]["urls"] = [f"json://127.0.0.1:{receiver.port}/alerts"]
+    catalog["notifications"] = {"group_wait": "0.2s"}
+    for key in ("store", "maintenance"):
+        catalog.pop(key)
+    service = Service(make_catalog(yaml.safe_dump(catalog, sort_keys=False)), store)
+    service.start()
+    try:
+        wait_for(lambda: receiver.received(), 15)
+        # a good many rounds of every check after the page
+        wait_for(lambda: _results(store, "server-process") >= 10, 30)
+        wait_for(lambda: _results(store, "server-log") >= 10, 30)
+    finally:
+        service.stop()
+        receiver.stop()
+    with store.session() as session:
+        opened = [row.check_name for row in queries.incidents(session, open_only=False,
+                                                              limit=10)]
+    assert opened == ["liveness"]
+    titles = [alert["title"] for alert in receiver.received()]
+    assert len(titles) == 1 and "liveness: incident opened" in titles[0], titles
+
+
+def _results(store: Store, check: str) -> int:
+    with store.session() as session:
+        return session.query(CheckResultRow).filter_by(check_name=check).count()

@@ -256,6 +256,9 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
               help="data-parallel ranks: one series per rank on scheduler families")
 @click.option("--enable-priority-scheduling", is_flag=True,
               help="queue/running gauges also per priority, totals under priority=\"\"")
+@click.option("--default-priority-value", type=int, default=None,
+              help="priority of requests sent without one (else the scheduler gives them the "
+                   "lowest, -2**63)")
 @click.option("--disaggregation-mode", type=click.Choice(["null", "prefill", "decode"]),
               default="null", show_default=True,
               help="a PD role; a prefill worker observes no TTFT/ITL/TPOT")
@@ -266,8 +269,9 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
 def emulator(port: int, host: str, model_path: str | None, max_running_requests: int | None,
              api_key: str | None, startup_delay: float, health_latency: float | None,
              fault: str | None, load: float, metrics_version: str, dp_size: int,
-             enable_priority_scheduling: bool, disaggregation_mode: str,
-             skip_server_warmup: bool, decode_speed: float) -> None:
+             enable_priority_scheduling: bool, default_priority_value: int | None,
+             disaggregation_mode: str, skip_server_warmup: bool,
+             decode_speed: float) -> None:
     """A stand-in SGLang server for demos and tests."""
     from sglguard.emulator import EmulatorOptions, parse_fault, run_emulator
 
@@ -280,6 +284,7 @@ def emulator(port: int, host: str, model_path: str | None, max_running_requests:
                                "fault": fault, "api_key": api_key, "load": load,
                                "metrics_version": metrics_version, "dp_size": dp_size,
                                "enable_priority_scheduling": enable_priority_scheduling,
+                               "default_priority_value": default_priority_value,
                                "disaggregation_mode": disaggregation_mode,
                                "skip_server_warmup": skip_server_warmup,
                                "decode_speed": decode_speed}
