@@ -103,6 +103,12 @@ class LogCheck(Check[LogCheckConfig]):
             # root, a planted link would show lines of any file in results and notifications).
             handle = os.fdopen(open_for_reading(path, "log file"), "rb")
         except FileNotFoundError:
+            if self.config.path is None:
+                # the control's log: it appears when the control first starts the server (a
+                # server started some other way writes none; its liveness speaks for it)
+                return Measurement(None, f"no data: {path} does not exist yet (the target's "
+                                         "control writes it when it starts the server)",
+                                   Status.OK, UNIT, counts=False)
             return Measurement(None, f"log file {path} not found", Status.UNKNOWN, UNIT)
         except UnsafeFile as exc:
             return Measurement(None, str(exc), Status.UNKNOWN, UNIT)
