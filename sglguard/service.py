@@ -504,14 +504,16 @@ class Service:
         if self.stopping.is_set() or not self.requests.hold(due.target):
             return False
         try:
-            if not self.responder.leases.claim(due.target, self.clock(), timedelta(minutes=30)):
+            leases, ttl = self.responder.leases, timedelta(minutes=30)
+            if not leases.claim(due.target, self.clock(), ttl):
                 return False
             try:
                 target = self.catalog.target(due.target)
                 if target.control is not None:
                     self.engine.begin_grace(target.name,
                                             self.clock() + target.control.startup_timeout)
-                outcome = restore_level(self.runner, due)
+                with leases.kept(due.target, ttl, self.clock):
+                    outcome = restore_level(self.runner, due)
                 logger.info("restore on %s: %s %s", due.target, outcome.outcome,
                             outcome.error or outcome.detail)
                 return outcome.outcome == "succeeded"
