@@ -6,11 +6,13 @@ the claim is taken over at once instead of waiting for it to run out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
 import psutil
@@ -85,6 +87,24 @@ class Agents:
                     row.heartbeat_at = self.clock()
         except Exception as exc:  # a store outage is reported elsewhere: no trace per beat
             logger.warning("heartbeat not written: %s", exc)
+
+    @contextlib.contextmanager
+    def beating(self) -> Iterator[None]:
+        """Beat every HEARTBEAT while the block runs (a command that runs long, such as a
+        restart by hand, is not taken for dead by the service)."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT.total_seconds()):
+                self.beat()
+
+        beater = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beater.join(5)
 
     def leave(self) -> None:
         try:

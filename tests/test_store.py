@@ -199,3 +199,28 @@ def test_postgresql_lease_goes_to_one_of_two_processes(postgres_url: str) -> Non
     finally:
         first.close()
         second.close()
+
+
+def test_a_long_command_keeps_its_agent_alive_while_it_works(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from datetime import timedelta
+
+    from sglguard import agents as agents_module
+    from sglguard.agents import Agents
+    from sglguard.clock import utcnow
+
+    monkeypatch.setattr(agents_module, "HEARTBEAT", timedelta(seconds=0.05))
+    now = {"at": utcnow()}
+    worker = Agents(store, role="cli", clock=lambda: now["at"])
+    worker.register(["local"])
+    watcher = Agents(store, clock=lambda: now["at"])
+    monkeypatch.setattr(agents_module, "_gone_here", lambda holder: False)  # as if elsewhere
+    with worker.beating():
+        now["at"] += timedelta(minutes=5)  # far past DEAD_AFTER since it registered
+        deadline = time.monotonic() + 5
+        while watcher.dead(worker.name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not watcher.dead(worker.name)  # its beats say it works
+    now["at"] += timedelta(minutes=5)
+    assert watcher.dead(worker.name)  # silent once the command stopped beating

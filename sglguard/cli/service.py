@@ -220,7 +220,7 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
             for state in queries.target_states(session, target):
                 state.grace_until = utcnow() + control.startup_timeout
     try:
-        with leases.kept(target, timedelta(minutes=30), utcnow):
+        with agents.beating(), leases.kept(target, timedelta(minutes=30), utcnow):
             outcome = runner.run(name, target, trigger="manual")
     finally:
         leases.release(target)
