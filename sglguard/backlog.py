@@ -124,6 +124,12 @@ class Backlog:
     def outage(self) -> bool:
         return self._since is not None
 
+    @property
+    def outage_s(self) -> float | None:
+        """How long the store has been down (None: it answers)."""
+        since = self._since
+        return None if since is None else time.monotonic() - since
+
     def hold(self, result: CheckResult, error: BaseException | None = None) -> None:
         """Keep the result (after those held before it); `error`: why the store refused it."""
         with self._lock:

@@ -352,7 +352,8 @@ class Service:
             missed_total=self.check_scheduler.missed_total,
             writer_pending=self.writer.pending if self.writer is not None else 0,
             writer_dropped=self.writer.dropped if self.writer is not None else 0,
-            backlog_pending=self.backlog.pending, backlog_dropped=self.backlog.dropped)
+            backlog_pending=self.backlog.pending, backlog_dropped=self.backlog.dropped,
+            store_outage_s=self.backlog.outage_s)
 
     def run_check(self, name: str) -> CheckResult | None:
         """One scheduled run; never raises, so a failing job never stops the service."""

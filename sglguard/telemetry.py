@@ -84,6 +84,7 @@ class Pulse:
     writer_dropped: int
     backlog_pending: int  # results held while the store is down
     backlog_dropped: int
+    store_outage_s: float | None = None  # how long the store has been down; None: it answers
 
 
 class Runtime(Protocol):

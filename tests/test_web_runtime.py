@@ -113,6 +113,16 @@ def test_own_metrics_move_with_the_runs_and_the_stores_writes(
     assert broken[errors("result")] >= 1 and broken[errors("batch")] >= 1
     assert broken[HELD] >= 1  # the failure is held until the store answers
     assert broken[writes("result")] > flushed[writes("result")]  # failed writes are timed too
+    assert flushed[("sglguard_store_outage_seconds", ())] == 0
+    assert broken[("sglguard_store_outage_seconds", ())] > 0
+    # the outage is sglguard's own trouble, said as such: alive, the page says what it holds
+    health = get(web, "/healthz")
+    assert health.status_code == 200 and health.json()["store"].startswith("unreachable for")
+    page = get(web, "/")
+    assert page.status_code == 503 and "Store unreachable" in page.text
+    assert "results are held" in page.text
+    api = get(web, "/api/v1/checks")
+    assert api.status_code == 503 and "unreachable" in api.json()["error"]
     with store.engine.begin() as connection:
         connection.execute(text("alter table check_results_gone rename to check_results"))
     service._replay_backlog()

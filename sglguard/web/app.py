@@ -141,11 +141,34 @@ class WebApp:
             except ValueError as exc:
                 return _json({"error": str(exc)}, "400 Bad Request")
             except Exception:
+                outage = self._store_outage(path)
+                if outage is not None:  # said once by the service's log, not per request
+                    return outage
                 logger.exception("web: %s failed", path)
                 return _json({"error": "internal error; see sglguard's log"},
                              "500 Internal Server Error")
             return found if found is not None else _missing("such page")
         return _missing("such page")
+
+    def _store_outage(self, path: str) -> Response | None:
+        """While the service beside this listener cannot reach the store, the page and the
+        API say so (what it holds and that it keeps watching) instead of an error."""
+        if self.runtime is None:
+            return None
+        pulse = self.runtime.pulse(60)
+        if pulse.store_outage_s is None:
+            return None
+        said = (f"The store has been unreachable for {pulse.store_outage_s:.0f} s. sglguard "
+                f"keeps running its checks and repairing a dead server; {pulse.backlog_pending} "
+                "results are held and will be written, in order, when the store answers.")
+        if path.startswith("/api/"):
+            return _json({"error": said, "store_outage_s": round(pulse.store_outage_s)},
+                         "503 Service Unavailable")
+        return "503 Service Unavailable", HTML, (
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>sglguard: store "
+            "unreachable</title><meta http-equiv=\"refresh\" content=\"10\"></head><body>"
+            f"<h1>Store unreachable</h1><p id=\"store-outage\">{said}</p></body></html>"
+        ).encode()
 
     def _index(self, _query: dict[str, str]) -> Response:
         return "200 OK", HTML, self.pages.index().encode()

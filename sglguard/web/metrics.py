@@ -164,6 +164,11 @@ class RuntimeCollector:
         dropped.add_metric(["results_batch"], float(pulse.writer_dropped))
         dropped.add_metric(["store_backlog"], float(pulse.backlog_dropped))
         yield dropped
+        outage = GaugeMetricFamily("sglguard_store_outage_seconds",
+                                   "how long the store has been down for this service's "
+                                   "writes (0: it answers)")
+        outage.add_metric([], pulse.store_outage_s or 0.0)
+        yield outage
 
 
 def housekeeping_events() -> Metric:
@@ -230,7 +235,13 @@ def scheduler_health(runtime: Runtime) -> Health:
         "scheduler_tick_age_s": (round(pulse.tick_age_s, 1) if pulse.tick_age_s is not None
                                  else None),
         "allowed_tick_age_s": TICK_BOUND.total_seconds(),
-        "missed_runs_recent": pulse.missed, "results_held": pulse.backlog_pending}
+        "missed_runs_recent": pulse.missed, "results_held": pulse.backlog_pending,
+        # sglguard's own trouble, said here, not a failure of it: it keeps watching and
+        # repairing through an outage and writes what it held afterwards (a restart of it
+        # would help nothing)
+        "store": ("ok" if pulse.store_outage_s is None else
+                  f"unreachable for {pulse.store_outage_s:.0f} s; "
+                  f"{pulse.backlog_pending} results held")}
     if pulse.tick_age_s is None:
         return Health(False, {"status": "failing", "reason": "the scheduler has not started",
                               **detail})
