@@ -198,7 +198,7 @@ class Service:
                                  stop=self.stopping, interrupt=self.interrupt)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
         held = catalog.store.backlog  # results held while the store is down
-        self.backlog = Backlog(lambda result: self.engine.record(result, at=result.started_at),
+        self.backlog = Backlog(self._write_held,
                                memory=held.memory,
                                spill=SpillFile(held.spill, held.spill_max_mb << 20))
         self.repairs = LocalRepairs(catalog, store, self.runner, self.notifications, clock=clock,
@@ -227,12 +227,14 @@ class Service:
         # collector's way, so later collections only look at what the runs allocate.
         gc.collect()
         gc.freeze()
-        self.agents.register(target.name for target in self.catalog.targets)
+        targets = [target.name for target in self.catalog.targets]
+        self._chores: list[Callable[[], object]] = [lambda: self.agents.register(targets)]
         if not reloaded:
-            self._close_interrupted_runs()
-        self._close_removed_checks()
+            self._chores.append(self._close_interrupted_runs)
+        self._chores.append(self._close_removed_checks)
         if not self.dry_run:
-            self.repairs.remember_flags()  # for a restart while the store is down
+            self._chores.append(self.repairs.remember_flags)  # for a restart without the store
+        self._do_chores()  # a store that is down now (a reload during an outage) delays them
         self.notifications.start()
         self.requests.start()
         # The first round is spread over a tenth of a second per hundred checks (at most a
@@ -252,6 +254,9 @@ class Service:
                                name="notice checks that stopped producing results")
         self.scheduler.add_job(self._replay_backlog, every(5), id="_backlog",
                                name="write results held while the store was down")
+        if self._chores:
+            self.scheduler.add_job(self._do_chores, every(5), id="_chores",
+                                   name="start-up work that waits for the store")
         self.scheduler.add_job(self.remember_levels, every(60), next_run_time=soon,
                                id="_levels", name="launch flags for a restart without the store")
         self.scheduler.add_job(self.repeat_reminders, every(60), next_run_time=soon,
@@ -449,6 +454,17 @@ class Service:
         if run is not None:
             self.backlog.hold_action(run)
 
+    def _write_held(self, result: CheckResult) -> None:
+        """A result held during an outage, written with the time it was measured; one of a
+        check since removed from the catalog (a reload during the outage) is kept as history,
+        judging nothing."""
+        if result.check in self._first_run:
+            self.engine.record(result, at=result.started_at)
+            return
+        for retry in self.store.retrying():
+            with retry, self.store.session() as session:
+                queries.add_result(session, result, evaluated=False, agent=self.engine.agent)
+
     def remember_levels(self) -> None:
         if not self.backlog.outage and not self.dry_run:
             self.repairs.remember_flags()
@@ -564,6 +580,22 @@ class Service:
         with self.store.session() as session:
             return bool(queries.check_state(session, incident.check_name, incident.target)
                         .flapping)
+
+    def _do_chores(self) -> None:
+        """The start-up work that needs the store, in order; what the store refuses waits
+        for the next try (watching starts anyway: a reload during a store outage must not
+        stop it)."""
+        while self._chores:
+            try:
+                self._chores[0]()
+            except Exception as exc:
+                if not store_down(exc):
+                    raise
+                failed(logger, "start-up work", exc)
+                return
+            self._chores.pop(0)
+        with contextlib.suppress(Exception):  # no job yet at start, or already gone
+            self.scheduler.remove_job("_chores")
 
     def _close_interrupted_runs(self) -> None:
         """Runs left `running` by a previous process that died are marked interrupted."""

@@ -347,3 +347,42 @@ def test_a_reload_during_a_store_outage_keeps_the_held_results_and_the_spent_bud
     assert after.backlog.pending == 0 and not after.backlog.outage
     with store.session() as session:
         assert session.scalar(text("select count(*) from check_results")) == 3
+
+
+def test_a_reload_during_a_store_outage_keeps_watching_and_closes_removed_checks_later(
+        tmp_path: Path, postgres_url: str, proxy: Proxy, receiver: AlertReceiver) -> None:
+    port = free_port()
+    catalog = write_catalog(tmp_path, through(postgres_url, proxy), port, receiver.port)
+    text = catalog.read_text()
+    gone = ("  - {name: gone, kind: http, target: local, path: /nowhere, interval: 0.3s,\n"
+            "     timeout: 1s, failure_threshold: 1}\n")
+    catalog.write_text(text.replace("remediations:\n", gone + "remediations:\n"))
+    server = start_emulator(tmp_path, port)
+    service = ServiceProcess(catalog, url=postgres_url)
+    try:
+        wait_for(lambda: service.query("select 1 from incidents where check_name = 'gone' "
+                                       "and status = 'open'"), 20)
+        proxy.close()
+        wait_for(lambda: said(tmp_path, "store unavailable"), 15)
+        catalog.write_text(text)  # the check `gone` is removed, during the outage
+        service.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: said(tmp_path, "reloaded"), 15)
+        assert service.process.poll() is None  # still running, still watching
+        held = said(tmp_path, "check liveness: ok")
+        wait_for(lambda: said(tmp_path, "check liveness: ok") > held + 3, 10)
+        proxy.open()
+        wait_for(lambda: service.query("select 1 from incidents where check_name = 'gone' "
+                                       "and status = 'resolved'"), 30)
+    finally:
+        code = service.stop()
+        server.kill()
+        server.wait()
+    assert code == 0
+    events = [row[0] for row in service.query(
+        "select detail from incident_events where kind = 'closed'")]
+    assert events == ["the check is no longer in the catalog"]
+    # what `gone` measured during the outage is kept, as history that judges nothing
+    assert service.query("select 1 from check_results where check_name = 'gone' "
+                         "and evaluated = false")
+    log = (tmp_path / "service.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]

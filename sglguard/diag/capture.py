@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sglguard.backlog import failed
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
@@ -107,8 +108,8 @@ class Diagnostics:
         """Read, bound, compress and store one bundle; its row id, or None when it failed."""
         try:
             return self._capture(incident_id, check, stage)
-        except Exception:
-            logger.exception("incident #%s: diagnostics (%s) failed", incident_id, stage)
+        except Exception as exc:  # a store outage: said once, no traceback
+            failed(logger, f"incident #{incident_id}: diagnostics ({stage}) failed", exc)
             return None
 
     def _capture(self, incident_id: int | None, check: str, stage: str) -> int:

@@ -267,6 +267,9 @@ class Notifications:
                                                 min(0.2, max(0.01, deadline - time.monotonic())))
                 if done and self._settled():
                     return True
+                if done and self._planned < 0:
+                    return False  # the plan could not read the outbox (the store is down):
+                    # what is owed stays owed, for the next start or the store's return
             return False
         finally:
             self._release_all.clear()
