@@ -205,6 +205,19 @@ def test_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
         control.stop()
 
 
+def test_a_folder_of_another_user_is_refused_for_the_pidfile(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    os.chown(run, 65534, 65534)  # nobody's: that user could swap the pidfile for a link
+    control = process_control(tmp_path)
+    with pytest.raises(ControlError, match=r"belongs to uid 65534: refused"):
+        control.start()
+    with pytest.raises(ControlError, match=r"belongs to uid 65534: refused"):
+        control.stop()
+
+
 def log_check(path: Path) -> Check[Any]:
     model = CheckConfig.model_validate({"name": "errors", "target": "local", "kind": "log",
                                         "path": str(path), "patterns": ["Traceback"],
