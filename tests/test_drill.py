@@ -10,10 +10,12 @@ import subprocess
 import textwrap
 from collections.abc import Iterator
 from datetime import timedelta
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from click.testing import CliRunner
 
 from sglguard.checks.http import HttpCheckConfig
@@ -198,3 +200,75 @@ def test_the_bound_is_the_runs_a_check_takes_to_judge() -> None:
     assert detection_bound(check) == timedelta(seconds=10 + 2 * 10 + 5 + recording)
     slow = check.model_copy(update={"timeout": timedelta(seconds=20)})
     assert detection_bound(slow) == timedelta(seconds=10 + 2 * 20 + 20 + recording)
+
+
+# What catches each emulator fault in the example catalog (the first incident of the target).
+EXAMPLE_CATCHES = {
+    "crash": {"liveness"},
+    "hang": {"liveness", "hang"},
+    "stall": {"liveness", "hang"},
+    "slow_ttft": {"generation", "ttft-p95"},
+    "5xx": {"generation", "error-ratio"},
+    "bad_output": {"json-output"},
+    "queue": {"queue"},
+    "memory_growth": {"kv-usage", "kv-cache-memory"},
+}
+EXAMPLE_SCALE = 0.05
+
+
+def example_catalog(directory: Path, port: int, alerts: int) -> tuple[Path, list[str]]:
+    """The example catalog as `sglguard init` writes it, with only what a test must change: the
+    emulator on a free port started by this Python, the alert receiver's port, and no
+    maintenance window (one falling during the test would hold the remediations back)."""
+    data = yaml.safe_load(
+        resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text())
+    [target] = data["targets"]
+    target["url"] = f"http://127.0.0.1:{port}"
+    start = target["control"]["start"]
+    assert start[:4] == ["sglguard", "emulator", "--port", "30000"], start
+    target["control"]["start"] = [PYTHON, "-m", "sglguard", "emulator", "--port", str(port),
+                                  *start[4:]]
+    [notifier] = data["notifiers"]
+    notifier["urls"] = [f"json://127.0.0.1:{alerts}/alerts"]
+    del data["maintenance"]
+    config = directory / "sglguard.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config, target["control"]["start"]
+
+
+def test_every_emulator_fault_is_caught_by_the_example_catalog_within_its_bound(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    config, command = example_catalog(tmp_path, port, receiver.port)
+    log = tmp_path / "sglguard-local.log"
+    with log.open("ab") as out:
+        child = subprocess.Popen(command, start_new_session=True, stdout=out,
+                                 stderr=subprocess.STDOUT, cwd=tmp_path)
+    (tmp_path / "sglguard-local.pid").write_text(f"{child.pid}\n")
+    wait_for(lambda: _healthy(port), 15)
+    faults = [argument for name in EXAMPLE_CATCHES for argument in ("--fault", name)]
+    try:
+        ran = CliRunner().invoke(main, ["drill", "--config", str(config), "--json",
+                                        "--time-scale", str(EXAMPLE_SCALE), *faults])
+    finally:
+        pid = int((tmp_path / "sglguard-local.pid").read_text())
+        if pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    report = json.loads(ran.stdout)
+    outcomes = {item["fault"]: item for item in report["outcomes"]}
+    shown = "\n".join(
+        f"{name}: {item['verdict']} by {item['check']} in {item['detection_s']} s of "
+        f"{item['bound_s']} s, {item['remediation']}, healthy {item['healthy_s']} {item['note']}"
+        for name, item in outcomes.items())
+    assert list(outcomes) == list(EXAMPLE_CATCHES), shown
+    assert report["time_scale"] == EXAMPLE_SCALE and report["emulator"], shown
+    for fault, item in outcomes.items():
+        assert item["verdict"] == "pass", (fault, shown)
+        assert item["check"] in EXAMPLE_CATCHES[fault], (fault, shown)
+        assert item["detected"] and item["detection_s"] <= item["bound_s"], (fault, shown)
+    for fault in ("crash", "hang", "stall"):  # the example restarts a dead or hung server
+        assert outcomes[fault]["remediation"] == "restart succeeded", (fault, shown)
+    assert ran.exit_code == 0 and report["passed"], shown
+    printed = CliRunner().invoke(main, ["drill", "--config", str(config), "--show",
+                                        str(report["id"])])
+    assert f"x {EXAMPLE_SCALE:g} (--time-scale)" in printed.output, printed.output

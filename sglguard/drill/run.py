@@ -97,6 +97,7 @@ class Report:
     ignored: list[int] = field(default_factory=list)  # incidents already open at the start
     not_ok: list[str] = field(default_factory=list)  # checks not OK before the drills
     id: int | None = None
+    time_scale: float = 1.0  # the catalog's schedule was multiplied by this (--time-scale)
 
     @property
     def passed(self) -> bool:
@@ -110,7 +111,7 @@ class Report:
         outcomes = [Outcome(**item) for item in data.get("outcomes", [])]
         fields = {key: value for key, value in data.items()
                   if key in ("target", "emulator", "started_at", "finished_at", "ignored", "not_ok",
-                              "id")}
+                              "id", "time_scale")}
         return cls(**fields, outcomes=outcomes)
 
 
@@ -119,8 +120,9 @@ class Drill:
 
     def __init__(self, catalog: Catalog, store: Store, target: str, *, wait: float | None = None,
                  settle: float = 60.0, clock: Callable[[], datetime] = utcnow,
-                 say: Callable[[str], None] = lambda text: None) -> None:
+                 say: Callable[[str], None] = lambda text: None, time_scale: float = 1.0) -> None:
         self.catalog, self.store, self.clock, self.say = catalog, store, clock, say
+        self.time_scale = time_scale  # already applied to the catalog; the report states it
         self.target = catalog.target(target)
         self.checks = [check for check in catalog.checks if check.target == target]
         self.bounds = {check.name: detection_bound(check).total_seconds()
@@ -135,7 +137,8 @@ class Drill:
         return control.server_pid() if control is not None else None
 
     def run(self, faults: Sequence[Fault], emulator: bool) -> Report:
-        report = Report(self.target.name, emulator, self.clock().isoformat())
+        report = Report(self.target.name, emulator, self.clock().isoformat(),
+                        time_scale=self.time_scale)
         self.service.start()
         try:
             self._warm_up()

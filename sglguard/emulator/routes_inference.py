@@ -18,7 +18,7 @@ MAX_STREAM_EVENTS = 32
 
 
 def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
-    started = time.monotonic()
+    started, created = time.monotonic(), time.time()
     body = req.json_object()
     params = body.get("sampling_params") or {}
     if not isinstance(params, dict):
@@ -37,9 +37,13 @@ def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
         return _grammar_failure(rid, str(exc), stream, started)
     if isinstance(prompts, list):
         jobs = [Job(new_rid(), p, max_new_tokens, constraint, False, started) for p in prompts]
-        return json_reply(200, [_answer(run_job(ctx, job)) for job in jobs])
+        answers = [_answer(run_job(ctx, job)) for job in jobs]
+        for answer in answers:
+            ctx.request_log.finished(body, answer, created)
+        return json_reply(200, answers)
     outcome = run_job(ctx, Job(rid, prompts, max_new_tokens, constraint, stream, started,
                                 priority=_priority(body)))
+    ctx.request_log.finished(body, _answer(outcome), created)
     if stream:
         return StreamReply(200, _stream_events(ctx, outcome))
     return json_reply(200, _answer(outcome))
@@ -207,9 +211,12 @@ def _run_openai(ctx: EmulatorContext, body: Mapping[str, Any], prompt: str,
         max_tokens = read_max_new_tokens(body, key)
     except BadRequest:
         raise _openai_error(400, f"{key} must be a non-negative integer") from None
+    created = time.time()
     job = Job(new_rid(), prompt, max_tokens, None, stream, time.monotonic(),
               priority=_priority(body))
-    return run_job(ctx, job)
+    outcome = run_job(ctx, job)
+    ctx.request_log.finished(dict(body), _answer(outcome), created)
+    return outcome
 
 
 def _content(message: Mapping[str, Any]) -> str:
