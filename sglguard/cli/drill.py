@@ -63,13 +63,16 @@ def open_drill_store(url: str) -> Store:
                    "remediation backoff and budgets, group_wait) by this factor, e.g. 0.05 to "
                    "rehearse a catalog in minutes; thresholds and the server's own timings stay; "
                    "the report states it")
+@click.option("--request-dumps", is_flag=True,
+              help="a real server: let the catalog's diagnostics.request_dumps switch its "
+                   "request dumps on during drill incidents (left alone otherwise)")
 @click.option("--list-faults", is_flag=True, help="list the faults and exit")
 @click.option("--show", "show_id", type=int, default=None, help="print a stored report")
 @click.option("--reports", "list_reports", is_flag=True, help="list stored reports")
 def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, ...], yes: bool,
           dry_run: bool, as_json: bool, store_url: str | None, wait: str | None,
-          stop_for: str, burst: int, time_scale: float, list_faults: bool, show_id: int | None,
-          list_reports: bool) -> None:
+          stop_for: str, burst: int, time_scale: float, request_dumps: bool, list_faults: bool,
+          show_id: int | None, list_reports: bool) -> None:
     """Inject faults into a target and report, per fault, whether the catalog caught it within
     its bound, what repaired it, how long until healthy, and who was told.
 
@@ -102,7 +105,8 @@ def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, .
         fail(f"--stop-for/--wait: {exc}")
     emulator = is_emulator(target)
     names = _fault_names(chosen, emulator, target)
-    drilled = drill_catalog(scale_catalog(catalog, time_scale), url)
+    drilled = drill_catalog(scale_catalog(catalog, time_scale), url,
+                            request_dumps=emulator or request_dumps)
     scene = Scene(target, build_clients(drilled)[target.name], _pid_reader(target), settings)
     faults = [FAULTS[name](scene) for name in names]
     if dry_run or (not emulator and not yes):

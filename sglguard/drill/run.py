@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from sglguard.checks.base import CheckConfig
 from sglguard.clock import utcnow
@@ -52,15 +53,20 @@ def detection_bound(check: CheckConfig) -> timedelta:
         window if isinstance(window, timedelta) else timedelta())
 
 
-def drill_catalog(catalog: Catalog, store_url: str) -> Catalog:
-    """The catalog as the drill runs it: its own database, every message marked as a drill."""
+def drill_catalog(catalog: Catalog, store_url: str, *, request_dumps: bool = True) -> Catalog:
+    """The catalog as the drill runs it: its own database, every message marked as a drill;
+    without `request_dumps` (a real server whose operator did not consent) the server's logging
+    is left alone."""
     settings = catalog.notifications
     title = f"{DRILL_MARK} {settings.title or '$title'}"
     body = f"{settings.body or '$body'}\n\n(sglguard drill: a fault injected on purpose)"
     notifiers = tuple(
         notifier.model_copy(update={"title": f"{DRILL_MARK} {notifier.title}"})
         if notifier.title else notifier for notifier in catalog.notifiers)
+    diagnostics = catalog.diagnostics if request_dumps else \
+        catalog.diagnostics.model_copy(update={"request_dumps": None})
     return catalog.model_copy(update={
+        "diagnostics": diagnostics,
         "store": catalog.store.model_copy(update={"url": store_url}),
         "notifications": settings.model_copy(update={"title": title, "body": body}),
         "notifiers": notifiers,
@@ -242,14 +248,28 @@ class Drill:
                 runs = session.scalars(select(RemediationRunRow).where(
                     RemediationRunRow.incident_id == incident_id)).all()
                 outcome.remediation = ", ".join(
-                    f"{run.remediation} {run.outcome}" for run in runs) or "none (the drill " \
-                    "undid the fault)"
+                    f"{run.remediation} {run.outcome}" for run in runs) \
+                    or self._other_repairs(session, incident_id, since) \
+                    or "none (the drill undid the fault)"
                 if incident is not None and incident.status != "open":
                     end = incident.resolved_at or self.clock()
                     outcome.healthy_s = round((end - since).total_seconds(), 2)
                     if all(run.outcome != "running" for run in runs):
                         return  # resolved, and its remediation has recorded how it went
             time.sleep(0.1)
+
+    def _other_repairs(self, session: Session, incident_id: int, since: datetime) -> str:
+        """Remediations of the target's other incidents opened since the fault: the one that
+        repaired it when its own check's had no run (a restart withheld on an UNKNOWN result,
+        then made for another check's incident)."""
+        rows = session.execute(
+            select(RemediationRunRow, IncidentRow.check_name)
+            .join(IncidentRow, IncidentRow.id == RemediationRunRow.incident_id)
+            .where(IncidentRow.target == self.target.name, IncidentRow.opened_at >= since,
+                   IncidentRow.id != incident_id)
+            .order_by(RemediationRunRow.id)).all()
+        return ", ".join(f"{run.remediation} {run.outcome} (for #{run.incident_id} {check})"
+                         for run, check in rows)
 
     def _check_of(self, incident_id: int) -> str:
         with self.store.session() as session:
