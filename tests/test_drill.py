@@ -206,10 +206,18 @@ def test_the_bound_is_the_runs_a_check_takes_to_judge() -> None:
     check = HttpCheckConfig(name="c", target="t", kind="http", interval=timedelta(seconds=10),
                             timeout=timedelta(seconds=5), jitter=timedelta(0),
                             failure_threshold=3)
-    recording = 0.5  # from the last run's end to the incident in the store
+    recording = 1  # from the last run's end to the incident in the store
     assert detection_bound(check) == timedelta(seconds=10 + 2 * 10 + 5 + recording)
     slow = check.model_copy(update={"timeout": timedelta(seconds=20)})
     assert detection_bound(slow) == timedelta(seconds=10 + 2 * 20 + 20 + recording)
+    # A run of 25 s misses the two due times that fall within it: the next is 30 s after.
+    slower = check.model_copy(update={"timeout": timedelta(seconds=25)})
+    assert detection_bound(slower) == timedelta(seconds=10 + 2 * 30 + 25 + recording)
+    # Jitter moves a run within its interval: one that starts late and runs 9.5 s of 10 misses
+    # the next due time.
+    late = check.model_copy(update={"timeout": timedelta(seconds=9.5),
+                                    "jitter": timedelta(seconds=1)})
+    assert detection_bound(late) == timedelta(seconds=11 + 2 * 21 + 9.5 + recording)
 
 
 # What catches each emulator fault in the example catalog (the first incident of the target).

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,18 +31,20 @@ from sglguard.store.models import IncidentRow, NotificationAttemptRow, Remediati
 logger = logging.getLogger(__name__)
 DRILL_MARK = "[DRILL]"
 SOON = 5.0  # seconds: a check run less often is run by the drill before each fault
-RECORDING = timedelta(seconds=0.5)  # from a run's end to its incident being in the store
+RECORDING = timedelta(seconds=1)  # from a run's end to its incident in the store, on a busy host
 
 
 def detection_bound(check: CheckConfig) -> timedelta:
     """How long after a fault the catalog promises an incident: the first run after the fault
     (an interval, with its jitter, at most), then the runs it takes to judge (failure_threshold,
-    X of Y, or `for:`), each an interval apart or a timeout when a run takes that long (runs of a
-    check never overlap), the last one running out its timeout; plus the check's `window`, and a
-    moment to record the incident."""
+    X of Y, or `for:`), the last one running out its timeout; plus the check's `window`, and a
+    moment to record the incident. Runs of a check never overlap: a run still going when the
+    next one falls due makes that one missed, so after a run that takes its whole timeout the
+    next starts at the first due time of the interval's grid after it ends."""
     jitter = timedelta(seconds=check.jitter_seconds)
     first = check.interval + jitter
-    step = max(check.interval, check.timeout) + jitter
+    periods = max(1, math.ceil((check.timeout + jitter) / check.interval - 1e-9))
+    step = check.interval * periods + jitter
     if check.hold is not None:
         rest = check.hold + step
     elif check.failures is not None:
