@@ -128,7 +128,7 @@ class Drill:
     """Runs faults one after the other against one target of a catalog."""
 
     def __init__(self, catalog: Catalog, store: Store, target: str, *, wait: float | None = None,
-                 settle: float = 60.0, clock: Callable[[], datetime] = utcnow,
+                 settle: float | None = None, clock: Callable[[], datetime] = utcnow,
                  say: Callable[[str], None] = lambda text: None, time_scale: float = 1.0) -> None:
         self.catalog, self.store, self.clock, self.say = catalog, store, clock, say
         self.time_scale = time_scale  # already applied to the catalog; the report states it
@@ -137,7 +137,10 @@ class Drill:
         self.bounds = {check.name: detection_bound(check).total_seconds()
                        for check in self.checks}
         self.wait = wait if wait is not None else 2 * max(self.bounds.values(), default=30.0)
-        self.settle = settle
+        # How long to wait for a healthy target before a fault: an incident of a windowed
+        # check resolves only once its window has forgotten the previous fault.
+        self.settle = settle if settle is not None else max(
+            60.0, max(self.bounds.values(), default=0.0))
         self.service = Service(catalog, store, clock=clock)
         self.baseline: list[str] = []  # checks OK before the drills: OK again before each
 
