@@ -25,7 +25,7 @@ from sglguard.receiver import AlertReceiver
 from sglguard.store import Store
 from sglguard.store.models import IncidentEventRow
 
-from conftest import PYTHON, emulator_command, free_port, pid_alive, wait_for
+from conftest import PYTHON, StartEmulator, emulator_command, free_port, pid_alive, wait_for
 
 PLAIN_SERVER = """\
 import sys
@@ -290,3 +290,34 @@ def test_every_emulator_fault_is_caught_by_the_example_catalog_within_its_bound(
     printed = CliRunner().invoke(main, ["drill", "--config", str(config), "--show",
                                         str(report["id"])])
     assert f"x {EXAMPLE_SCALE:g} (--time-scale)" in printed.output, printed.output
+
+
+def test_the_burst_and_the_impossible_regex_reach_the_server_as_planned(
+        tmp_path: Path, start_emulator: StartEmulator) -> None:
+    """The two request faults of a real-server drill, seen from the server: its request dumps
+    (switched on through /configure_logging) hold exactly the burst and the one regex request."""
+    import pickle
+
+    from sglguard.config.loader import parse_catalog
+    from sglguard.drill.faults import Burst, ImpossibleRegex, Scene, Settings
+    from sglguard.service import build_clients
+
+    server = start_emulator()
+    folder = tmp_path / "requests"
+    requests.post(f"{server.url}/configure_logging", timeout=5,
+                  json={"dump_requests_folder": str(folder), "dump_requests_threshold": 9})
+    catalog = parse_catalog(f"version: 1\ntargets: [{{name: s, url: '{server.url}'}}]\n",
+                            tmp_path / "sglguard.yaml")
+    scene = Scene(catalog.targets[0], build_clients(catalog)["s"], lambda: None,
+                  Settings(burst=8, burst_tokens=4))
+    burst, regex = Burst(scene), ImpossibleRegex(scene)
+    assert burst.plan() == "8 concurrent POST /generate of 4 tokens each, once"
+    burst.inject()
+    regex.inject()
+    [dump] = wait_for(lambda: sorted(folder.glob("*.pkl")), 15)
+    with dump.open("rb") as kept:
+        sent = [request for request, *_ in pickle.load(kept)["requests"]]
+    params = [request["sampling_params"] for request in sent]
+    assert sorted(map(json.dumps, params)) == sorted(
+        [json.dumps({"max_new_tokens": 4})] * 8
+        + [json.dumps({"max_new_tokens": 16, "regex": ImpossibleRegex.REGEX})])

@@ -123,7 +123,7 @@ def _list_faults() -> None:
 
     for cls in (*EMULATOR_FAULTS, *REAL_FAULTS):
         where = "emulator" if cls.emulator else "emulator or server"
-        click.echo(f"{cls.name:14} {where}: {(cls.__doc__ or '').strip()}")
+        click.echo(f"{cls.name:14} {where}: {' '.join((cls.__doc__ or '').split())}")
 
 
 def _fault_names(chosen: tuple[str, ...], emulator: bool, target: TargetConfig) -> list[str]:
