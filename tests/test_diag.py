@@ -378,3 +378,30 @@ def test_request_dumps_that_cannot_be_switched_on_are_recorded_within_the_bound(
         [incident] = session.query(IncidentRow).all()
         assert incident.status == "open" and incident.check_name == "liveness"
     store.close()
+
+
+def test_request_dumps_go_back_when_a_restart_is_verified(tmp_path: Path) -> None:
+    port = free_port()
+    dumps = f"  request_dumps: {{folder: {tmp_path / 'requests'}, log_requests: true}}\n"
+    catalog = load_catalog(write_catalog(tmp_path, port, free_port(), extra=dumps))
+    start_server(tmp_path, port)
+    store = Store.open(catalog.store.url)
+    service = Service(catalog, store)
+    service.start()
+    try:
+        wait_for(lambda: service._latest.get("liveness") == "ok", 10)
+        fault(port, "stall")  # /health waits for a token; /configure_logging still answers
+        switched = wait_for(lambda: len(timeline(store, "request_dumps")) == 2
+                            and timeline(store, "request_dumps"), 30)
+    finally:
+        service.stop()
+        stop_pidfile_server(tmp_path)
+    on, off = switched
+    assert on.endswith("a file every 100 requests, log_requests on"), on
+    # The restart's verification resolved the incident; log_requests goes back to the launch's.
+    assert off == "request dumps off (the incident resolved): POST /configure_logging " \
+                  "dump_requests_folder (none)", off
+    with store.session() as session:
+        [incident] = session.query(IncidentRow).all()
+        assert incident.status == "resolved"
+    store.close()

@@ -93,6 +93,8 @@ class Diagnostics:
 
     def resolved(self, incident_id: int) -> None:
         """An incident resolved: request dumps switched on for it go back (in the background)."""
+        if self.dumps.config is None:
+            return
         threading.Thread(target=self.dumps.resolved, args=(incident_id,),
                          name=f"dumps-{incident_id}", daemon=True).start()
 

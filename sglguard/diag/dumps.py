@@ -53,10 +53,13 @@ class RequestDumps:
         config = self.config
         if config is None or not self.covers(target):
             return
+        held = self._holders.get(target, set()).copy()
+        gone = {number for number in held if not self._open(number)}  # resolved unseen
         with self._lock:
             if self._closed:
                 return
             holders = self._holders.setdefault(target, set())
+            holders -= gone
             already = sorted(holders)
             holders.add(incident_id)
             switch = self._switches.setdefault(target, threading.Lock())
