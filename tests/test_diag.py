@@ -405,3 +405,14 @@ def test_request_dumps_go_back_when_a_restart_is_verified(tmp_path: Path) -> Non
         [incident] = session.query(IncidentRow).all()
         assert incident.status == "resolved"
     store.close()
+
+
+def test_request_dumps_for_an_unknown_target_is_refused_with_where(tmp_path: Path) -> None:
+    from sglguard.config.loader import ConfigError
+
+    path = write_catalog(tmp_path, free_port(), free_port(),
+                         extra="  request_dumps: {folder: /srv/requests, targets: [nope]}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_catalog(path)
+    assert "diagnostics.request_dumps.targets[0]" in str(refused.value)
+    assert "unknown target 'nope' (known: local)" in str(refused.value)
