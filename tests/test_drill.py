@@ -321,3 +321,33 @@ def test_the_burst_and_the_impossible_regex_reach_the_server_as_planned(
     assert sorted(map(json.dumps, params)) == sorted(
         [json.dumps({"max_new_tokens": 4})] * 8
         + [json.dumps({"max_new_tokens": 16, "regex": ImpossibleRegex.REGEX})])
+
+
+def test_a_time_scale_multiplies_the_schedule_and_leaves_thresholds_and_the_server_alone(
+        ) -> None:
+    from sglguard.config.loader import load_catalog
+    from sglguard.drill.run import RECORDING
+    from sglguard.drill.scale import scale_catalog
+
+    with resources.as_file(resources.files("sglguard.config")
+                           .joinpath("catalog.example.yaml")) as path:
+        catalog = load_catalog(path)
+    catalog.check("liveness")  # a lookup made before scaling must not leak into the copy
+    scaled = scale_catalog(catalog, 0.1)
+    live, tpot = scaled.check("liveness"), scaled.check("tpot-p95")
+    assert (live.interval, live.timeout) == (timedelta(seconds=1), timedelta(seconds=2.5))
+    assert live.jitter_seconds == 0.1 and live.failure_threshold == 2
+    assert (tpot.window, tpot.hold) == (timedelta(seconds=30), timedelta(seconds=12))
+    assert tpot.critical == catalog.check("tpot-p95").critical
+    restart = scaled.remediation("restart")
+    assert restart.backoff.initial == timedelta(seconds=1) and restart.budget.max == 3
+    assert restart.budget.within == timedelta(minutes=3)
+    assert scaled.notifications.group_wait == timedelta(seconds=1)
+    assert scaled.targets == catalog.targets  # start-up and stop take what they take
+    # the bound scales with it, but for the moment an incident takes to record
+    real = detection_bound(catalog.check("liveness"))
+    assert detection_bound(live) == (real - RECORDING) * 0.1 + RECORDING
+    assert scale_catalog(catalog, 1) is catalog
+    for wrong in (0, 1.5):
+        with pytest.raises(ValueError, match="at most 1"):
+            scale_catalog(catalog, wrong)
