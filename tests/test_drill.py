@@ -351,3 +351,30 @@ def test_a_time_scale_multiplies_the_schedule_and_leaves_thresholds_and_the_serv
     for wrong in (0, 1.5):
         with pytest.raises(ValueError, match="at most 1"):
             scale_catalog(catalog, wrong)
+
+
+def test_a_plain_process_killed_by_the_drill_is_restarted_by_the_catalog(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN_SERVER)
+    command = [PYTHON, str(script), str(port)]
+    config = tmp_path / "sglguard.yaml"
+    config.write_text(catalog_text(port, command, receiver.port, """\
+checks:
+  - {name: liveness, kind: http, target: local, path: /health, interval: 0.3s, timeout: 0.5s,
+     failure_threshold: 2, remediate: [restart]}
+""", RESTART))
+    child = start(tmp_path, command, port)
+    try:
+        ran = CliRunner().invoke(main, ["drill", "--config", str(config), "--yes", "--json",
+                                        "--fault", "sigkill"])
+        assert ran.exit_code == 0, ran.output
+        [item] = json.loads(ran.stdout)["outcomes"]
+        assert item["check"] == "liveness" and item["verdict"] == "pass", item
+        assert item["remediation"] == "restart succeeded", item
+        assert child.wait(5) == -signal.SIGKILL  # the drill's kill, not a stop
+        restarted = int((tmp_path / "server.pid").read_text())
+        assert restarted != child.pid and pid_alive(restarted) and _healthy(port)
+    finally:
+        kill_pidfile(tmp_path)
