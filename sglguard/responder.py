@@ -230,7 +230,9 @@ class Responder:
                 result = check.execute()
                 if self.stop.is_set():
                     break  # cut short because sglguard stops: no verdict from it
-                self.engine.record(result)
+                decision = self.engine.record(result)
+                if decision.resolved is not None and self.diagnostics is not None:
+                    self.diagnostics.resolved(decision.resolved)  # request dumps go back
                 self.notifications.poke()
                 last = f"{result.status.label}: {result.message}"
                 passed = result.status is Status.OK and result.counts  # not 'no data'

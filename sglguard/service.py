@@ -288,6 +288,7 @@ class Service:
         self.stopping.set()
         if self.scheduler.state == STATE_RUNNING:  # no new run anywhere while the ones in
             self.scheduler.pause()                # flight finish
+        self.diagnostics.release()  # request dumps switched on go back, while clients answer
         if not handing_over:  # a run waiting on a server ends now (a reload lets work finish)
             for client in self.clients.values():
                 client.abort()
@@ -393,6 +394,7 @@ class Service:
                 self.diagnostics.opened(decision.opened, name)  # in the background
             if decision.resolved is not None:
                 self.undrain_soon()
+                self.diagnostics.resolved(decision.resolved)
             if decision.staged:
                 self.notifications.poke()
                 if decision.requested:

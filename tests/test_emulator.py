@@ -399,6 +399,45 @@ def test_set_internal_state_refuses_max_running_requests_with_false(emulator: Em
     assert post(emulator, "/configure_logging", {"log_requests": True}).status_code == 200
 
 
+def test_configure_logging_switches_request_dumps_on_and_off_as_sglang_does(
+        emulator: Emulator, tmp_path: Path) -> None:
+    import pickle
+
+    folder = tmp_path / "dumps"
+    on = post(emulator, "/configure_logging",
+              {"dump_requests_folder": str(folder), "dump_requests_threshold": 2})
+    assert (on.status_code, on.content) == (200, b"")
+    generate(emulator, sampling_params={"max_new_tokens": 3})
+    assert not folder.exists()  # a file is written once the threshold is reached
+    generate(emulator, text="The second one.", sampling_params={"max_new_tokens": 3})
+    [dump] = wait_for_files(folder)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.pkl", dump.name)
+    with dump.open("rb") as kept:
+        data = pickle.load(kept)
+    assert set(data) == {"server_args", "requests"} and len(data["requests"]) == 2
+    request, output, created, finished = data["requests"][1]
+    assert request["text"] == "The second one." and output["meta_info"]["completion_tokens"] == 3
+    assert created <= finished
+    off = post(emulator, "/configure_logging", {"dump_requests_folder": ""})
+    assert off.status_code == 200
+    for _ in range(3):
+        generate(emulator, sampling_params={"max_new_tokens": 1})
+    assert list(folder.iterdir()) == [dump]
+    wrong = post(emulator, "/configure_logging", {"dump_requests_threshold": "many"})
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"][0]["loc"] == ["body", "dump_requests_threshold"]
+
+
+def wait_for_files(folder: Path) -> list[Path]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob("*.pkl")) if folder.exists() else []
+        if found:
+            return found
+        time.sleep(0.02)
+    return []
+
+
 def test_abort_all_clears_the_queue_and_counts_the_call_once(emulator: Emulator) -> None:
     assert "num_aborted_requests_total" not in get(emulator, "/metrics").text  # first use
     set_fault(emulator, "queue:4")

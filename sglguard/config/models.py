@@ -220,6 +220,25 @@ class HttpConfig(ConfigModel):
         return self
 
 
+class RequestDumpsConfig(ConfigModel):
+    """While an incident of a target is open, SGLang keeps the requests it answers: request
+    dumps are switched on through `/configure_logging` when the incident opens and back when
+    the last open incident of the target resolves."""
+
+    folder: str = Field(min_length=1, description="where the server writes the dumps (a path on "
+                                                  "the server's host: dump_requests_folder)")
+    threshold: int = Field(default=100, ge=1, le=100_000,
+                           description="requests per dump file (dump_requests_threshold): the "
+                                       "server writes a file each time it holds this many")
+    log_requests: bool = Field(default=False,
+                               description="also log each request in the server's log")
+    targets: tuple[Name, ...] = Field(
+        default=(), description="only these targets (default: every target)")
+
+    def covers(self, target: str) -> bool:
+        return not self.targets or target in self.targets
+
+
 class DiagnosticsConfig(ConfigModel):
     """The evidence captured when an incident opens and before a destructive remediation."""
 
@@ -234,6 +253,9 @@ class DiagnosticsConfig(ConfigModel):
                                        description="a crash dump this small is copied whole")
     stacks: Literal["hang", "always", "never"] = Field(
         default="hang", description="Python stacks of the server's processes (py-spy)")
+    request_dumps: RequestDumpsConfig | None = Field(
+        default=None, description="switch the server's request dumps on while an incident is "
+                                  "open (SGLang's /configure_logging); off unless given")
 
 
 class Catalog(ConfigModel):

@@ -65,6 +65,7 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     }
     checks = _names(data, "checks")
     problems += _gateway_problems(data)
+    problems += _dump_target_problems(data, targets)
     problems += _dependency_problems(data, checks)
     problems += _window_problems(data, targets, checks)
     for index, check in _items(data, "checks"):
@@ -92,6 +93,17 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
             elif isinstance(kind, str) and isinstance(target, str):
                 problems += _flag_problems(loc, name, kind, control_kinds.get(target), target)
     return problems
+
+
+def _dump_target_problems(data: dict[str, Any],
+                          targets: dict[str, int]) -> list[tuple[Loc, str]]:
+    diagnostics = data.get("diagnostics")
+    dumps = diagnostics.get("request_dumps") if isinstance(diagnostics, dict) else None
+    named = dumps.get("targets") if isinstance(dumps, dict) else None
+    return [(("diagnostics", "request_dumps", "targets", index),
+             f"unknown target '{name}' (known: {_known('targets', targets)})")
+            for index, name in enumerate(named if isinstance(named, list) else [])
+            if isinstance(name, str) and name not in targets]
 
 
 def _flag_problems(loc: Loc, name: str, kind: str, control: Any,

@@ -98,5 +98,6 @@ def set_internal_state(ctx: EmulatorContext, req: Request) -> Reply:
 
 
 def configure_logging(ctx: EmulatorContext, req: Request) -> Reply:
-    req.json()
+    """SGLang's ConfigureLoggingReq: every field optional; an empty 200 either way."""
+    ctx.request_log.configure(req.json_object())
     return empty_reply(200)

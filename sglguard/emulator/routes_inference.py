@@ -19,7 +19,7 @@ MAX_STREAM_EVENTS = 32
 
 
 def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
-    started = time.monotonic()
+    started, created = time.monotonic(), time.time()
     body = req.json_object()
     params = body.get("sampling_params") or {}
     if not isinstance(params, dict):
@@ -38,12 +38,16 @@ def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
         return _grammar_failure(rid, str(exc), stream, started)
     if isinstance(prompts, list):
         jobs = [Job(new_rid(), p, max_new_tokens, constraint, False, started) for p in prompts]
-        return json_reply(200, [_answer(run_job(ctx, job)) for job in jobs])
+        answers = [_answer(run_job(ctx, job)) for job in jobs]
+        for answer in answers:
+            ctx.request_log.finished(body, answer, created)
+        return json_reply(200, answers)
     job = Job(rid, prompts, max_new_tokens, constraint, stream, started,
               priority=_priority(body), client_gone=req.disconnected)
     if stream and ctx.options.decode_speed > 0:
         return StreamReply(200, live_stream(ctx, job, _generate_events))
     outcome = run_job(ctx, job)
+    ctx.request_log.finished(body, _answer(outcome), created)
     if stream:
         return StreamReply(200, _stream_events(ctx, outcome))
     if outcome.disconnected:
@@ -260,7 +264,10 @@ def _openai_body(req: Request) -> dict[str, Any]:
 
 def _run_openai(ctx: EmulatorContext, body: Mapping[str, Any], prompt: str,
                 stream: bool = False, req: Request | None = None) -> Outcome:
-    return run_job(ctx, _openai_job(body, prompt, stream, req))
+    created = time.time()
+    outcome = run_job(ctx, _openai_job(body, prompt, stream, req))
+    ctx.request_log.finished(dict(body), _answer(outcome), created)
+    return outcome
 
 
 def _openai_job(body: Mapping[str, Any], prompt: str, stream: bool,
