@@ -223,7 +223,7 @@ def test_the_bound_is_the_runs_a_check_takes_to_judge() -> None:
 # What catches each emulator fault in the example catalog (the first incident of the target).
 EXAMPLE_CATCHES = {
     "crash": {"liveness"},
-    "hang": {"liveness", "hang"},
+    "hang": {"liveness", "hang", "queue"},  # the requests sent meanwhile pile up too
     "stall": {"liveness", "hang"},
     "slow_ttft": {"generation", "ttft-p95"},
     "5xx": {"generation", "error-ratio"},
