@@ -18,6 +18,20 @@ from sglguard.redact import for_terminal
 logger = logging.getLogger(__name__)
 
 
+def few_malloc_arenas(arenas: int = 2) -> None:
+    """Let the service's threads share a few malloc arenas. glibc gives each thread that
+    allocates an arena of its own (up to eight per core), and memory freed in one stays
+    resident for that thread alone: about 6 MiB at a thousand checks. MALLOC_ARENA_MAX, when
+    set, is left to rule."""
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # a libc without it: no change
+        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
+
+
 @main.command()
 @config_option
 @click.option("--dry-run", is_flag=True, help="plan remediations, record them, change nothing")
@@ -26,6 +40,7 @@ def run(config_path: str | None, dry_run: bool) -> None:
     from sglguard.cli.web import restart_web, start_web
     from sglguard.service import Service
 
+    few_malloc_arenas()
     path, catalog = load(config_path, service=True)
     service = Service(catalog, open_store(catalog, migrate_apart=True, service=path),
                       dry_run=dry_run)
