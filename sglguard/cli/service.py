@@ -18,8 +18,8 @@ from sglguard.redact import for_terminal
 logger = logging.getLogger(__name__)
 
 
-# From this many checks on, the service's threads share a few malloc arenas (below it, loading
-# ctypes costs more than the arenas would keep: about 0.8 MiB).
+# From this many checks on, the service's threads share a few malloc arenas (below it, the
+# arenas keep little, and loading ctypes costs about 0.3 MiB).
 MANY_CHECKS = 100
 
 
