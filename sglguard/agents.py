@@ -6,12 +6,13 @@ the claim is taken over at once instead of waiting for it to run out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import socket
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
 import psutil
@@ -19,7 +20,7 @@ from sqlalchemy import select
 
 from sglguard.clock import utcnow
 from sglguard.store import Store
-from sglguard.store.models import AgentRow
+from sglguard.store.models import AgentRow, local_agent
 
 logger = logging.getLogger(__name__)
 HEARTBEAT = timedelta(seconds=10)
@@ -28,14 +29,14 @@ DEAD_AFTER = timedelta(seconds=45)  # a few missed heartbeats
 
 def holder_name() -> str:
     """This process, as a claim names it: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{local_agent()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _gone_here(holder: str) -> bool:
     """The holder ran on this host and its process is gone (or is another process now)."""
     host, _, rest = holder.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != local_agent() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
@@ -57,6 +58,11 @@ class Agents:
         self.role = role
         self.name = name or holder_name()
         self.clock = clock
+
+    @property
+    def host(self) -> str:
+        """The host this agent runs on: what the rows it writes name as their agent."""
+        return self.name.partition(":")[0]
 
     def register(self, targets: Iterable[str] = ()) -> None:
         now = self.clock()
@@ -81,6 +87,24 @@ class Agents:
                     row.heartbeat_at = self.clock()
         except Exception as exc:  # a store outage is reported elsewhere: no trace per beat
             logger.warning("heartbeat not written: %s", exc)
+
+    @contextlib.contextmanager
+    def beating(self) -> Iterator[None]:
+        """Beat every HEARTBEAT while the block runs (a command that runs long, such as a
+        restart by hand, is not taken for dead by the service)."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(HEARTBEAT.total_seconds()):
+                self.beat()
+
+        beater = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beater.join(5)
 
     def leave(self) -> None:
         try:

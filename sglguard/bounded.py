@@ -3,7 +3,8 @@
 A socket timeout bounds each read, not the answer: a server sending one byte a second never
 trips it. Each fetch therefore holds a `Guard` with a wall-clock deadline; one watchdog thread
 shuts the guard's sockets down when the deadline passes, which ends any blocked read at once
-(connect, headers or body). Bodies are read in chunks and decompressed here, with the cap
+(connect, headers or body). Host names are looked up within the same deadline
+(`sglguard/resolver.py`). Bodies are read in chunks and decompressed here, with the cap
 counted after decompression, so neither an endless stream nor a compression bomb grows memory
 past the cap.
 """
@@ -28,6 +29,10 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.util.connection import allowed_gai_family, create_connection
+
+from sglguard.resolver import RESOLVER, ResolveTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,7 @@ class Guard:
         self.expired: str | None = None  # why the guard ended early: "timeout" or "aborted"
         self.owner: object = None  # the client whose fetch this is
         self._socks: list[socket.socket] = []
+        self._events: list[threading.Event] = []  # waits to end at expiry (a name lookup)
         self._lock = threading.Lock()
 
     def remaining(self) -> float:
@@ -104,14 +110,24 @@ class Guard:
         if expired:
             _shut(sock)
 
+    def wake(self, event: threading.Event) -> None:
+        """Set `event` when the guard expires (at once if it has)."""
+        with self._lock:
+            self._events.append(event)
+            expired = self.expired
+        if expired:
+            event.set()
+
     def expire(self, why: str) -> None:
         with self._lock:
             if self.expired is not None:
                 return
             self.expired = why
-            socks = list(self._socks)
+            socks, events = list(self._socks), list(self._events)
         for sock in socks:
             _shut(sock)
+        for event in events:
+            event.set()
 
     def check(self) -> None:
         """Raise Overrun if the deadline has passed (between reads of a stream)."""
@@ -197,13 +213,52 @@ def _attach_current(sock: socket.socket | None) -> None:
         guard.attach(sock)
 
 
+def _open(conn: HTTPConnection) -> socket.socket:
+    """A connection's socket, with the name lookup and the connect inside the current guard's
+    time (urllib3 would call getaddrinfo itself, which no deadline interrupts)."""
+    guard = _GUARD.get()
+    limit = guard.remaining() if guard is not None else (
+        conn.timeout if isinstance(conn.timeout, int | float) else None)
+    host = conn._dns_host  # the name to look up: the server's, or its proxy's
+    try:
+        found = RESOLVER.lookup(host.strip("[]"), conn.port, allowed_gai_family(),
+                                socket.SOCK_STREAM, limit, guard.wake if guard else None)
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    except ResolveTimeout as exc:
+        waited = f"{guard.allowed:g} s" if guard is not None else f"{limit or 0:g} s"
+        raise ResolveTimeoutError(conn, f"resolving the host name {exc.host!r} did not finish "
+                                        f"within {waited} (the lookup counts within the "
+                                        "timeout)") from exc
+    error: OSError = OSError(f"no address for {host!r}")
+    for *_, address in found:
+        left = guard.remaining() if guard is not None else conn.timeout
+        try:
+            # urllib3's own connect (socket options, source address), to a numeric address:
+            # it looks nothing up again.
+            sock = create_connection((str(address[0]), int(address[1])), left,
+                                     source_address=conn.source_address,
+                                     socket_options=conn.socket_options)
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(conn, f"Connection to {conn.host} timed out. "
+                                            f"(connect timeout={left})") from exc
+        except OSError as exc:
+            error = exc
+            continue
+        _attach_current(sock)  # before any TLS handshake, which a slow server may also drip
+        return sock
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {error}")
+
+
+class ResolveTimeoutError(ConnectTimeoutError):
+    """urllib3's face of a ResolveTimeout: its message says the name lookup was late."""
+
+
 class GuardedHTTPConnection(HTTPConnection):
     """Tells the fetch in progress which socket carries its request (new or reused)."""
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _attach_current(sock)  # before any TLS handshake, which a slow server may also drip
-        return sock
+        return _open(self)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self.sock)
@@ -214,9 +269,7 @@ class GuardedHTTPSConnection(HTTPSConnection):
     """As GuardedHTTPConnection, over TLS."""
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        _attach_current(sock)
-        return sock
+        return _open(self)
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _attach_current(self.sock)

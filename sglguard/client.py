@@ -18,6 +18,7 @@ import urllib3
 from urllib3.exceptions import (
     ConnectTimeoutError,
     MaxRetryError,
+    NameResolutionError,
     NewConnectionError,
     ReadTimeoutError,
 )
@@ -27,6 +28,7 @@ from sglguard.bounded import (
     Guard,
     GuardedAdapter,
     Overrun,
+    ResolveTimeoutError,
     guarded,
     iter_capped,
     lines,
@@ -104,9 +106,10 @@ def _bounded(method: str, path: str, limit: float, where: str,
                 yield guard
             except Overrun as exc:
                 raise _overrun(exc, guard, method, path) from None
-            except Exception:
-                if guard.expired is None:
-                    raise
+            except Exception as exc:
+                if guard.expired is None or (guard.expired == "timeout"
+                                             and _in_chain(exc, ResolveTimeoutError)):
+                    raise  # a late name lookup says so (below)
                 raise _overrun(Overrun("timeout", ""), guard, method, path) from None
     finally:
         _CURRENT.reset(token)
@@ -195,6 +198,11 @@ def _transport_error(exc: BaseException, method: str, path: str, limit: float,
                      where: str) -> TargetError:
     """What urllib3 raised (directly for a probe, wrapped by requests otherwise)."""
     cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
+    if isinstance(cause, ResolveTimeoutError):
+        return TargetTimeout(f"{method} {path}: {cause.args[-1]}")
+    if isinstance(cause, NameResolutionError):
+        return TargetError(f"{method} {path}: could not resolve the host name of {where}: "
+                           f"{_short(cause.__cause__ or cause)}")
     if _is_refused(cause):
         return ConnectionRefused(f"{method} {path}: connection refused at {where} "
                                  "(nothing is listening: the server process is gone)")
@@ -258,11 +266,15 @@ class SGLangClient:
         admin_api_key: str | None = None,
         timeout: float = 10.0,
         connections: int = 10,
+        gateway: bool = False,
     ) -> None:
         """`connections`: how many connections the pool keeps open for reuse; size it to the
-        requests that can be in flight together, or the ones beyond it are closed after use."""
+        requests that can be in flight together, or the ones beyond it are closed after use.
+        `gateway`: the URL is an SGLang gateway (smg), known as one from the catalog; an
+        undeclared one is recognised by its answers."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.gateway = gateway
         self._api_key = api_key
         self._admin_api_key = admin_api_key
         self._session = requests.Session()
@@ -371,7 +383,7 @@ class SGLangClient:
         """The Prometheus text of `/metrics`."""
         response = self.probe("GET", "/metrics", timeout=timeout)
         if response.status == 404:
-            if _GATEWAY_404 in response.body:
+            if self.gateway or _GATEWAY_404 in response.body:
                 raise TargetError(f"GET /metrics: 404: {self.base_url} is an SGLang gateway "
                                   "(smg), whose metrics are on its --prometheus-port "
                                   "(default 29000)")
@@ -445,6 +457,9 @@ class SGLangClient:
 
     def server_info(self, timeout: float | None = None) -> dict[str, Any]:
         """`/server_info`, falling back to `/get_server_info` on older releases; keys redacted."""
+        if self.gateway:
+            raise TargetError(f"{self.base_url} is an SGLang gateway (smg), which has no "
+                              "server info of its own: check its workers")
         response = self.request("GET", "/server_info", timeout=timeout)
         if response.status_code == 404 and GATEWAY_HEADER in response.headers:
             # The gateway would hand /get_server_info to one of its workers: not its own.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -21,11 +22,11 @@ from sglguard.domain import CheckResult, Status
 from sglguard.notify import Message, Notifications, messages
 from sglguard.store import Store, queries
 from sglguard.store import outbox as owed
-from sglguard.store.models import CheckStateRow, IncidentRow
+from sglguard.store.models import CheckStateRow, IncidentRow, local_agent
 from sglguard.store.writer import ResultWriter
 
 logger = logging.getLogger(__name__)
-HARD_DOWN_KINDS = frozenset({"http", "process", "generate"})  # probes of the server's life
+HARD_DOWN_KINDS = flapping.HARD_DOWN_KINDS  # probes of the server's life
 
 
 @dataclass
@@ -100,8 +101,12 @@ class IncidentEngine:
     def __init__(self, catalog: Catalog, store: Store,
                  clock: Callable[[], datetime] = utcnow, *,
                  writer: ResultWriter | None = None,
-                 notifications: Notifications | None = None, dry_run: bool = False) -> None:
+                 notifications: Notifications | None = None, dry_run: bool = False,
+                 agent: str | None = None) -> None:
         self.catalog = catalog
+        self.agent = agent or local_agent()  # named on every row it writes
+        # Told of each result written at once: ("result", seconds, written).
+        self.on_write: Callable[[str, float, bool], None] = lambda _what, _took, _ok: None
         self.store = store
         self.clock = clock
         self.writer = writer
@@ -111,15 +116,17 @@ class IncidentEngine:
         self._views: dict[str, StateView] = {}
         self._views_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._graces: dict[str, datetime | None] = {}  # begun by this process, per target
         if writer is not None:
             writer.on_stale = self.forget
 
-    def record(self, result: CheckResult) -> Decision:
+    def record(self, result: CheckResult, *, at: datetime | None = None) -> Decision:
         """Store the result and move the check's state; one transaction, retried if locked.
         Results of one check are recorded one at a time (a scheduled run and a verification
-        may finish together)."""
+        may finish together). `at`: when it happened, for a result written late (held while
+        the store was down); now by default."""
         with self._check_lock(result.check):
-            return self._record_one(result)
+            return self._record_one(result, at)
 
     def prime(self) -> None:
         """Read every check's stored state in one query, so that the first round's quiet
@@ -142,17 +149,27 @@ class IncidentEngine:
         with self._views_lock:
             return self._locks.setdefault(check, threading.Lock())
 
-    def _record_one(self, result: CheckResult) -> Decision:
+    def _record_one(self, result: CheckResult, at: datetime | None) -> Decision:
         if self.writer is not None:
-            quiet = self._record_quietly(result, self.writer)
+            quiet = self._record_quietly(result, self.writer, at or self.clock())
             if quiet is not None:
                 return quiet
             self.writer.flush()
+        began = time.perf_counter()
+        try:
+            decision = self._record_at_once(result, at)
+        except Exception:
+            self.on_write("result", time.perf_counter() - began, False)
+            raise
+        self.on_write("result", time.perf_counter() - began, True)
+        return decision
+
+    def _record_at_once(self, result: CheckResult, at: datetime | None) -> Decision:
         for clash in range(3):
             try:
                 for retry in self.store.retrying():
                     with retry:
-                        return self._record(result)
+                        return self._record(result, at or self.clock())
             except IntegrityError:
                 # Another process opened the check's incident first (the store keeps one
                 # open per check): read its state again and go on from there.
@@ -169,20 +186,21 @@ class IncidentEngine:
         with self._views_lock:
             self._views.pop(check, None)
 
-    def _record_quietly(self, result: CheckResult, writer: ResultWriter) -> Decision | None:
+    def _record_quietly(self, result: CheckResult, writer: ResultWriter,
+                        now: datetime) -> Decision | None:
         """Queue a result that changes nothing but counters; None when it must be written now."""
         with self._views_lock:
             view = self._views.get(result.check)
         if result.skipped:  # a dependency is down: recorded, never counted
             if view is None or not view.stored or self._window_open(view):
                 return None  # its window restarts (or its state is new): written now
-            if writer.add(queries.result_values(result, evaluated=False)):
+            if writer.add(queries.result_values(result, evaluated=False, agent=self.agent)):
                 writer.flush()
             return Decision(evaluated=False)
         if view is None or not view.quiet or result.status is not Status.OK:
             return None
         trial, decision = replace(view), Decision(evaluated=result.counts)
-        self._count(trial, result, decision.evaluated, self.clock())
+        self._count(trial, result, decision.evaluated, now)
         if decision.evaluated:
             self._flap(self.catalog.check(result.check), trial, decision)
         if decision.flapping is not None:
@@ -191,28 +209,28 @@ class IncidentEngine:
         trial.stored = True  # from here on the writer holds its row (or the store has it)
         with self._views_lock:
             self._views[result.check] = trial
-        if writer.add(queries.result_values(result, evaluated=decision.evaluated),
+        if writer.add(queries.result_values(result, evaluated=decision.evaluated,
+                                            agent=self.agent),
                       (result.check, trial.counters()), create=create):
             writer.flush()  # here, in the run's thread: no wake-up of its own
         return decision
 
-    def _record(self, result: CheckResult) -> Decision:
+    def _record(self, result: CheckResult, now: datetime) -> Decision:
         with self.store.session() as session:
-            decision, state = self._apply(session, result)
+            decision, state = self._apply(session, result, now)
             view = None if state is None else StateView.of(state)
         if view is not None:  # committed: the engine's copy may be trusted
             with self._views_lock:
                 self._views[result.check] = view
         return decision
 
-    def _apply(self, session: Session, result: CheckResult,
+    def _apply(self, session: Session, result: CheckResult, now: datetime,
                ) -> tuple[Decision, CheckStateRow | None]:
         check = self.catalog.check(result.check)
-        now = self.clock()
         decision = Decision()
         state = queries.check_state(session, check.name, check.target)
         if result.skipped:  # a dependency is down: recorded, never counted
-            queries.add_result(session, result, evaluated=False)
+            queries.add_result(session, result, evaluated=False, agent=self.agent)
             self._restart_window(state)
             decision.evaluated = False
             return decision, state
@@ -223,7 +241,8 @@ class IncidentEngine:
                     keep_grace=self._before_grace(check, state, result))
         if decision.evaluated:
             self._flap(check, state, decision)
-        queries.add_result(session, result, evaluated=decision.evaluated)
+        queries.add_result(session, result, evaluated=decision.evaluated,
+                          agent=self.agent)
         if state.incident_id is None:
             if failing and decision.evaluated and self._held(check, state, now):
                 incident = self._open(session, state, result, now)
@@ -387,13 +406,13 @@ class IncidentEngine:
             if state.failing_since is None:
                 state.failing_since = now
 
-    @staticmethod
-    def _open(session: Session, state: CheckStateRow, result: CheckResult,
+    def _open(self, session: Session, state: CheckStateRow, result: CheckResult,
               now: datetime) -> IncidentRow:
         incident = IncidentRow(
             check_name=result.check, target=result.target, status="open",
             severity=result.status.label, opened_at=now, first_value=result.value,
             last_value=result.value, first_message=result.message, last_message=result.message,
+            agent=self.agent,
         )
         session.add(incident)
         session.flush()
@@ -441,7 +460,13 @@ class IncidentEngine:
     def end_grace(self, target: str) -> None:
         self._set_grace(target, None)
 
+    def in_grace(self, target: str, now: datetime) -> bool:
+        """The target is in a start-up grace this process began (read without the store)."""
+        until = self._graces.get(target)
+        return until is not None and now < until
+
     def _set_grace(self, target: str, until: datetime | None) -> None:
+        self._graces[target] = until
         if self.writer is not None:
             self.writer.flush()  # queued counters first: their update needs a state with no grace
         with self.store.session() as session:

@@ -6,6 +6,9 @@ runs skipped while a dependency was down: an `X of Y` window starts again after 
 from __future__ import annotations
 
 HISTORY = 21  # states kept: 20 transitions
+# Kinds that probe the server's life: at CRITICAL the server is down, not noisy, and flapping
+# never hides it (it pages and is repaired).
+HARD_DOWN_KINDS = frozenset({"http", "process", "generate"})
 LETTERS = {"ok": "o", "warning": "w", "critical": "c", "unknown": "u"}
 GAP = "-"
 

@@ -4,6 +4,9 @@ one remediation per target at a time (a lease), backoff and cooldown between run
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -55,6 +58,42 @@ class Leases:
                 .execution_options(synchronize_session=False)
             )
             return bool(claimed.rowcount == 1)  # type: ignore[attr-defined]
+
+    def renew(self, target: str, now: datetime, ttl: timedelta) -> bool:
+        """Move the lease's end to `now + ttl`, if this holder still has it."""
+        with self.store.session() as session:
+            renewed = session.execute(
+                update(TargetLeaseRow)
+                .where(TargetLeaseRow.target == target, TargetLeaseRow.holder == self.holder)
+                .values(expires_at=now + ttl)
+                .execution_options(synchronize_session=False)
+            )
+            return bool(renewed.rowcount == 1)  # type: ignore[attr-defined]
+
+    @contextmanager
+    def kept(self, target: str, ttl: timedelta, clock: Callable[[], datetime],
+             every: float | None = None) -> Iterator[None]:
+        """Renew a claimed lease every third of `ttl` while the block runs: a holder at work
+        outlasts its first `ttl`; one that dies stops renewing (and is seen dead at once)."""
+        done = threading.Event()
+        period = every if every is not None else max(1.0, ttl.total_seconds() / 3)
+
+        def keep() -> None:
+            while not done.wait(period):
+                try:
+                    if not self.renew(target, clock(), ttl):
+                        logger.warning("lease of %s: no longer held by %s", target, self.holder)
+                        return
+                except Exception as exc:  # the store is away: try again at the next period
+                    logger.warning("lease of %s not renewed: %s", target, exc)
+
+        keeper = threading.Thread(target=keep, name=f"lease-{target}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join(5)
 
     def release(self, target: str) -> None:
         with self.store.session() as session:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sglguard.agents import Agents, may_take
+from sglguard.backlog import failed
 from sglguard.config.models import Catalog
 from sglguard.rails import clear_escalations
 from sglguard.remediations.runner import RunOutcome
@@ -91,8 +92,8 @@ class Requests:
         while not self.stopping.is_set():
             try:
                 self.dispatch()
-            except Exception:
-                logger.exception("remediation request dispatcher error")
+            except Exception as exc:
+                failed(logger, "remediation request dispatcher error", exc)
             self._wake.wait(self._sleep)
             self._wake.clear()
 
@@ -165,7 +166,9 @@ class Requests:
                   target: str) -> tuple[str, str]:
         with self.store.session() as session:
             incident = session.get(IncidentRow, row.incident_id)
-        if incident is None or incident.status != "open":
+        progress = json.loads(row.detail or "{}") if (row.detail or "").startswith("{") else {}
+        verifying = progress.get("phase") == "verifying"  # the action ran, not its verification
+        if incident is None or (incident.status != "open" and not verifying):
             return "cancelled", "the incident is no longer open"
         if incident.escalated_at is not None:
             return "cancelled", "the incident is escalated: a person acts now"
@@ -173,8 +176,7 @@ class Requests:
         if name not in {check.name for check in self.catalog.checks}:
             return "cancelled", "the check is no longer in the catalog"
         check = self.catalog.check(name)
-        progress = json.loads(row.detail or "{}") if (row.detail or "").startswith("{") else {}
-        if progress.get("phase") == "verifying":  # the action ran; its verification was cut
+        if verifying:  # (a resolved incident verifies it at once)
             self.let_go(target)
             said = self.responder.resume(check, incident.id, int(progress["run_id"]))
         else:
@@ -214,7 +216,8 @@ class Requests:
             control = self.catalog.target(target).control
             if control is not None:
                 self.responder.engine.begin_grace(target, self.clock() + control.startup_timeout)
-            outcome = self.responder.runner.run(name, target, trigger="manual")
+            with leases.kept(target, MANUAL_LEASE, self.clock):
+                outcome = self.responder.runner.run(name, target, trigger="manual")
         finally:
             leases.release(target)
         cleared = clear_escalations(self.store, target, self.clock(), f"{by} ran {name}")

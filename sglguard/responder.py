@@ -54,13 +54,24 @@ class Responder:
             return "deferred"
         ttl = self._lease_time(config)
         if not self.dry_run and not self.leases.claim(target.name, self.clock(), ttl):
-            holder = self.leases.holder_of(target.name)
+            holder = self.leases.holder_of(target.name) or ""
+            if ":undrain:" in holder:
+                # a worker going back into its gateway holds the lease for a moment only:
+                # this incident's chain runs once it is done
+                self.deferred_until[incident_id] = self.clock() + timedelta(seconds=5)
+                self._note_once(incident_id, "remediation_deferred",
+                                f"{target.name} is being re-added to its gateway")
+                return "deferred"
             self._note_once(incident_id, "remediation_deferred",
                             f"another sglguard ({holder}) is remediating {target.name}")
             return "deferred: target leased"
         last: RunOutcome | None = None
         try:
-            last = self._run_chain(config, incident_id)
+            if self.dry_run:
+                last = self._run_chain(config, incident_id)
+            else:
+                with self.leases.kept(target.name, ttl, self.clock):
+                    last = self._run_chain(config, incident_id)
         finally:
             if not self.dry_run:
                 self.leases.release(target.name)
@@ -219,7 +230,9 @@ class Responder:
                 result = check.execute()
                 if self.stop.is_set():
                     break  # cut short because sglguard stops: no verdict from it
-                self.engine.record(result)
+                decision = self.engine.record(result)
+                if decision.resolved is not None and self.diagnostics is not None:
+                    self.diagnostics.resolved(decision.resolved)  # request dumps go back
                 self.notifications.poke()
                 last = f"{result.status.label}: {result.message}"
                 passed = result.status is Status.OK and result.counts  # not 'no data'
@@ -229,7 +242,8 @@ class Responder:
                 if passed:
                     self._verified(incident_id, outcome, True, f"{name} passed")
                     for said in return_workers(self.store, self.catalog, config.target,
-                                               by=f"verified: {name} passed", clock=self.clock):
+                                               by=f"verified: {name} passed",
+                                               agents=self.leases.agents, clock=self.clock):
                         self.engine.note(incident_id, "undrained", said)
                     return True
                 if time.monotonic() >= deadline:

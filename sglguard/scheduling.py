@@ -11,7 +11,8 @@ connection pool.
 Runs keep the configured interval: jitter moves each run within its interval, it never adds
 to it. A run that is still in progress, or still queued, when its next one falls due makes
 that next one a missed run; so do the runs a lagging timer skips. Lateness (start minus due)
-and missed runs are counted for the service to report.
+and missed runs are counted for the service to report; the timer's last tick (at least every
+TICK_S) tells whether it still runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ HELD_S = 0.1
 LATE_KEPT = 200_000
 # A worker beyond the cores that found nothing to do for this long ends.
 IDLE_S = 30.0
+# The timer wakes at least this often, even with no run due, so its last tick says it lives.
+TICK_S = 5.0
+# Runs (and missed runs) remembered for `recent()`, at most.
+RECENT_KEPT = 50_000
 
 
 def worker_cap(cores: int | None = None) -> int:
@@ -110,6 +115,12 @@ def advance(grid: float, interval: float, now: float) -> tuple[float, int]:
     return grid + skipped * interval, skipped
 
 
+def _lag(span_s: float, late: list[float], missed: int) -> Lag:
+    """A Lag from sorted lateness figures (seconds)."""
+    return Lag(span_s, len(late), missed, 1000 * _quantile(late, 0.5),
+               1000 * _quantile(late, 0.99), 1000 * (late[-1] if late else 0.0))
+
+
 def _quantile(ordered: list[float], q: float) -> float:
     if not ordered:
         return 0.0
@@ -121,8 +132,10 @@ class CheckScheduler:
 
     def __init__(self, *, limits: Mapping[str, int], cap: int | None = None,
                  cores: int | None = None, monotonic: Callable[[], float] = time.monotonic,
-                 jitter: Callable[[], float] = random.random) -> None:
+                 jitter: Callable[[], float] = random.random,
+                 observe: Callable[[float], None] | None = None) -> None:
         self.limits = dict(limits)
+        self.observe = observe  # told each run's lateness in seconds (holding the lock)
         self.cores = max(1, cores or os.cpu_count() or 1)
         self.cap = max(self.cores, min(cap or worker_cap(self.cores),
                                        sum(self.limits.values()) or 1))
@@ -149,6 +162,10 @@ class CheckScheduler:
         self._since = monotonic()
         self.runs_total = 0
         self.missed_total = 0
+        # (when, lateness) of recent runs, and (when, count) of recent missed runs.
+        self._recent: deque[tuple[float, float]] = deque(maxlen=RECENT_KEPT)
+        self._recent_missed: deque[tuple[float, int]] = deque(maxlen=RECENT_KEPT)
+        self.ticked_at: float | None = None  # monotonic time of the timer's last tick
 
     def add(self, name: str, func: Callable[[str], object], *, interval: float, jitter: float,
             group: str, first_in: float = 0.0) -> Job:
@@ -204,15 +221,31 @@ class CheckScheduler:
             late, missed, since = self._late, self._missed, self._since
             self._late, self._missed, self._since = [], 0, self.monotonic()
         late.sort()
-        return Lag(self.monotonic() - since, len(late), missed, 1000 * _quantile(late, 0.5),
-                   1000 * _quantile(late, 0.99), 1000 * (late[-1] if late else 0.0))
+        return _lag(self.monotonic() - since, late, missed)
+
+    def recent(self, span_s: float) -> Lag:
+        """How the schedule was kept over the last `span_s` (up to RECENT_KEPT runs), without
+        resetting anything and without the lock."""
+        # Copies without the lock (a deque's copy is one step under the interpreter lock): a
+        # timer stuck holding the lock does not stall whoever asks.
+        recent, recent_missed = self._recent.copy(), self._recent_missed.copy()
+        since = self.monotonic() - span_s
+        late = sorted(value for at, value in recent if at >= since)
+        missed = sum(count for at, count in recent_missed if at >= since)
+        return _lag(span_s, late, missed)
+
+    def tick_age(self) -> float | None:
+        """Seconds since the timer last ticked; None before its first tick. Read without the
+        lock, so a timer stuck holding it is still seen."""
+        ticked = self.ticked_at
+        return None if ticked is None else max(0.0, self.monotonic() - ticked)
 
     # The timer thread.
 
     def _run_timer(self) -> None:
         with self._lock:
             while not self._stopping:
-                now = self.monotonic()
+                now = self.ticked_at = self.monotonic()
                 while self._heap and self._heap[0][0] <= now:
                     self._fire(heapq.heappop(self._heap)[2], now)
                 if self._ready:
@@ -220,13 +253,14 @@ class CheckScheduler:
                 wait = self._heap[0][0] - now if self._heap else None
                 if self._ready and not self._idle:  # all workers busy: look again soon
                     wait = STUCK_S if wait is None else min(wait, STUCK_S)
-                self._timer.wait(wait)
+                self._timer.wait(TICK_S if wait is None else min(wait, TICK_S))
 
     def _fire(self, job: Job, now: float) -> None:
         """A job's run fell due: queue it (or count it missed), and schedule the next."""
         if job.busy:  # the previous run is still queued or running
             self._missed += 1
             self.missed_total += 1
+            self._recent_missed.append((now, 1))
         else:
             job.busy = True
             if self._flight[job.group] < self.limits[job.group]:
@@ -239,6 +273,8 @@ class CheckScheduler:
         job.grid, skipped = advance(job.grid, job.trigger.interval.total_seconds(), now)
         self._missed += skipped
         self.missed_total += skipped
+        if skipped:
+            self._recent_missed.append((now, skipped))
         self._push(job)
 
     def _push(self, job: Job) -> None:
@@ -297,8 +333,12 @@ class CheckScheduler:
     def _done(self, job: Job, late: float) -> None:
         """After a run (holding the lock): count it, let the next run of its target go."""
         job.busy = False
+        late = max(0.0, late)
         if len(self._late) < LATE_KEPT:
-            self._late.append(max(0.0, late))
+            self._late.append(late)
+        self._recent.append((self.monotonic(), late))
+        if self.observe is not None:
+            self.observe(late)
         self.runs_total += 1
         waiting = self._waiting[job.group]
         if waiting and not self._stopping:

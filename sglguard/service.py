@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from sglguard import silences
 from sglguard.agents import HEARTBEAT, Agents
-from sglguard.backlog import Backlog, store_down
+from sglguard.backlog import Backlog, failed, store_down
 from sglguard.checks.base import Check, CheckConfig, CheckContext
 from sglguard.checks.registry import CHECKS
 from sglguard.client import SGLangClient
@@ -30,7 +30,9 @@ from sglguard.config.models import Catalog
 from sglguard.diag import Diagnostics
 from sglguard.domain import CheckResult, Status
 from sglguard.engine import IncidentEngine
+from sglguard.housekeeping import HOUSEKEEPING
 from sglguard.notify import Notifications, messages
+from sglguard.outage import LocalRepairs
 from sglguard.remediations.drained import return_when_well
 from sglguard.remediations.restore import RestoreDue, restore_due, restore_level
 from sglguard.remediations.runner import RemediationRunner
@@ -38,10 +40,12 @@ from sglguard.requested import Requests
 from sglguard.responder import Responder
 from sglguard.scheduling import CheckScheduler, target_limits
 from sglguard.scheduling import Job as CheckJob
+from sglguard.spill import SpillFile
 from sglguard.store import Store, queries
 from sglguard.store.models import CheckStateRow, IncidentRow
 from sglguard.store.samples import StoreSamples
 from sglguard.store.writer import ResultWriter
+from sglguard.telemetry import Pulse, Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +91,7 @@ def build_clients(catalog: Catalog) -> dict[str, SGLangClient]:
                            if target.admin_api_key else None),
             timeout=target.timeout.total_seconds(),
             connections=limits[target.name] + SPARE_CONNECTIONS,
+            gateway=target.role == "gateway",
         )
         for target in catalog.targets
     }
@@ -179,8 +184,10 @@ class Service:
     """Everything `sglguard run` does, startable and stoppable from a test."""
 
     def __init__(self, catalog: Catalog, store: Store, *, dry_run: bool = False,
-                 clock: Callable[[], datetime] = utcnow, agents: Agents | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow, agents: Agents | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self.catalog = catalog
+        self.telemetry = telemetry or Telemetry()  # a reload hands it on: counts go on
         self.store = store
         self.dry_run = dry_run
         self.clock = clock
@@ -191,11 +198,15 @@ class Service:
         self.checks = build_checks(catalog, self.clients, store, clock)
         flush = catalog.store.flush_interval.total_seconds()
         self.writer = ResultWriter(store, interval=flush) if flush > 0 else None
+        if self.writer is not None:
+            self.writer.on_write = self.telemetry.store_write
         self.agents = agents or Agents(store, role="service", clock=clock)
         self.notifications = Notifications.from_catalog(catalog, store, clock=clock,
                                                         agents=self.agents)
         self.engine = IncidentEngine(catalog, store, clock, writer=self.writer,
-                                     notifications=self.notifications, dry_run=dry_run)
+                                     notifications=self.notifications, dry_run=dry_run,
+                                     agent=self.agents.host)
+        self.engine.on_write = self.telemetry.store_write
         self.runner = RemediationRunner(catalog, store, self.clients, stop=self.interrupt,
                                         clock=clock)
         self.diagnostics = Diagnostics(catalog, store, self.clients,
@@ -208,7 +219,13 @@ class Service:
         self.requests = Requests(catalog, store, self.responder, self.agents, clock=clock,
                                  stop=self.stopping, interrupt=self.interrupt)
         self._latest: dict[str, str] = {}  # each check's newest status, as this process saw it
-        self.backlog = Backlog(self.engine.record)  # results held while the store is down
+        held = catalog.store.backlog  # results held while the store is down
+        self.backlog = Backlog(self._write_held,
+                               memory=held.memory,
+                               spill=SpillFile(held.spill, held.spill_max_mb << 20))
+        self.repairs = LocalRepairs(catalog, store, self.runner, self.notifications, clock=clock,
+                                    hold=self.requests.hold, let_go=self.requests.let_go,
+                                    in_grace=self.engine.in_grace, dry_run=dry_run)
         self._ran: dict[str, float] = {}  # when each check last finished a run (monotonic)
         self._started = time.monotonic()
         # Set once each check's first run of this process is recorded: on the first round a
@@ -217,7 +234,12 @@ class Service:
         # Checks share one timer thread and a few workers, whatever their number (see
         # sglguard.scheduling); housekeeping has an APScheduler of its own and a small pool.
         self.scheduler = scheduler(ThreadPoolExecutor(2))
-        self.check_scheduler = CheckScheduler(limits=check_limits(catalog))
+        HOUSEKEEPING.attach(self.scheduler)  # its missed and failed runs counted and logged
+        self.check_scheduler = CheckScheduler(limits=check_limits(catalog),
+                                              observe=self.telemetry.lateness.observe)
+        self.telemetry.keep_checks((config.target, config.name) for config in catalog.checks)
+        self._timers = {config.name: self.telemetry.run_timer(config.target, config.name)
+                        for config in catalog.checks}
 
     def start(self, *, reloaded: bool = False) -> None:
         """Schedule every check. `reloaded`: this process ran the previous catalog, so a run
@@ -227,10 +249,14 @@ class Service:
         # collector's way, so later collections only look at what the runs allocate.
         gc.collect()
         gc.freeze()
-        self.agents.register(target.name for target in self.catalog.targets)
+        targets = [target.name for target in self.catalog.targets]
+        self._chores: list[Callable[[], object]] = [lambda: self.agents.register(targets)]
         if not reloaded:
-            self._close_interrupted_runs()
-        self._close_removed_checks()
+            self._chores.append(self._close_interrupted_runs)
+        self._chores.append(self._close_removed_checks)
+        if not self.dry_run:
+            self._chores.append(self.repairs.remember_flags)  # for a restart without the store
+        self._do_chores()  # a store that is down now (a reload during an outage) delays them
         self.notifications.start()
         self.requests.start()
         try:  # the first round's quiet results are then batched, not a transaction each
@@ -259,6 +285,11 @@ class Service:
                                name="notice checks that stopped producing results")
         self.scheduler.add_job(self._replay_backlog, every(5), id="_backlog",
                                name="write results held while the store was down")
+        if self._chores:
+            self.scheduler.add_job(self._do_chores, every(5), id="_chores",
+                                   name="start-up work that waits for the store")
+        self.scheduler.add_job(self.remember_levels, every(60), next_run_time=soon,
+                               id="_levels", name="launch flags for a restart without the store")
         self.scheduler.add_job(self.repeat_reminders, every(60), next_run_time=soon,
                                id="_reminders", name="reminders")
         self.scheduler.add_job(self.restore_levels, every(60), next_run_time=soon,
@@ -288,6 +319,7 @@ class Service:
         self.stopping.set()
         if self.scheduler.state == STATE_RUNNING:  # no new run anywhere while the ones in
             self.scheduler.pause()                # flight finish
+        self.diagnostics.release()  # request dumps switched on go back, while clients answer
         if not handing_over:  # a run waiting on a server ends now (a reload lets work finish)
             for client in self.clients.values():
                 client.abort()
@@ -319,6 +351,8 @@ class Service:
         work writes into the outbox."""
         self.runner.adopt(previous.runner)
         self.requests.adopt(previous.requests)
+        self.backlog.adopt(previous.backlog)  # results held through a store outage
+        self.repairs.adopt(previous.repairs)
         self.predecessors = [earlier for earlier in (*previous.predecessors, previous)
                              if earlier.requests.working()]
         previous.notifications.successor = self.notifications
@@ -344,6 +378,20 @@ class Service:
                    " at stop" if final else "", lag.runs, lag.span_s, lag.missed, lag.p50_ms,
                    lag.p99_ms, lag.max_ms, self.check_scheduler.threads - 1)
 
+    def pulse(self, span_s: float) -> Pulse:
+        """What this service says of itself now (for its listener: /metrics, /healthz, page)."""
+        lag = self.check_scheduler.recent(span_s)
+        return Pulse(
+            running=self.check_scheduler.running, tick_age_s=self.check_scheduler.tick_age(),
+            span_s=span_s, runs=lag.runs, missed=lag.missed, late_p50_ms=lag.p50_ms,
+            late_p99_ms=lag.p99_ms, late_max_ms=lag.max_ms,
+            runs_total=self.check_scheduler.runs_total,
+            missed_total=self.check_scheduler.missed_total,
+            writer_pending=self.writer.pending if self.writer is not None else 0,
+            writer_dropped=self.writer.dropped if self.writer is not None else 0,
+            backlog_pending=self.backlog.pending, backlog_dropped=self.backlog.dropped,
+            store_outage_s=self.backlog.outage_s)
+
     def run_check(self, name: str) -> CheckResult | None:
         """One scheduled run; never raises, so a failing job never stops the service."""
         try:
@@ -357,22 +405,27 @@ class Service:
                       else self.checks[name].execute())
             if self.stopping.is_set():
                 return None  # cut short because sglguard stops: it says nothing of the server
+            if not result.skipped:
+                self._timers[name].observe(result.duration_ms / 1000)
             logger.debug("check %s: %s %s", name, result.status.label, result.message)
             self._latest[name] = result.shown_status
-            if self.backlog.pending and not self.backlog.replay():
-                self.backlog.hold(result)  # behind those held before it: order is kept
+            # During an outage a run holds its result at once (the store is tried every few
+            # seconds by _replay_backlog, not by each run, which would wait on it).
+            if self.backlog.outage or (self.backlog.pending and not self.backlog.replay()):
+                self._hold(result)  # behind those held before it: order is kept
                 return result
             try:
                 decision = self.engine.record(result)
             except Exception as exc:
                 if not store_down(exc):
                     raise
-                self.backlog.hold(result, exc)
+                self._hold(result, exc)
                 return result
             if decision.opened is not None and not self.dry_run:
                 self.diagnostics.opened(decision.opened, name)  # in the background
             if decision.resolved is not None:
                 self.undrain_soon()
+                self.diagnostics.resolved(decision.resolved)
             if decision.staged:
                 self.notifications.poke()
                 if decision.requested:
@@ -424,8 +477,33 @@ class Service:
                 self.notifications.poke()
         return stale
 
+    def _hold(self, result: CheckResult, error: BaseException | None = None) -> None:
+        """Keep a result the store refused; a dead server is repaired meanwhile (see
+        sglguard.outage), the repair kept in order after the result that decided it."""
+        if not self.backlog.outage:
+            self.repairs.outage_over()  # a new outage: its own local budget
+        self.backlog.hold(result, error)
+        run = self.repairs.held(result)
+        if run is not None:
+            self.backlog.hold_action(run)
+
+    def _write_held(self, result: CheckResult) -> None:
+        """A result held during an outage, written with the time it was measured; one of a
+        check since removed from the catalog (a reload during the outage) is kept as history,
+        judging nothing."""
+        if result.check in self._first_run:
+            self.engine.record(result, at=result.started_at)
+            return
+        for retry in self.store.retrying():
+            with retry, self.store.session() as session:
+                queries.add_result(session, result, evaluated=False, agent=self.engine.agent)
+
+    def remember_levels(self) -> None:
+        if not self.backlog.outage and not self.dry_run:
+            self.repairs.remember_flags()
+
     def _replay_backlog(self) -> None:
-        if self.backlog.pending:
+        if self.backlog.pending or self.backlog.outage:
             with contextlib.suppress(Exception):
                 if self.backlog.replay():
                     self.notifications.poke()
@@ -454,8 +532,8 @@ class Service:
             for due in restore_due(self.store, self.catalog, self.clock()):
                 if self._restore(due):
                     stepped.append(due.target)
-        except Exception:
-            logger.exception("restoring lowered levels failed")
+        except Exception as exc:
+            failed(logger, "restoring lowered levels failed", exc)
         return stepped
 
     def return_drained(self) -> list[str]:
@@ -464,24 +542,28 @@ class Service:
         if self.dry_run or self.catalog.mode == "passive":
             return []
         try:
-            return return_when_well(self.store, self.catalog, busy=self.requests.busy,
-                                    clock=self.clock, stop=self.stopping)
-        except Exception:
-            logger.exception("re-adding drained workers failed")
+            return return_when_well(self.store, self.catalog, hold=self.requests.hold,
+                                    let_go=self.requests.let_go,
+                                    agents=self.responder.leases.agents, clock=self.clock,
+                                    stop=self.stopping)
+        except Exception as exc:
+            failed(logger, "re-adding drained workers failed", exc)
             return []
 
     def _restore(self, due: RestoreDue) -> bool:
         if self.stopping.is_set() or not self.requests.hold(due.target):
             return False
         try:
-            if not self.responder.leases.claim(due.target, self.clock(), timedelta(minutes=30)):
+            leases, ttl = self.responder.leases, timedelta(minutes=30)
+            if not leases.claim(due.target, self.clock(), ttl):
                 return False
             try:
                 target = self.catalog.target(due.target)
                 if target.control is not None:
                     self.engine.begin_grace(target.name,
                                             self.clock() + target.control.startup_timeout)
-                outcome = restore_level(self.runner, due)
+                with leases.kept(due.target, ttl, self.clock):
+                    outcome = restore_level(self.runner, due)
                 logger.info("restore on %s: %s %s", due.target, outcome.outcome,
                             outcome.error or outcome.detail)
                 return outcome.outcome == "succeeded"
@@ -508,8 +590,8 @@ class Service:
             with self.store.session() as session:
                 gone += queries.prune(session, results_before=None,
                                       incidents_before=now - retention.incidents)
-        except Exception:
-            logger.exception("retention failed")
+        except Exception as exc:
+            failed(logger, "retention failed", exc)
             return gone
         if gone:
             logger.info("retention: deleted %s old rows", gone)
@@ -519,8 +601,8 @@ class Service:
         """Remind of open, unacknowledged incidents (not silenced, not flapping)."""
         try:
             return self.notifications.repeat_open_incidents(skip=self._hushed)
-        except Exception:
-            logger.exception("reminders failed")
+        except Exception as exc:
+            failed(logger, "reminders failed", exc)
             return 0
 
     def _hushed(self, incident: IncidentRow) -> bool:
@@ -531,6 +613,22 @@ class Service:
         with self.store.session() as session:
             return bool(queries.check_state(session, incident.check_name, incident.target)
                         .flapping)
+
+    def _do_chores(self) -> None:
+        """The start-up work that needs the store, in order; what the store refuses waits
+        for the next try (watching starts anyway: a reload during a store outage must not
+        stop it)."""
+        while self._chores:
+            try:
+                self._chores[0]()
+            except Exception as exc:
+                if not store_down(exc):
+                    raise
+                failed(logger, "start-up work", exc)
+                return
+            self._chores.pop(0)
+        with contextlib.suppress(Exception):  # no job yet at start, or already gone
+            self.scheduler.remove_job("_chores")
 
     def _close_interrupted_runs(self) -> None:
         """Runs left `running` by a previous process that died are marked interrupted."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 from click.testing import CliRunner, Result
+from prometheus_client.parser import text_string_to_metric_families
 
 from sglguard.checks.base import CheckResult, Status
 from sglguard.cli import main
@@ -146,12 +147,28 @@ def test_run_serves_the_catalogs_listener_and_a_reload_serves_the_new_catalog(
             return []
         return sorted(item["name"] for item in found["checks"])
 
+    def runs_timed() -> float:  # the service's own histogram, beside the store's figures
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == "sglguard_check_run_duration_seconds_count")
+
+    def healthy() -> bool:  # every check fails here: health is the scheduler's, not theirs
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     try:
         assert wait_for(names, 15) == ["liveness", "never", "queue"]
+        wait_for(healthy, 15)
+        timed = wait_for(runs_timed, 15)
         path.write_text(path.read_text().replace(
             "checks:\n", "checks:\n  - {name: added, kind: http, target: local}\n"))
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: "added" in names(), 15)
+        wait_for(healthy, 15)
+        assert runs_timed() >= timed  # handed on across the reload, not reset
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=15)[0].decode()

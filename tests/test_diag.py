@@ -26,7 +26,7 @@ from sglguard.diag.collect import py_spy
 from sglguard.service import Service
 from sglguard.store import Store
 from sglguard.store.evidence import DiagnosticRow, bundles_of
-from sglguard.store.models import IncidentRow
+from sglguard.store.models import IncidentEventRow, IncidentRow
 
 from conftest import emulator_command, free_port, pid_alive, wait_for
 
@@ -50,7 +50,7 @@ def smtp() -> Iterator[tuple[Inbox, int]]:
 
 
 def write_catalog(directory: Path, port: int, smtp_port: int, *, remediate: str = "[restart]",
-                  extra: str = "") -> Path:
+                  extra: str = "", queue_interval: str = "30s") -> Path:
     path = directory / "sglguard.yaml"
     path.write_text(f"""\
 version: 1
@@ -82,7 +82,7 @@ checks:
     metric: sglang:num_queue_reqs
     aggregate: sum
     critical: "> 200"
-    interval: 30s
+    interval: {queue_interval}
 remediations:
   - name: restart
     kind: restart
@@ -298,3 +298,121 @@ def test_a_bundle_round_trips_through_postgresql(tmp_path: Path, postgres_url: s
         assert row is not None and decode(row.data)["stage"] == "incident opened"
         assert row.summary.startswith("Diagnostics (incident opened")
     store.close()
+
+
+def timeline(store: Store, kind: str) -> list[str]:
+    with store.session() as session:
+        return [row.detail for row in session.query(IncidentEventRow).filter_by(kind=kind)
+                .order_by(IncidentEventRow.id)]
+
+
+def test_request_dumps_are_switched_on_while_an_incident_is_open_and_back_when_it_resolves(
+        tmp_path: Path) -> None:
+    port, folder = free_port(), tmp_path / "requests"
+    dumps = f"  request_dumps: {{folder: {folder}, threshold: 1}}\n"
+    catalog = load_catalog(write_catalog(tmp_path, port, free_port(), remediate="[]",
+                                         queue_interval="1s", extra=dumps))
+    child = start_server(tmp_path, port)
+    store = Store.open(catalog.store.url)
+    service = Service(catalog, store)
+    service.start()
+    ask = {"text": "Kept?", "sampling_params": {"max_new_tokens": 2}}
+    try:
+        wait_for(lambda: service._latest.get("queue") == "ok", 10)
+        requests.post(f"http://127.0.0.1:{port}/generate", json=ask, timeout=5)
+        assert not folder.exists()  # off until an incident opens
+        fault(port, "queue:1000")
+        [on] = wait_for(lambda: timeline(store, "request_dumps"), 10)
+        assert on.startswith(f"request dumps on: POST /configure_logging dump_requests_folder "
+                             f"{folder}, a file every 1 requests"), on
+        requests.post(f"http://127.0.0.1:{port}/generate", json=ask, timeout=5)
+        kept = wait_for(lambda: sorted(folder.glob("*.pkl")), 5)
+        fault(port, None)
+        wait_for(lambda: len(timeline(store, "request_dumps")) == 2, 15)
+        requests.post(f"http://127.0.0.1:{port}/generate", json=ask, timeout=5)
+        time.sleep(0.3)  # a dump, if any, is written as the request finishes
+        assert sorted(folder.glob("*.pkl")) == kept  # off again
+    finally:
+        service.stop()
+        child.kill()
+        child.wait()
+    off = timeline(store, "request_dumps")[1]
+    assert off == "request dumps off (the incident resolved): POST /configure_logging " \
+                  "dump_requests_folder (none)", off
+    with store.session() as session:
+        [incident] = session.query(IncidentRow).all()
+        assert incident.check_name == "queue" and incident.status == "resolved"
+    shown = CliRunner().invoke(main, ["incidents", "--config", str(tmp_path / "sglguard.yaml"),
+                                      "--show", str(incident.id)])
+    assert "request dumps on" in shown.output and "request dumps off" in shown.output, \
+        shown.output
+    store.close()
+
+
+def test_request_dumps_that_cannot_be_switched_on_are_recorded_within_the_bound(
+        tmp_path: Path) -> None:
+    port = free_port()
+    dumps = f"  request_dumps: {{folder: {tmp_path / 'requests'}}}\n"
+    catalog = load_catalog(write_catalog(tmp_path, port, free_port(), remediate="[]",
+                                         extra=dumps))
+    child = start_server(tmp_path, port)
+    store = Store.open(catalog.store.url)
+    service = Service(catalog, store)
+    service.start()
+    try:
+        wait_for(lambda: service._latest.get("liveness") == "ok", 10)
+        fault(port, "hang")  # /configure_logging hangs too
+        began = time.monotonic()
+        [failed] = wait_for(lambda: timeline(store, "request_dumps"), 15)
+        took = time.monotonic() - began
+        wait_for(lambda: bundles(store), 10)  # the incident's evidence is captured all the same
+    finally:
+        service.stop()
+        fault(port, None)
+        child.kill()
+        child.wait()
+    assert failed.startswith("request dumps not switched on: ") and "timed out" in failed, failed
+    # liveness takes two 0.5 s runs 0.3 s apart to open the incident; the switch, 1.5 s at most
+    assert took < 0.3 + 2 * 0.8 + 1.5 + 1.0, took
+    with store.session() as session:
+        [incident] = session.query(IncidentRow).all()
+        assert incident.status == "open" and incident.check_name == "liveness"
+    store.close()
+
+
+def test_request_dumps_go_back_when_a_restart_is_verified(tmp_path: Path) -> None:
+    port = free_port()
+    dumps = f"  request_dumps: {{folder: {tmp_path / 'requests'}, log_requests: true}}\n"
+    catalog = load_catalog(write_catalog(tmp_path, port, free_port(), extra=dumps))
+    start_server(tmp_path, port)
+    store = Store.open(catalog.store.url)
+    service = Service(catalog, store)
+    service.start()
+    try:
+        wait_for(lambda: service._latest.get("liveness") == "ok", 10)
+        fault(port, "stall")  # /health waits for a token; /configure_logging still answers
+        switched = wait_for(lambda: len(timeline(store, "request_dumps")) == 2
+                            and timeline(store, "request_dumps"), 30)
+    finally:
+        service.stop()
+        stop_pidfile_server(tmp_path)
+    on, off = switched
+    assert on.endswith("a file every 100 requests, log_requests on"), on
+    # The restart's verification resolved the incident; log_requests goes back to the launch's.
+    assert off == "request dumps off (the incident resolved): POST /configure_logging " \
+                  "dump_requests_folder (none)", off
+    with store.session() as session:
+        [incident] = session.query(IncidentRow).all()
+        assert incident.status == "resolved"
+    store.close()
+
+
+def test_request_dumps_for_an_unknown_target_is_refused_with_where(tmp_path: Path) -> None:
+    from sglguard.config.loader import ConfigError
+
+    path = write_catalog(tmp_path, free_port(), free_port(),
+                         extra="  request_dumps: {folder: /srv/requests, targets: [nope]}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_catalog(path)
+    assert "diagnostics.request_dumps.targets[0]" in str(refused.value)
+    assert "unknown target 'nope' (known: local)" in str(refused.value)

@@ -228,3 +228,102 @@ def test_a_nul_in_server_text_never_blocks_a_write(backend: str, tmp_path: Path,
     finally:
         store.close()
     assert stored == f"bad {REDACTED}"
+
+
+# --- what reaches a chat --------------------------------------------------------------------
+
+
+def tls_files(folder: Path, host: str) -> tuple[Path, Path, Path]:
+    """A CA of the test's own (its certificate) and a certificate for `host` it signed (and
+    its key), made by the openssl command."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "1", "-subj", "/CN=sglguard test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "host.key", "-out", "host.csr",
+            "-subj", f"/CN={host}")
+    (folder / "host.ext").write_text(
+        f"subjectAltName=DNS:{host}\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
+    openssl("x509", "-req", "-in", "host.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "host.pem", "-days", "1", "-extfile", "host.ext")
+    return folder / "ca.pem", folder / "host.pem", folder / "host.key"
+
+
+class SlackStandIn:
+    """hooks.slack.com as Apprise reaches it through an HTTPS proxy: a loopback proxy that ends
+    the CONNECT tunnel itself, with a certificate for hooks.slack.com from the test's own CA
+    (which requests trusts through REQUESTS_CA_BUNDLE), and records each request's body."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self.bundle, cert, key = tls_files(tmp_path, "hooks.slack.com")
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.bodies: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self._tunnel(conn)
+                except OSError:
+                    continue
+
+    def _tunnel(self, conn: Any) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096) or b"\r\n\r\n"
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        with self.context.wrap_socket(conn, server_side=True) as tls:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += tls.recv(65536) or b"\r\n\r\n"
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                body += tls.recv(65536)
+            self.bodies.append(body)
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+                        b"Connection: close\r\n\r\nok")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_server_text_reaches_slack_as_text_not_mentions_or_links(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sglguard.notify.channel import send
+
+    slack = SlackStandIn(tmp_path)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{slack.port}")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(slack.bundle))
+    said = clean("error: <!channel> see <https://evil.example/login|the runbook> & " +
+                 HOSTILE_TEXT)
+    try:
+        error = send(["slack://T1ABCDEFG/B2ABCDEFG/abcdefghijklmnopqrstuvwx/#ops"],
+                     "critical", "queue on gpu-1", said, timeout=10)
+    finally:
+        slack.close()
+    assert error is None, error
+    text = json.dumps(json.loads(slack.bodies[0]))
+    assert "<!channel>" not in text and "<https://evil" not in text
+    assert "&lt;!channel&gt;" in text and "&lt;https://evil.example/login|the runbook&gt;" in text
+    assert "\\u001b" not in text

@@ -19,7 +19,8 @@ from conftest import PYTHON, ServiceProcess, emulator_command, free_port, pid_al
 
 
 def write_catalog(directory: Path, port: int, alerts: int, start: list[str], *,
-                  budget: int = 3, backoff: str = "{initial: 0.2s, max: 1s}") -> Path:
+                  budget: int = 3, backoff: str = "{initial: 0.2s, max: 1s}",
+                  flapping: str = "{enabled: true}") -> Path:
     """The reference catalog, on free ports and with short intervals."""
     path = directory / "sglguard.yaml"
     path.write_text(f"""\
@@ -42,6 +43,7 @@ checks:
     interval: 0.3s
     timeout: 1s
     failure_threshold: 2
+    flapping: {flapping}
     remediate: [restart]
   - name: queue
     kind: metric
@@ -184,6 +186,36 @@ def test_crash_looping_server_gets_no_more_restarts_than_the_budget(
         "select detail from incident_events where kind = 'remediation_deferred'")
     assert any("backoff" in row[0] for row in backoff), backoff
     assert sum("ESCALATION" in title for title in titles(receiver)) == 1
+
+
+def test_a_crash_loop_that_trips_flapping_still_pages_and_restarts_every_crash(
+        tmp_path: Path, receiver: AlertReceiver) -> None:
+    port = free_port()
+    # Each start passes, then crashes a few seconds later: liveness flaps from the second crash.
+    catalog = write_catalog(tmp_path, port, receiver.port,
+                            emulator_command(port, "--fault", "crash:3"), budget=3,
+                            backoff="{initial: 0.2s, max: 0.5s}",
+                            flapping="{high: 10, low: 5}")
+    service = ServiceProcess(catalog)
+    try:
+        wait_for(lambda: service.query(
+            "select 1 from incidents where escalated_at is not null"), 60)
+        wait_for(lambda: any("ESCALATION" in title for title in titles(receiver)), 10)
+    finally:
+        code = service.stop()
+    assert code == 0
+    got = titles(receiver)
+    flapped = next((index for index, title in enumerate(got) if "[FLAPPING]" in title), None)
+    assert flapped is not None, got  # flapping did trip...
+    after = got[flapped:]
+    # ...and a crash after it still paged and was restarted, within the budget.
+    assert any("incident opened" in title for title in after), got
+    assert any("restart succeeded" in title for title in after), got
+    repairs = service.query("select count(*) from remediation_runs where trigger = 'incident' "
+                            "and outcome = 'succeeded'")
+    assert repairs[0][0] == 3, repairs
+    opened = service.query("select count(*) from incidents")[0][0]
+    assert sum("incident opened" in title for title in got) == opened, got  # every crash paged
 
 
 def test_a_restart_by_hand_beside_the_running_service_is_performed_by_it(

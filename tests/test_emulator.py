@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import os
@@ -398,6 +399,45 @@ def test_set_internal_state_refuses_max_running_requests_with_false(emulator: Em
     assert post(emulator, "/configure_logging", {"log_requests": True}).status_code == 200
 
 
+def test_configure_logging_switches_request_dumps_on_and_off_as_sglang_does(
+        emulator: Emulator, tmp_path: Path) -> None:
+    import pickle
+
+    folder = tmp_path / "dumps"
+    on = post(emulator, "/configure_logging",
+              {"dump_requests_folder": str(folder), "dump_requests_threshold": 2})
+    assert (on.status_code, on.content) == (200, b"")
+    generate(emulator, sampling_params={"max_new_tokens": 3})
+    assert not folder.exists()  # a file is written once the threshold is reached
+    generate(emulator, text="The second one.", sampling_params={"max_new_tokens": 3})
+    [dump] = wait_for_files(folder)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.pkl", dump.name)
+    with dump.open("rb") as kept:
+        data = pickle.load(kept)
+    assert set(data) == {"server_args", "requests"} and len(data["requests"]) == 2
+    request, output, created, finished = data["requests"][1]
+    assert request["text"] == "The second one." and output["meta_info"]["completion_tokens"] == 3
+    assert created <= finished
+    off = post(emulator, "/configure_logging", {"dump_requests_folder": ""})
+    assert off.status_code == 200
+    for _ in range(3):
+        generate(emulator, sampling_params={"max_new_tokens": 1})
+    assert list(folder.iterdir()) == [dump]
+    wrong = post(emulator, "/configure_logging", {"dump_requests_threshold": "many"})
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"][0]["loc"] == ["body", "dump_requests_threshold"]
+
+
+def wait_for_files(folder: Path) -> list[Path]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob("*.pkl")) if folder.exists() else []
+        if found:
+            return found
+        time.sleep(0.02)
+    return []
+
+
 def test_abort_all_clears_the_queue_and_counts_the_call_once(emulator: Emulator) -> None:
     assert "num_aborted_requests_total" not in get(emulator, "/metrics").text  # first use
     set_fault(emulator, "queue:4")
@@ -440,6 +480,129 @@ def test_abort_all_ends_requests_waiting_in_a_pause(emulator: Emulator) -> None:
     samples = scrape(emulator)
     assert value(samples, "sglang:num_aborted_requests_total") == 1
     assert total(samples, "sglang:num_requests_total") == 0
+
+
+@pytest.mark.parametrize(("default", "queued_as", "counted_as"), [
+    (None, str(-(2**63)), ""),  # 0.5.23's scheduler gives it the lowest priority
+    (5, "5", "5")])  # --default-priority-value: both sides
+def test_a_request_without_priority_is_labelled_as_sglang_labels_it(
+        start_emulator: StartEmulator, default: int | None, queued_as: str,
+        counted_as: str) -> None:
+    emulator = start_emulator(enable_priority_scheduling=True, default_priority_value=default,
+                              max_running_requests=1, decode_speed=20.0)
+    waiters = [threading.Thread(target=generate, args=(emulator,),
+                                kwargs={"sampling_params": {"max_new_tokens": 400}})
+               for _ in range(2)]
+    for waiter in waiters:
+        waiter.start()
+    try:
+        poll(lambda: value(scrape(emulator), "sglang:num_queue_reqs", priority="") == 1)
+        samples = scrape(emulator)
+        assert value(samples, "sglang:num_queue_reqs", priority=queued_as) == 1
+        assert value(samples, "sglang:num_running_reqs", priority=queued_as) == 1
+        gauges = {s.labels["priority"] for s in samples if s.name == "sglang:num_queue_reqs"}
+        assert gauges == {"", queued_as}  # neither "None" nor "0"
+    finally:
+        post(emulator, "/abort_request", {"abort_all": True})
+        for waiter in waiters:
+            waiter.join(TIMEOUT)
+    generate(emulator, sampling_params={"max_new_tokens": 2})
+    finished = {s.labels["priority"] for s in scrape(emulator)
+                if s.name == "sglang:num_requests_total"}
+    assert finished == {counted_as}
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/generate", {"text": "Tell a long story.", "stream": True,
+                   "sampling_params": {"max_new_tokens": 400}}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "A long story."}],
+                              "stream": True, "max_tokens": 400})])
+def test_a_client_that_hangs_up_mid_stream_aborts_its_request_counted_once(
+        start_emulator: StartEmulator, path: str, body: dict[str, Any]) -> None:
+    emulator = start_emulator(decode_speed=40.0)  # 400 tokens: 10 s
+    with requests.post(emulator.url + path, json=body, stream=True, timeout=TIMEOUT) as answer:
+        lines = answer.iter_lines()
+        first = next(line for line in lines if line.startswith(b"data: "))
+        assert b"[DONE]" not in first  # mid-stream
+        poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    # the connection is closed here, the request still decoding
+    poll(lambda: total(scrape(emulator), "sglang:num_aborted_requests_total") == 1)
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 0)
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_aborted_requests_total") == 1  # once, not per look
+    assert {s.labels["model_name"] for s in samples
+            if s.name == "sglang:num_aborted_requests_total"} == {MODEL}
+    # as SGLang: aborted while running, it still finishes (its e2e observed, no TTFT, no TPOT)
+    assert value(samples, "sglang:num_requests_total", is_streaming="true") == 1
+    assert value(samples, "sglang:e2e_request_latency_seconds_count") == 1
+    assert total(samples, "sglang:time_to_first_token_seconds_count") == 0
+    decoded = value(samples, "sglang:realtime_tokens_total", mode="decode")
+    assert 0 < decoded < 400
+    assert value(samples, "sglang:http_responses_total", endpoint=path, status_code="200") == 1
+
+
+def test_a_client_that_hangs_up_on_a_plain_request_aborts_it_at_the_next_wait_timeout(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=20.0)  # 400 tokens: 20 s
+    client = http.client.HTTPConnection(emulator.url.removeprefix("http://"), timeout=TIMEOUT)
+    client.request("POST", "/generate", json.dumps(
+        {"text": "hi", "sampling_params": {"max_new_tokens": 400}}),
+        {"Content-Type": "application/json"})
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    client.close()  # gives up without reading the answer
+    # SGLang looks every 4 s while it waits for output
+    poll(lambda: total(scrape(emulator), "sglang:num_aborted_requests_total") == 1, 6.0)
+    samples = scrape(emulator)
+    assert value(samples, "sglang:num_running_reqs") == 0
+    gone = {"endpoint": "/generate", "status_code": "400"}  # its ValueError, sent to nobody
+    poll(lambda: total(scrape(emulator), "sglang:http_responses_total", **gone) == 1)
+    assert value(samples, "sglang:num_requests_total", is_streaming="false") == 1
+
+
+def test_a_client_that_waits_for_its_answer_aborts_nothing(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=200.0)
+    with requests.post(emulator.url + "/generate", stream=True, timeout=TIMEOUT,
+                       json={"text": "hi", "stream": True,
+                             "sampling_params": {"max_new_tokens": 200}}) as answer:
+        events = [line for line in answer.iter_lines() if line.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]" and len(events) > 2  # sent while decoding
+    assert json.loads(events[-2][6:])["meta_info"]["completion_tokens"] == 200
+    assert generate(emulator, sampling_params={"max_new_tokens": 100}).status_code == 200
+    samples = scrape(emulator)
+    assert total(samples, "sglang:num_aborted_requests_total") == 0
+    assert value(samples, "sglang:num_requests_total") == 2
+
+
+def test_pause_in_abort_mode_aborts_again_a_second_later_while_requests_were_in_flight(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=20.0)
+    assert post(emulator, "/pause_generation", {"mode": "abort"}).status_code == 200
+    assert value(scrape(emulator), "sglang:num_aborted_requests_total") == 1  # idle: once
+    post(emulator, "/continue_generation", {})
+    waiter = threading.Thread(target=generate, args=(emulator,),
+                              kwargs={"sampling_params": {"max_new_tokens": 400}})
+    waiter.start()
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    assert post(emulator, "/pause_generation", {"mode": "abort"}).status_code == 200
+    waiter.join(TIMEOUT)
+    # SGLang: abort_all, its model lock still held by the request, 1 s, abort_all again
+    assert value(scrape(emulator), "sglang:num_aborted_requests_total") == 3
+
+
+def test_a_structured_request_is_counted_when_it_finishes(
+        start_emulator: StartEmulator) -> None:
+    emulator = start_emulator(decode_speed=1.0)  # the short JSON answer takes seconds
+    schema = json.dumps({"type": "object", "properties": {"a": {"type": "string"}}})
+    answers: list[requests.Response] = []
+    waiter = threading.Thread(target=lambda: answers.append(generate(
+        emulator, sampling_params={"json_schema": schema, "max_new_tokens": 100})))
+    waiter.start()
+    poll(lambda: value(scrape(emulator), "sglang:num_running_reqs") == 1)
+    assert "num_so_requests_total" not in get(emulator, "/metrics").text  # not on arrival
+    waiter.join(TIMEOUT)
+    assert answers[0].status_code == 200
+    assert value(scrape(emulator), "sglang:num_so_requests_total") == 1
 
 
 # -- faults ----------------------------------------------------------------------------------

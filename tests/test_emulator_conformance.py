@@ -43,6 +43,15 @@ def expected_labels(name: str, shape: Shape) -> set[str]:
     return labels
 
 
+def _a_priority(value: str) -> bool:
+    """SGLang 0.5.23 labels a priority with str(int), or "" for totals and for a request's own
+    counters when it came without one; its scheduler never sees None (it gives -2**63)."""
+    try:
+        return value == "" or -(2**63) <= int(value) < 2**63
+    except ValueError:
+        return False
+
+
 def _bound(value: str) -> float:
     return math.inf if value == "+Inf" else float(value)
 
@@ -63,6 +72,11 @@ def conformance_problems(text: str, shape: Shape) -> list[str]:
             got = set(sample.labels) - {"le"}
             if got != want:
                 problems.append(f"{sample.name}: labels {sorted(got)}, SGLang {sorted(want)}")
+                break
+        for sample in family.samples:
+            if not _a_priority(sample.labels.get("priority", "")):
+                problems.append(f"{sample.name}: priority={sample.labels['priority']!r}, SGLang "
+                                "writes an integer or \"\" (no priority: the lowest, -2**63)")
                 break
         if spec["type"] == "histogram":
             bounds = {}
@@ -139,3 +153,15 @@ def test_the_conformance_check_fails_on_a_drifted_bucket_or_label(
     assert any(problem.startswith("sglang:num_queue_reqs: labels")
                for problem in conformance_problems(relabelled, Shape()))
     assert conformance_problems(text, Shape(dp_size=2)) != []  # dp_rank expected, missing
+
+
+def test_the_conformance_check_fails_on_a_priority_written_as_none(
+        start_emulator: StartEmulator) -> None:
+    text = exercise(start_emulator(skip_server_warmup=False, decode_speed=500.0, dp_size=4,
+                                   enable_priority_scheduling=True))
+    shape = Shape(dp_size=4, priority=True)
+    assert conformance_problems(text, shape) == []
+    lowest = f'priority="{-(2**63)}"'
+    assert lowest in text  # the requests sent without a priority
+    assert any("priority='None'" in problem for problem in conformance_problems(
+        text.replace(lowest, 'priority="None"'), shape))

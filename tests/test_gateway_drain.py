@@ -13,6 +13,7 @@ import subprocess
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from sglguard.checks.base import CheckResult, Status
 from sglguard.cli import main
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
+from sglguard.rails import Leases
 from sglguard.receiver import AlertReceiver
 from sglguard.remediations.drained import return_when_well, return_workers
+from sglguard.remediations.gateway import DISCOVERED_LABELS
 from sglguard.remediations.runner import RemediationRunner
 from sglguard.service import Service, build_clients
 from sglguard.store import Store
@@ -133,11 +136,42 @@ def test_drain_returns_a_worker_with_its_priority_cost_and_labels_under_its_own_
     said = return_workers(store, runner.catalog, "local", by="test")
 
     assert said == [f"added {as_registered} back to {gateway.url} as it was: regular, "
-                    "priority 10, cost 2.5, 15 labels"]
+                    "priority 10, cost 2.5, 1 label"]
     assert registered(gateway.worker(as_registered)) == before
     assert sorted(item["url"] for item in gateway.workers()) == sorted([other.url,
                                                                         as_registered])
     assert return_workers(store, runner.catalog, "local", by="test") == []  # nothing owed
+
+
+def test_a_worker_restarted_into_a_new_release_is_listed_with_its_new_version(
+        smg: StartGateway, start_emulator: StartEmulator, store: Store,
+        make_runner: Callable[[str], RemediationRunner]) -> None:
+    other, sick = start_emulator(), start_emulator(metrics_version="legacy")
+    gateway = smg(workers=[other.url])
+    add(gateway, {"url": sick.url, "priority": 10, "cost": 2.5, "labels": {"zone": "a"}})
+    before = gateway.worker(sick.url)
+    assert before is not None and before["labels"]["version"] == "0.4.6"
+    # Every other label of a worker registered without any is the gateway's own finding.
+    other_entry = gateway.worker(other.url)
+    assert other_entry is not None and set(other_entry["labels"]) == DISCOVERED_LABELS
+    runner = make_runner(catalog_text(sick.url, gateway.url))
+    assert runner.run("drain", "local", trigger="manual").outcome == "succeeded"
+    [row] = out_rows(store)
+    assert json.loads(row.registration) == {
+        "url": sick.url, "worker_type": "regular", "priority": 10, "cost": 2.5,
+        "labels": {"zone": "a"}, "model_id": before["model_id"]}
+    port = int(sick.url.rsplit(":", 1)[1])
+    sick.stop()
+    upgraded = start_emulator(port=port)  # the same server, restarted on a new release
+
+    said = return_workers(store, runner.catalog, "local", by="test")
+
+    assert said == [f"added {sick.url} back to {gateway.url} as it was: regular, priority 10, "
+                    "cost 2.5, 1 label"]
+    after = gateway.worker(upgraded.url)
+    assert after is not None
+    assert after["labels"]["version"] == "0.5.23" and after["labels"]["zone"] == "a"
+    assert registered(after) == registered(before)
 
 
 def test_a_worker_the_gateway_does_not_hold_is_a_failure_naming_its_workers(
@@ -177,6 +211,8 @@ def test_pd_prefill_worker_is_drained_restarted_and_returned_with_its_bootstrap_
         gateway = smg(prefill=[(prefill, 8998)], decode=[decode.url], port=gateway_port)
         before = registered(gateway.worker(prefill))
         assert before[1:3] == ("prefill", 8998)
+        for url in (prefill, decode.url):  # the gateway's own findings: none goes back
+            assert set((gateway.worker(url) or {})["labels"]) <= DISCOVERED_LABELS
         assert gateway.generate().status_code == 200
         decision = service.engine.record(CheckResult(
             "liveness", "local", Status.CRITICAL, None, "s", "refused", 1.0, utcnow()))
@@ -228,7 +264,7 @@ def test_a_worker_left_out_after_a_failed_chain_returns_when_the_incident_resolv
     finally:
         service.stop()
     assert said == [f"added {sick.url} back to {gateway.url} as it was: regular, priority 50, "
-                    "cost 1.0, 14 labels"]
+                    "cost 1.0"]
     assert gateway.worker(sick.url) is not None and len(gateway.workers()) == 2
 
 
@@ -288,12 +324,18 @@ def test_undrain_by_hand_and_incidents_show_the_worker_that_is_out(
     shown = cli.invoke(main, ["incidents", "--config", str(path), "--show",
                               str(decision.remediate)])
     assert shown.exit_code == 0, shown.output
-    assert (f"out of gateway: {sick.url} (regular, priority 50, cost 1.0, 14 labels) out of "
+    assert (f"out of gateway: {sick.url} (regular, priority 50, cost 1.0) out of "
             f"{gateway.url} since") in shown.output
     assert "sglguard undrain local" in shown.output
     listed = cli.invoke(main, ["incidents", "--config", str(path)])
     assert listed.exit_code == 0, listed.output
     assert f"out of gateway: {sick.url} (regular" in listed.output
+    status = cli.invoke(main, ["status", "--config", str(path)])
+    assert (f"out of gateway: {sick.url} (regular, priority 50, cost 1.0) out of "
+            f"{gateway.url} since") in status.output
+    status_json = json.loads(cli.invoke(main, ["status", "--config", str(path), "--json"]).output)
+    assert [(item["target"], item["worker"], item["state"]) for item in
+            status_json["drained"]] == [("local", sick.url, "out")]
 
     done = cli.invoke(main, ["undrain", "--config", str(path), "local"])
 
@@ -306,13 +348,83 @@ def test_undrain_by_hand_and_incidents_show_the_worker_that_is_out(
     assert unknown.exit_code == 2 and "unknown target 'nope'" in unknown.output
 
 
+def test_a_re_add_waits_while_a_restart_in_another_process_or_this_one_holds_the_lease(
+        smg: StartGateway, start_emulator: StartEmulator, make_catalog: Callable[[str], Catalog],
+        store: Store, tmp_path: Path) -> None:
+    port, other = free_port(), start_emulator()
+    worker = f"http://127.0.0.1:{port}"
+    start = json.dumps(emulator_command(port, "--startup-delay", "2"))
+    catalog = make_catalog(catalog_text(
+        worker, "http://127.0.0.1:1", control="{kind: process, start: " + start
+        + ", pidfile: w.pid, startup_timeout: 20s}"))
+    path = tmp_path / "sglguard.yaml"
+    control = RemediationRunner(catalog, store, build_clients(catalog)).control(
+        catalog.targets[0])
+    assert control is not None
+    # Started here, and reaped here once the other process stops it.
+    first = subprocess.Popen(json.loads(start), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (tmp_path / "w.pid").write_text(f"{first.pid}\n")
+    threading.Thread(target=first.wait, daemon=True).start()
+    restart: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: healthy(worker), timeout=20)
+        gateway = smg(workers=[other.url, worker])
+        catalog = make_catalog(path.read_text().replace("http://127.0.0.1:1", gateway.url))
+        runner = RemediationRunner(catalog, store, build_clients(catalog))
+        assert runner.run("drain", "local", trigger="manual").outcome == "succeeded"
+        # Another process restarts the worker by hand: it holds the target's lease meanwhile.
+        with (tmp_path / "restart.log").open("wb") as log:
+            restart = subprocess.Popen([PYTHON, "-m", "sglguard", "remediate", "restart",
+                                        "--config", str(path)], stdout=log,
+                                       stderr=subprocess.STDOUT)
+        leases = Leases(store)
+        wait_for(lambda: leases.holder_of("local") is not None, timeout=15)
+        holder = leases.holder_of("local")
+        cli = CliRunner()
+
+        refused = cli.invoke(main, ["undrain", "--config", str(path), "local"])
+
+        assert refused.exit_code == 1, refused.output
+        assert (f"{worker} stays out of {gateway.url} for now: local is being remediated by "
+                f"{holder} (it is re-added once that is done)") in refused.output
+        assert "1 worker(s) of local still out of their gateway" in refused.output
+        assert gateway.worker(worker) is None
+        [row] = out_rows(store)
+        assert row.last_error == f"not re-added: local is being remediated by {holder}"
+        assert restart.wait(timeout=60) == 0, (tmp_path / "restart.log").read_text()
+        assert leases.holder_of("local") is None
+
+        # In this process: a remediation running here holds the lease; the timer's re-add
+        # waits for it all the same.
+        service = Service(catalog, store)
+        try:
+            assert service.responder.leases.claim("local", utcnow(), timedelta(minutes=5))
+            [said] = service.return_drained()
+            assert said.startswith(f"{worker} stays out of {gateway.url} for now: local is "
+                                   f"being remediated by {service.responder.leases.holder}")
+            assert gateway.worker(worker) is None
+            service.responder.leases.release("local")
+
+            assert service.return_drained() == [f"added {worker} back to {gateway.url} as it "
+                                                "was: regular, priority 50, cost 1.0"]
+        finally:
+            service.stop()
+        assert gateway.worker(worker) is not None and out_rows(store) == []
+        assert leases.holder_of("local") is None
+    finally:
+        if restart is not None and restart.poll() is None:
+            restart.kill()
+        control.stop()
+
+
 def test_a_worker_someone_else_removed_is_not_re_added(
         smg: StartGateway, start_emulator: StartEmulator, store: Store,
         make_catalog: Callable[[str], Catalog]) -> None:
     other, sick = start_emulator(), start_emulator()
     gateway = smg(workers=[other.url])
     catalog = make_catalog(catalog_text(sick.url, gateway.url))
-    assert return_when_well(store, catalog, busy=lambda _target: False) == []
+    assert return_when_well(store, catalog) == []
     assert gateway.worker(sick.url) is None
 
 
@@ -537,6 +649,7 @@ def test_a_gateway_key_missing_escalates_at_once_with_the_reason(
 
 GATEWAY_CHECKS = ["gateway-ready", "gateway-workers-healthy", "gateway-breaker",
                   "gateway-5xx-ratio", "gateway-retries", "gateway-latency-p95"]
+WORKER_CHECKS = ["worker-a-health", "worker-b-health"]
 
 
 def test_the_gateway_example_is_quiet_while_healthy_and_loud_when_a_worker_is_lost(
@@ -558,10 +671,11 @@ def test_the_gateway_example_is_quiet_while_healthy_and_loud_when_a_worker_is_lo
 
     def statuses() -> dict[str, str]:
         return {result.check: result.status.label
-                for result in run_once(catalog, store, GATEWAY_CHECKS)}
+                for result in run_once(catalog, store, [*GATEWAY_CHECKS, *WORKER_CHECKS])}
 
     quiet = statuses()
-    assert {quiet[name] for name in GATEWAY_CHECKS[:3]} == {"ok"}, quiet
+    assert set(quiet) == {check.name for check in catalog.checks}
+    assert {quiet[name] for name in [*GATEWAY_CHECKS[:3], *WORKER_CHECKS]} == {"ok"}, quiet
     assert not {"warning", "critical"} & set(quiet.values()), quiet
 
     b.set_fault("error:500")  # its breaker opens after two failed requests
@@ -569,7 +683,9 @@ def test_the_gateway_example_is_quiet_while_healthy_and_loud_when_a_worker_is_lo
              and statuses()["gateway-breaker"] == "critical", timeout=10)
     b.stop()  # lost: the gateway's health check marks it unhealthy
     wait_for(lambda: statuses()["gateway-workers-healthy"] == "critical", timeout=10)
-    assert statuses()["gateway-ready"] == "ok"  # one worker is still healthy
+    lost = statuses()
+    assert (lost["gateway-ready"], lost["worker-a-health"], lost["worker-b-health"]) == (
+        "ok", "ok", "critical")  # one worker is still healthy
     a.stop()
     wait_for(lambda: statuses()["gateway-ready"] == "critical", timeout=10)
 
@@ -612,3 +728,92 @@ def test_checks_aimed_at_the_gateways_main_port_say_it_is_a_gateway(
     # Before, the gateway handed /get_server_info to its worker: a worker's figure, quietly.
     assert running.status is Status.UNKNOWN and running.value is None
     assert "is an SGLang gateway (smg), which has no server info of its own" in running.message
+
+
+def test_a_target_declared_a_gateway_is_probed_and_described_as_one(
+        smg: StartGateway, start_emulator: StartEmulator, store: Store,
+        make_catalog: Callable[[str], Catalog]) -> None:
+    from sglguard.service import run_once
+
+    worker = start_emulator()
+    gateway = smg(workers=[worker.url])
+    catalog = make_catalog(f"""\
+        version: 1
+        targets:
+          - {{name: gateway, role: gateway, url: "{gateway.url}",
+              metrics_url: "{gateway.metrics_url}/metrics"}}
+        checks:
+          - {{name: ready, kind: http, target: gateway}}
+          - {{name: alive, kind: http, target: gateway, path: /health}}
+          - {{name: pool, kind: metric, target: gateway, metric: smg_worker_pool_size,
+              critical: "< 1"}}
+          - {{name: queue, kind: metric, target: gateway, metric: "sglang:num_queue_reqs",
+              critical: "> 100"}}
+        """)
+
+    def results() -> dict[str, CheckResult]:
+        return {result.check: result for result in run_once(
+            catalog, store, ["ready", "alive", "pool", "queue"])}
+
+    first = results()
+    assert first["ready"].status is Status.OK, first["ready"]
+    assert first["ready"].message.startswith("GET /readiness answered 200")
+    assert first["pool"].status is Status.OK and first["pool"].value == 1
+    queue = first["queue"]
+    assert queue.value is None and not queue.counts and "--enable-metrics" not in queue.message
+    assert ("sglang:num_queue_reqs is not a gateway's metric: a gateway serves smg_* families; "
+            "an SGLang server's are read from the worker's own target") in queue.message
+
+    worker.stop()  # the gateway's only worker is lost: /health stays 200, /readiness tells
+    wait_for(lambda: results()["ready"].status is Status.CRITICAL, timeout=15)
+    lost = results()
+    assert lost["ready"].message.startswith("GET /readiness answered 503 (expected 200)")
+    assert lost["ready"].message.endswith(": the gateway has no healthy worker")
+    assert lost["alive"].status is Status.OK
+
+
+def test_checks_that_only_a_server_can_answer_are_refused_on_a_gateway_target(
+        tmp_path: Path) -> None:
+    from sglguard.config.loader import ConfigError, parse_catalog
+
+    text = textwrap.dedent("""\
+        version: 1
+        targets:
+          - {name: gw, role: gateway, url: "http://127.0.0.1:1"}
+          - {name: worker, url: "http://127.0.0.1:2"}
+        checks:
+          - {name: version, kind: server_info, target: gw, path: max_running_requests,
+             critical: "< 1"}
+          - {name: steps, kind: progress, target: gw}
+          - {name: queue, kind: metric, target: gw, metric: smg_worker_pool_size,
+             critical: "< 1"}
+          - {name: fine, kind: server_info, target: worker, path: max_running_requests,
+             critical: "< 1"}
+        """)
+    with pytest.raises(ConfigError) as caught:
+        parse_catalog(text, tmp_path / "sglguard.yaml")
+    said = str(caught.value)
+    assert ("target 'gw' is a gateway: a gateway has no server info of its own (its "
+            "/server_info would be one worker's): aim this check at a worker's target") in said
+    assert "target 'gw' is a gateway: a gateway runs no decode steps of its own" in said
+    assert ("target 'gw' is a gateway, whose metrics are on its own port (--prometheus-port, "
+            "default 29000): give the target a metrics_url") in said
+    assert "checks[3]" not in said and said.count("is a gateway") == 3
+
+
+def test_validate_warns_of_a_health_check_on_a_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "sglguard.yaml"
+    path.write_text(textwrap.dedent("""\
+        version: 1
+        targets: [{name: gw, role: gateway, url: "http://127.0.0.1:1"}]
+        checks:
+          - {name: alive, kind: http, target: gw, path: /health}
+          - {name: ready, kind: http, target: gw}
+        """))
+
+    checked = CliRunner().invoke(main, ["validate", "--config", str(path)])
+
+    assert checked.exit_code == 0, checked.output
+    assert ("warning: check alive (http): GET /health of gateway gw answers 200 even with no "
+            "worker left; /readiness answers 503 when no worker is healthy") in checked.output
+    assert "check ready (http)" not in checked.output.split("warning:", 1)[1]

@@ -17,7 +17,10 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
+from sglguard.checks.base import Check, CheckConfig, CheckContext, Status
+from sglguard.checks.registry import CHECKS
 from sglguard.cli import main
+from sglguard.client import SGLangClient
 from sglguard.config.loader import ConfigError, load_catalog
 from sglguard.config.models import TargetConfig
 from sglguard.controls.base import ControlError
@@ -200,6 +203,79 @@ def test_a_folder_others_can_write_is_refused(tmp_path: Path) -> None:
     (run / "local.pid").write_text("1\n")  # a forged pidfile: never read, never signalled
     with pytest.raises(ControlError, match=r"folder .*run of the pidfile is writable by others"):
         control.stop()
+
+
+def test_a_folder_of_another_user_is_refused_for_the_pidfile(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root can give a folder to another user")
+    run = tmp_path / "run"
+    run.mkdir(mode=0o755)
+    os.chown(run, 65534, 65534)  # nobody's: that user could swap the pidfile for a link
+    control = process_control(tmp_path)
+    with pytest.raises(ControlError, match=r"belongs to uid 65534: refused"):
+        control.start()
+    with pytest.raises(ControlError, match=r"belongs to uid 65534: refused"):
+        control.stop()
+
+
+def log_check(path: Path) -> Check[Any]:
+    model = CheckConfig.model_validate({"name": "errors", "target": "local", "kind": "log",
+                                        "path": str(path), "patterns": ["Traceback"],
+                                        "critical": "> 0"})
+    target = TargetConfig(name="local", url="http://127.0.0.1:1")
+    return CHECKS["log"](model, CheckContext(target, SGLangClient(target.url)))
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A file of root's that a log check must never show."""
+    path = tmp_path / "root-only" / "shadow"
+    path.parent.mkdir(mode=0o700)
+    path.write_text("Traceback: root:$6$secret-hash\n")
+    return path
+
+
+def test_a_symlinked_log_is_refused_by_the_log_check(tmp_path: Path, victim: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    log = logs / "server.log"
+    log.write_text("Traceback: an old crash\n")
+    check = log_check(log)
+    assert check.execute().status is Status.OK  # the first run: watching from the end
+    log.unlink()
+    log.symlink_to(victim)  # swapped for a link between runs
+    with victim.open("a") as handle:
+        handle.write("Traceback: root:$6$another-secret\n")
+    result = check.execute()
+    assert result.status is Status.UNKNOWN
+    assert re.search(r"the log file .*server\.log is a symbolic link: refused", result.message)
+    assert "secret" not in result.message
+
+
+def test_a_log_in_a_folder_others_can_write_is_refused_by_the_log_check(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    logs.chmod(0o777)
+    (logs / "server.log").write_text("Traceback\n")
+    result = log_check(logs / "server.log").execute()
+    assert result.status is Status.UNKNOWN
+    assert re.search(r"the folder .*logs of the log file is writable by others than its owner "
+                     r"\(mode 777\): refused", result.message), result.message
+
+
+def test_a_rotated_log_planted_as_a_link_is_not_read(tmp_path: Path, victim: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    log = logs / "server.log"
+    log.write_text("")
+    check = log_check(log)
+    check.execute()
+    log.unlink()
+    (logs / "server.log.1").symlink_to(victim)  # where the rotated file's rest is read
+    log.write_text("a new line\n")
+    result = check.execute()
+    assert (result.status, result.value) == (Status.OK, 0.0), result.message
+    assert "secret" not in result.message
 
 
 def test_the_database_file_is_created_0600(tmp_path: Path) -> None:

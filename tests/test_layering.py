@@ -129,3 +129,69 @@ def test_the_package_init_files_import_nothing_heavy() -> None:
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_validate_loads_no_database_library(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    from importlib import resources
+
+    catalog = tmp_path / "sglguard.yaml"
+    catalog.write_text(resources.files("sglguard.config").joinpath("catalog.example.yaml")
+                       .read_text())
+    probe = ("import sys; from sglguard.cli import main\n"
+             "try:\n    main(['validate', '--config', sys.argv[1]])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "print('sqlalchemy' in sys.modules, code)")
+    said = subprocess.run([sys.executable, "-c", probe, str(catalog)], capture_output=True,
+                          text=True, check=True).stdout.strip().splitlines()[-1]
+    assert said == "False 0"
+
+
+def _validate_in_a_fresh_process(catalog: Path) -> tuple[int, list[str]]:
+    """Run `sglguard validate` in a new interpreter: its exit status and the modules it
+    loaded."""
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import json, sys; from sglguard.cli import main\n"
+             "code = 0\n"
+             "try:\n    main(['validate', '--config', sys.argv[1]])\n"
+             "except SystemExit as exc:\n    code = exc.code\n"
+             "print(json.dumps([code, sorted(sys.modules)]))")
+    said = subprocess.run([sys.executable, "-c", probe, str(catalog)], capture_output=True,
+                          text=True, check=True).stdout.strip().splitlines()[-1]
+    code, modules = json.loads(said)
+    return code, modules
+
+
+def test_validate_loads_only_the_kinds_its_catalog_uses(tmp_path: Path) -> None:
+    catalog = tmp_path / "sglguard.yaml"
+    catalog.write_text("version: 1\n"
+                       "targets:\n  - name: local\n    url: http://127.0.0.1:30000\n"
+                       "checks:\n  - name: liveness\n    kind: http\n    target: local\n"
+                       "    path: /health\n")
+    code, modules = _validate_in_a_fresh_process(catalog)
+    assert code == 0
+    assert "sglguard.checks.http" in modules
+    kinds = {module for module in modules if module.startswith((
+        "sglguard.checks.", "sglguard.controls.", "sglguard.remediations."))}
+    assert kinds - {"sglguard.checks.http"} <= {
+        "sglguard.checks.base", "sglguard.checks.registry", "sglguard.controls.base",
+        "sglguard.controls.registry", "sglguard.remediations.base",
+        "sglguard.remediations.registry"}
+    assert not {"sqlalchemy", "pynvml", "psutil", "apscheduler"} & set(modules)
+
+
+def test_validate_of_the_example_catalog_loads_every_kind_it_uses(tmp_path: Path) -> None:
+    from importlib import resources
+
+    catalog = tmp_path / "sglguard.yaml"
+    catalog.write_text(resources.files("sglguard.config").joinpath("catalog.example.yaml")
+                       .read_text())
+    code, modules = _validate_in_a_fresh_process(catalog)
+    assert code == 0
+    assert {"sglguard.checks.gpu", "sglguard.checks.log", "sglguard.controls.process",
+            "sglguard.remediations.restart"} <= set(modules)
+    assert "sqlalchemy" not in modules

@@ -19,7 +19,12 @@ from sglguard.receiver import AlertReceiver
 from sglguard.service import Service
 from sglguard.silences import add_silence, expire_silence, list_silences, quiet
 from sglguard.store import Store, queries
-from sglguard.store.models import CheckResultRow, IncidentEventRow, RemediationRunRow
+from sglguard.store.models import (
+    CheckResultRow,
+    IncidentEventRow,
+    IncidentRow,
+    RemediationRunRow,
+)
 
 from conftest import PYTHON, FakeClock, emulator_command, free_port, wait_for
 
@@ -375,13 +380,26 @@ def test_the_service_steps_a_lowered_level_back_up_after_restore_after(
         assert service.runner.run("shed", "local", trigger="manual").outcome == "failed"
         service.runner.control(catalog.targets[0]).start()  # type: ignore[union-attr]
         wait_for(lambda: _answers(url))
-        assert service.runner.run("shed", "local", trigger="manual").outcome == "succeeded"
+        with store.session() as session:  # the step is taken for an incident (resolved since)
+            incident = IncidentRow(check_name="liveness", target="local", status="resolved",
+                                   severity="critical", opened_at=clock(), resolved_at=clock(),
+                                   first_message="", last_message="")
+            session.add(incident)
+            session.flush()
+            incident_id = incident.id
+        assert service.runner.run("shed", "local", trigger="manual",
+                                  incident_id=incident_id).outcome == "succeeded"
         assert _max_running(url) == 128
         assert service.restore_levels() == []
         clock.advance(31 * 60)
         assert service.restore_levels() == ["local"]
         assert _max_running(url) == 256
         assert Leases(store).holder_of("local") is None  # the lease was given back
+        with store.session() as session:  # the step's incident tells its restore too
+            events = [(event.kind, event.detail) for event in
+                      queries.events_of(session, incident_id)]
+        assert [kind for kind, _ in events] == ["restore_started", "restore_succeeded"], events
+        assert "max_running_requests: 128 -> 256" in events[1][1]
     finally:
         service.stop()
         control = service.runner.control(catalog.targets[0])

@@ -838,6 +838,24 @@ def test_log_check_missing_file_is_unknown(
     assert result.message == f"log file {tmp_path / 'absent.log'} not found"
 
 
+def test_the_controls_log_not_written_yet_is_no_data_not_unknown(
+    make_check: MakeCheck, tmp_path: Path, store: Store, clock: FakeClock
+) -> None:
+    """A server its control never started (started some other way, or sglguard is new on the
+    host) has no log yet: that says nothing of the server, so it never counts or pages."""
+    target = TargetConfig.model_validate({
+        "name": "local", "url": UNUSED_URL,
+        "control": {"kind": "process", "start": ["true"],
+                    "pidfile": str(tmp_path / "server.pid")}})
+    check = make_check({"kind": "log", "patterns": PATTERNS, "critical": "> 0"},
+                       target=target, store=store, clock=clock)
+    absent = check.execute()
+    assert (absent.status, absent.value, absent.counts) == (Status.OK, None, False)
+    assert absent.message.startswith(f"no data: {tmp_path / 'server.log'} does not exist yet")
+    (tmp_path / "server.log").write_text("INFO: started\n")
+    assert check.execute().message.startswith("first run: watching")
+
+
 def test_log_check_state_survives_a_new_sample_book_on_the_same_store(
     make_check: MakeCheck, server_log: Path, store: Store, clock: FakeClock
 ) -> None:

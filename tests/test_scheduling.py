@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from itertools import pairwise
 
@@ -193,3 +194,26 @@ def test_a_hung_target_holds_up_no_other_target(
         hang.set()
         service.stop()
         hung.close()
+
+
+def test_recent_lag_covers_only_its_span_and_the_last_tick_ages_once_stopped(
+        scheduler: Callable[..., CheckScheduler]) -> None:
+    ahead = [0.0]  # the clock the scheduler reads, moved ahead by the test once it stopped
+    release = threading.Event()
+    one = scheduler(limits={"down": 1, "up": 1}, cores=1,
+                    monotonic=lambda: time.monotonic() + ahead[0])
+    one.add("hung", lambda _name: release.wait(10), interval=0.05, jitter=0.0, group="down")
+    one.add("fast", lambda _name: None, interval=0.05, jitter=0.0, group="up")
+    assert one.tick_age() is None  # not started: no tick yet
+    one.start()
+    wait_for(lambda: one.recent(60).missed >= 2 and one.recent(60).runs >= 3)
+    assert one.tick_age() is not None and one.tick_age() < 5.5  # ticks at least every 5 s
+    assert one.lag().missed >= 2  # the reset of the periodic report leaves `recent` alone
+    assert one.recent(60).missed >= 2
+    release.set()
+    one.stop(timeout=5)
+    assert not one.running
+    ahead[0] = 120.0
+    assert one.recent(60).runs == 0 and one.recent(60).missed == 0  # all older than the span
+    assert one.recent(300).runs >= 3
+    assert one.tick_age() >= 120  # type: ignore[operator]

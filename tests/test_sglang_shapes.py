@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +20,10 @@ from sglguard.checks.base import CheckContext, CheckResult, Status
 from sglguard.checks.registry import CHECKS
 from sglguard.config.models import Catalog
 from sglguard.emulator import Emulator, EmulatorOptions
-from sglguard.service import build_clients, run_once
-from sglguard.store import Store
+from sglguard.receiver import AlertReceiver
+from sglguard.service import Service, build_clients, run_once
+from sglguard.store import Store, queries
+from sglguard.store.models import CheckResultRow
 from sglguard.store.samples import StoreSamples
 
 from conftest import FakeClock, StartEmulator, free_port, wait_for
@@ -171,12 +174,16 @@ def test_first_use_counter_reads_zero_then_counts_its_first_burst(
     assert (burst.status, burst.value) == (Status.CRITICAL, 3.0)
 
 
+@pytest.mark.parametrize("priorities", [(0, 1, 1, 2), (None, None, 1, None)])
 def test_queue_totals_with_priority_scheduling_come_from_the_empty_priority(
-        start_emulator: StartEmulator, run: Callable[[str, str], CheckResult]) -> None:
+        start_emulator: StartEmulator, run: Callable[[str, str], CheckResult],
+        priorities: tuple[int | None, ...]) -> None:
     emulator = start_emulator(enable_priority_scheduling=True, max_running_requests=1,
                               decode_speed=20.0)
-    bodies = [{"text": "x", "priority": priority, "sampling_params": {"max_new_tokens": 200}}
-              for priority in (0, 1, 1, 2)]
+    # a request sent without a priority is queued under the lowest one, a series of its own
+    bodies = [{"text": "x", "sampling_params": {"max_new_tokens": 200},
+               **({} if priority is None else {"priority": priority})}
+              for priority in priorities]
     workers = [threading.Thread(target=requests.post, args=(f"{emulator.url}/generate",),
                                 kwargs={"json": body, "timeout": 30}, daemon=True)
                for body in bodies]
@@ -317,9 +324,10 @@ def test_a_slow_start_up_fires_no_metric_check(start_emulator: StartEmulator,
                                                rounds: Rounds) -> None:
     emulator = start_emulator(startup_delay=60.0, health_latency=0.01)
     for results in rounds(emulator.url, 3):
-        reading = [result for result in results if result.check != "liveness"
-                   and result.check not in ("gpu-memory-growth", "gpu-temperature")]
+        reading = [result for result in results if result.check not in (
+            "liveness", "hang", "gpu-memory-growth", "gpu-temperature")]
         assert all(result.skipped for result in reading), failing(results)
+        assert "hang" not in failing(results)  # on its own signal: nothing running, no hang
         assert {result.check: result.status for result in results}["liveness"] is (
             Status.CRITICAL)  # what the restart's start-up grace is for
 
@@ -332,4 +340,96 @@ def test_a_dead_server_pages_through_liveness_only(make_catalog: Callable[[str],
     results = {result.check: result for result in run_once(
         catalog, store, ["liveness", "server-process", "hang", "queue"], clock)}
     assert results["liveness"].status is Status.CRITICAL
-    assert all(results[name].skipped for name in ("server-process", "hang", "queue"))
+    assert all(results[name].skipped for name in ("server-process", "queue"))
+    # The progress check has no depends_on: it cannot read /metrics, which is "no data".
+    hang = results["hang"]
+    assert not hang.skipped and not hang.counts and hang.message.startswith("no data: cannot "
+                                                                              "read /metrics")
+    assert "hang" not in failing(list(results.values()))
+
+
+def test_the_example_progress_check_calls_a_stall_a_hang_on_its_own_signal(
+        start_emulator: StartEmulator, rounds: Rounds) -> None:
+    emulator = start_emulator(fault="stall", health_latency=0.01)
+    last = {result.check: result for result in rounds(emulator.url, 3)[-1]}
+    assert last["liveness"].status is Status.CRITICAL  # /health times out on a stall too
+    hang = last["hang"]  # not skipped for it: the decode counter is its own evidence
+    assert not hang.skipped and hang.status is Status.CRITICAL, hang
+    assert hang.message.startswith("hung: no token generated")
+
+
+def test_the_start_up_grace_covers_the_example_progress_check(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock) -> None:
+    from datetime import timedelta
+
+    from sglguard.engine import IncidentEngine
+
+    catalog = make_catalog(example(f"http://127.0.0.1:{free_port()}"))
+    engine = IncidentEngine(catalog, store, clock)
+
+    def hang(status: Status) -> CheckResult:
+        return CheckResult(check="hang", target="local", status=status, value=0.0,
+                           unit="tokens", message="hung" if status is Status.CRITICAL
+                           else "idle", duration_ms=1.0, started_at=clock())
+
+    engine.record(hang(Status.OK))
+    engine.begin_grace("local", clock() + timedelta(minutes=10))  # a restart began
+    clock.advance(1)
+    decisions = []
+    for _ in range(3):  # past its failure_threshold of 2
+        decisions.append(engine.record(hang(Status.CRITICAL)))
+        clock.advance(15)
+    assert [decision.evaluated for decision in decisions] == [False, False, False]
+    assert all(decision.opened is None for decision in decisions)
+
+
+def test_every_example_check_that_fires_on_a_value_has_a_threshold() -> None:
+    """Kinds whose only verdict is a threshold on their value: without one, they never fire
+    (the drill's 129 GB of KV cache read OK)."""
+    catalog = yaml.safe_load(
+        resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text())
+    valued = {"metric", "server_info", "gpu", "host", "log"}
+    unjudged = [check["name"] for check in catalog["checks"]
+                if (check["kind"] in valued or (check["kind"] == "process"
+                                                and check.get("metric", "alive") != "alive"))
+                and not ({"warning", "critical"} & set(check))]
+    assert unjudged == []
+
+
+def test_one_outage_opens_one_incident_and_pages_once(
+        tmp_path: Path, make_catalog: Callable[[str], Catalog], store: Store) -> None:
+    receiver = AlertReceiver().start()
+    catalog: dict[str, Any] = yaml.safe_load(
+        resources.files("sglguard.config").joinpath("catalog.example.yaml").read_text())
+    target = catalog["targets"][0]
+    target["url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens: the server is down
+    target["control"]["pidfile"] = str(tmp_path / "server.pid")
+    # no log beside the pidfile either: this control never started the server
+    for check in catalog["checks"]:  # every check of the example, at a test's pace
+        check.update(interval="0.2s", timeout="1s")
+        check.pop("remediate", None)  # the outage stays
+    catalog["notifiers"][0]["urls"] = [f"json://127.0.0.1:{receiver.port}/alerts"]
+    catalog["notifications"] = {"group_wait": "0.2s"}
+    for key in ("store", "maintenance"):
+        catalog.pop(key)
+    service = Service(make_catalog(yaml.safe_dump(catalog, sort_keys=False)), store)
+    service.start()
+    try:
+        wait_for(lambda: receiver.received(), 15)
+        # a good many rounds of every check after the page
+        wait_for(lambda: _results(store, "server-process") >= 10, 30)
+        wait_for(lambda: _results(store, "server-log") >= 10, 30)
+    finally:
+        service.stop()
+        receiver.stop()
+    with store.session() as session:
+        opened = [row.check_name for row in queries.incidents(session, open_only=False,
+                                                              limit=10)]
+    assert opened == ["liveness"]
+    titles = [alert["title"] for alert in receiver.received()]
+    assert len(titles) == 1 and "liveness: incident opened" in titles[0], titles
+
+
+def _results(store: Store, check: str) -> int:
+    with store.session() as session:
+        return session.query(CheckResultRow).filter_by(check_name=check).count()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -112,6 +113,54 @@ def test_postgresql_store_migrates_and_round_trips(postgres_url: str) -> None:
     Store.open(postgres_url).close()  # a second start finds the schema current
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_rows_from_before_agents_were_named_keep_no_agent_and_new_ones_name_theirs(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = (f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0007")
+        connection.execute(text(
+            "insert into check_results (check_name, target, status, unit, message, "
+            "duration_ms, started_at, evaluated) values ('liveness', 'local', 'ok', 's', "
+            "'old', 1.0, '2026-05-01 08:00:00', true)"))
+    store = Store.open(url)
+    with store.session() as session:
+        queries.add_result(session, result(datetime(2026, 5, 1, 8, 1, tzinfo=UTC)),
+                           agent="gpu-a")
+        queries.add_result(session, result(datetime(2026, 5, 1, 8, 2, tzinfo=UTC)))
+    with store.session() as session:
+        agents = [row.agent for row in session.query(CheckResultRow).order_by(
+            CheckResultRow.id)]
+    store.close()
+    assert agents == [None, "gpu-a", socket.gethostname()]
+    with engine.begin() as connection:  # and the step back works on both backends
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0007")
+        assert "agent" not in {column["name"] for column in
+                               inspect(connection).get_columns("check_results")}
+    engine.dispose()
+
+
+def test_an_agent_named_in_the_environment_is_named_on_its_rows_and_claims(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sglguard.agents import Agents
+
+    monkeypatch.setenv("SGLGUARD_AGENT", "rack4:gpu-a")  # a colon would split claim names
+    with store.session() as session:
+        queries.add_result(session, result(datetime(2026, 5, 1, 8, 1, tzinfo=UTC)))
+    with store.session() as session:
+        assert [row.agent for row in session.query(CheckResultRow)] == ["rack4-gpu-a"]
+    agents = Agents(store)
+    agents.register(["local"])
+    assert agents.host == "rack4-gpu-a"
+    assert agents.name.startswith("rack4-gpu-a:")
+
+
 def test_the_schema_head_known_without_alembic_is_alembics_head() -> None:
     from sglguard.store.db import SCHEMA_HEAD
 
@@ -150,3 +199,28 @@ def test_postgresql_lease_goes_to_one_of_two_processes(postgres_url: str) -> Non
     finally:
         first.close()
         second.close()
+
+
+def test_a_long_command_keeps_its_agent_alive_while_it_works(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from datetime import timedelta
+
+    from sglguard import agents as agents_module
+    from sglguard.agents import Agents
+    from sglguard.clock import utcnow
+
+    monkeypatch.setattr(agents_module, "HEARTBEAT", timedelta(seconds=0.05))
+    now = {"at": utcnow()}
+    worker = Agents(store, role="cli", clock=lambda: now["at"])
+    worker.register(["local"])
+    watcher = Agents(store, clock=lambda: now["at"])
+    monkeypatch.setattr(agents_module, "_gone_here", lambda holder: False)  # as if elsewhere
+    with worker.beating():
+        now["at"] += timedelta(minutes=5)  # far past DEAD_AFTER since it registered
+        deadline = time.monotonic() + 5
+        while watcher.dead(worker.name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not watcher.dead(worker.name)  # its beats say it works
+    now["at"] += timedelta(minutes=5)
+    assert watcher.dead(worker.name)  # silent once the command stopped beating

@@ -4,6 +4,7 @@ escaping, /metrics through Prometheus' parser, /healthz, and the token off loopb
 from __future__ import annotations
 
 import base64
+import socket
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -120,6 +121,9 @@ def test_api_checks_and_results_are_what_the_store_holds(
     assert [entry["kind"] for entry in one["timeline"]] == [
         "opened", "remediation_run", "notification", "acknowledged", "resolved"]
     assert one["timeline"][1]["plan"] == ["kill -TERM 42", "start emulator"]
+    # Written by this process: each row names this host as its agent.
+    assert one["agent"] == one["remediations"][0]["agent"] == socket.gethostname()
+    assert {run["agent"] for run in liveness["runs"]} == {socket.gethostname()}
     assert get(web, "/api/v1/incidents?open=1").json()["incidents"] == []
 
 
@@ -138,6 +142,53 @@ def test_targets_show_the_server_from_the_latest_server_info_result_and_the_budg
     assert target["budgets"] == [{"remediation": "restart", "used": 1, "max": 3, "left": 2,
                                   "within": "30m"}]
     assert target["quiet"] is None and target["open_incidents"] == []
+
+
+def test_a_silenced_or_maintained_target_says_so_on_the_page_and_in_the_api(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
+        start_web: Serve) -> None:
+    from sglguard.silences import add_silence
+
+    catalog = make_catalog(CATALOG)
+    add_silence(store, target="local", check=None, starts=clock(), length=timedelta(hours=1),
+                reason="<b>kernel upgrade</b>", by="ana")
+    web = start_web(catalog)
+    quiet = get(web, "/api/v1/targets").json()["targets"][0]["quiet"]
+    assert quiet == "silence #1 by ana: <b>kernel upgrade</b>"
+    assert "quiet: silence #1 by ana: &lt;b&gt;kernel upgrade&lt;/b&gt;" in get(web, "/").text
+    maintained = make_catalog(CATALOG + "maintenance:\n  - {name: always, cron: '* * * * *', "
+                                        "duration: 1h, targets: [local]}\n")
+    web = start_web(maintained)
+    assert get(web, "/api/v1/targets").json()["targets"][0]["quiet"] == \
+        "maintenance window always"
+    assert "quiet: maintenance window always" in get(web, "/").text
+
+
+def test_a_drained_worker_shows_on_its_target_until_it_is_back(
+        make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
+        start_web: Serve) -> None:
+    from sglguard.remediations import drained
+
+    catalog = make_catalog(CATALOG)
+    incident = with_liveness_cycle(catalog, store, clock)
+    row = drained.record(store, target="local", remediation="drain",
+                         gateway="http://admin:gw-secret@127.0.0.1:30000",
+                         body={"url": "http://127.0.0.1:8001", "worker_type": "regular"},
+                         incident_id=incident, at=clock())
+    drained.update(store, row, state="out")
+    web = start_web(catalog)
+    [target] = get(web, "/api/v1/targets").json()["targets"]
+    assert [(item["worker"], item["state"], item["incident_id"]) for item in target["drained"]
+            ] == [("http://127.0.0.1:8001", "out", incident)]
+    assert target["drained"][0]["gateway"] == "http://***@127.0.0.1:30000"
+    page = get(web, "/").text
+    section = page[page.index('<tr class="target" data-name="local">'):]
+    section = section[:section.index("</tr>")]
+    assert '<b class="drained">drained</b> http://127.0.0.1:8001' in section
+    assert f'href="incidents/{incident}"' in section and "gw-secret" not in page
+    drained.update(store, row, state="returned", returned_at=clock())
+    assert get(web, "/api/v1/targets").json()["targets"][0]["drained"] == []
+    assert 'class="drained"' not in get(web, "/").text
 
 
 def test_no_secret_leaves_the_listener(make_catalog: Callable[[str], Catalog], store: Store,
@@ -197,6 +248,9 @@ def test_metrics_parse_and_their_counters_move_with_the_runs(
     assert before[("sglguard_notification_attempts_total",
                    (("notifier", "ops"), ("outcome", "failed")))] == 1
     assert before[("sglguard_store_up", ())] == 1
+    # No worker runs here: the messages the incident owes and the restart it asks for wait.
+    assert before[("sglguard_outbox_unclaimed", (("kind", "message"),))] >= 2
+    assert before[("sglguard_outbox_unclaimed", (("kind", "remediation"),))] == 1
     engine = IncidentEngine(catalog, store, clock)
     feed(engine, clock, Status.CRITICAL)
     feed(engine, clock, Status.CRITICAL)
@@ -207,7 +261,7 @@ def test_metrics_parse_and_their_counters_move_with_the_runs(
                                               ("target", "local")))] == 1
 
 
-def test_healthz_fails_until_a_result_is_written_and_when_results_stop(
+def test_healthz_apart_from_the_service_fails_until_a_result_is_written_and_when_they_stop(
         make_catalog: Callable[[str], Catalog], store: Store, clock: FakeClock,
         start_web: Serve) -> None:
     catalog = make_catalog(CATALOG)
@@ -310,7 +364,9 @@ def test_an_empty_store_shows_every_check_pending(make_catalog: Callable[[str], 
 def test_the_fleet_view_shows_every_agent_of_a_shared_postgresql_and_a_silent_one_at_once(
         make_catalog: Callable[[str], Catalog], postgres_url: str, clock: FakeClock) -> None:
     from sglguard.agents import Agents
+    from sglguard.store.writer import ResultWriter
 
+    catalog = make_catalog(CATALOG)
     shared = Store.open(postgres_url)
     try:
         hosts = []
@@ -318,18 +374,39 @@ def test_the_fleet_view_shows_every_agent_of_a_shared_postgresql_and_a_silent_on
             agent = Agents(shared, name=f"{host}:100:0000", clock=clock)
             agent.register(["local"])
             hosts.append(agent)
+        # Each agent writes its own check's results; gpu-a's quiet ones go through the
+        # batching writer, its failures (and the incident they open) straight to the store.
+        writer = ResultWriter(shared, interval=3600)
+        engine_a = IncidentEngine(catalog, shared, clock, writer=writer, agent=hosts[0].host)
+        engine_b = IncidentEngine(catalog, shared, clock, agent=hosts[1].host)
+        for status in (Status.OK, Status.OK, Status.OK, Status.CRITICAL, Status.CRITICAL):
+            feed(engine_a, clock, status)
+            feed(engine_b, clock, Status.OK, check="info")
+        writer.flush()
         clock.advance(30)
         hosts[0].beat()  # gpu-b stopped reporting 30 s ago...
         clock.advance(30)  # ...and is silent past the 45 s bound now
-        web = serve(make_catalog(CATALOG), shared, listen=f"127.0.0.1:{free_port()}")
+        web = serve(catalog, shared, listen=f"127.0.0.1:{free_port()}")
         web.app.view.clock = clock
         try:
-            agents = get(web, "/api/v1/agents").json()["agents"]
+            fleet = get(web, "/api/v1/agents").json()
             page = get(web, "/").text
+            runs = get(web, "/api/v1/checks/liveness/results").json()["results"]
         finally:
             web.stop()
+        with shared.session() as session:
+            written = {(check, agent) for check, agent in session.execute(
+                select(CheckResultRow.check_name, CheckResultRow.agent).distinct())}
+            opened_by = session.scalars(select(IncidentRow.agent)).all()
     finally:
         shared.close()
-    states = {item["host"]: item["state"] for item in agents}
+    states = {item["host"]: item["state"] for item in fleet["agents"]}
     assert states == {"gpu-a": "running", "gpu-b": "silent"}
     assert "gpu-b:100:0000" in page and "<b>silent</b>" in page
+    assert written == {("liveness", "gpu-a"), ("info", "gpu-b")}
+    assert opened_by == ["gpu-a"]
+    assert {run["agent"] for run in runs} == {"gpu-a"} and len(runs) == 5
+    grouped = {group["agent"]: [(item["check"], item["status"]) for item in group["checks"]]
+               for group in fleet["results"]}
+    assert grouped == {"gpu-a": [("liveness", "critical")], "gpu-b": [("info", "ok")]}
+    assert 'class="by-agent" data-agent="gpu-a"' in page

@@ -15,6 +15,7 @@ from sglguard.checks.base import Check, CheckConfig
 from sglguard.checks.host import Reading, Remembered
 from sglguard.config.base import RelativePath
 from sglguard.domain import Measurement, Status
+from sglguard.pidfiles import UnsafeFile, open_for_reading
 
 UNIT = "lines"
 MAX_READ = 8 * 1024**2  # per run; a burst larger than this is caught up by later runs
@@ -98,9 +99,19 @@ class LogCheck(Check[LogCheckConfig]):
                                      f"{self.context.target.name}'s control keeps no log)",
                                Status.UNKNOWN, UNIT)
         try:
-            handle = path.open("rb")
+            # As the pidfiles: never through a link, nor in a folder others can write (as
+            # root, a planted link would show lines of any file in results and notifications).
+            handle = os.fdopen(open_for_reading(path, "log file"), "rb")
         except FileNotFoundError:
+            if self.config.path is None:
+                # the control's log: it appears when the control first starts the server (a
+                # server started some other way writes none; its liveness speaks for it)
+                return Measurement(None, f"no data: {path} does not exist yet (the target's "
+                                         "control writes it when it starts the server)",
+                                   Status.OK, UNIT, counts=False)
             return Measurement(None, f"log file {path} not found", Status.UNKNOWN, UNIT)
+        except UnsafeFile as exc:
+            return Measurement(None, str(exc), Status.UNKNOWN, UNIT)
         except OSError as exc:
             return Measurement(None, f"cannot read log file {path}: {exc}", Status.UNKNOWN, UNIT)
         with handle:
@@ -133,7 +144,7 @@ class LogCheck(Check[LogCheckConfig]):
     def _read_rotated(self, previous: Reading, offset: int, scan: _Scan) -> None:
         old = Path(f"{self.path}.1")
         try:
-            with old.open("rb") as handle:
+            with os.fdopen(open_for_reading(old, "rotated log file"), "rb") as handle:
                 info = os.fstat(handle.fileno())
                 if (info.st_dev, info.st_ino) != (previous.get("dev"), previous.get("ino")):
                     return

@@ -170,6 +170,9 @@ class MetricCheck(Check[MetricCheckConfig]):
 
     def _absent(self, why: str) -> Measurement:
         how, unit = self.config.absent, self.config.shown_unit
+        if self.context.target.role == "gateway" and not self.config.metric.startswith("smg_"):
+            why += (f" ({self.config.metric} is not a gateway's metric: a gateway serves smg_* "
+                    "families; an SGLang server's are read from the worker's own target)")
         if how == "no_data":
             return no_data(why, unit)
         if how == "zero":

@@ -1,4 +1,8 @@
-"""`progress`: a hang is requests running while no token is decoded (no 20 s /health wait)."""
+"""`progress`: a hang is requests running while no token is decoded (no 20 s /health wait).
+
+It runs on its own signal: where `/metrics` cannot be read it reports "no data" (never a
+failure: a server that does not answer is liveness's to page for), so it needs no
+`depends_on` and still fires on a live server whose decode counter stops while requests run."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from sglguard.checks import pages
 from sglguard.checks.base import Check, CheckConfig, NoWindowYet
 from sglguard.checks.metric import no_data
 from sglguard.checks.promql import Scrape, carry, window_increases
+from sglguard.client import TargetError
 from sglguard.config.types import Duration
 from sglguard.domain import Measurement, Status
 
@@ -51,8 +56,14 @@ class ProgressCheck(Check[ProgressCheckConfig]):
         names = [config.tokens_metric, config.running_metric]
         if config.fallback_metric:
             names.append(config.fallback_metric)
-        scrape = pages.scrape(self.client, self.context.target, names, self.timeout,
-                              self.config.interval.total_seconds())
+        try:
+            scrape = pages.scrape(self.client, self.context.target, names, self.timeout,
+                                  self.config.interval.total_seconds())
+        except TargetError as exc:
+            # A server that does not answer is the liveness check's to judge (one outage, one
+            # page): progress needs no `depends_on`, and judges only a server it can read.
+            return no_data(f"cannot read /metrics ({exc}): nothing to judge progress by",
+                           "tokens")
         running_series = scrape.select(config.running_metric, _TOTALS)
         if not running_series:
             return no_data(f"metric {config.running_metric} not found in /metrics", "tokens")

@@ -1,32 +1,22 @@
-"""The check kinds sglguard knows, keyed by `kind`."""
+"""The check kinds sglguard knows, keyed by `kind` (each module loads when its kind is used)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sglguard.checks.base import Check, CheckConfig
-from sglguard.checks.generate import GenerateCheck
-from sglguard.checks.gpu import GpuCheck
-from sglguard.checks.host import HostCheck
-from sglguard.checks.http import HttpCheck
-from sglguard.checks.log import LogCheck
-from sglguard.checks.metric import MetricCheck
-from sglguard.checks.process import ProcessCheck
-from sglguard.checks.progress import ProgressCheck
-from sglguard.checks.server_info import ServerInfoCheck
-from sglguard.checks.structured_output import StructuredOutputCheck
 from sglguard.registry import Registry
 
 CHECKS: Registry[Check[Any]] = Registry("check")
-CHECKS.register(HttpCheck)
-CHECKS.register(MetricCheck)
-CHECKS.register(ProgressCheck)
-CHECKS.register(ServerInfoCheck)
-CHECKS.register(GenerateCheck)
-CHECKS.register(StructuredOutputCheck)
-CHECKS.register(GpuCheck)
-CHECKS.register(HostCheck)
-CHECKS.register(ProcessCheck)
-CHECKS.register(LogCheck)
+CHECKS.register("http", "sglguard.checks.http:HttpCheck")
+CHECKS.register("metric", "sglguard.checks.metric:MetricCheck")
+CHECKS.register("progress", "sglguard.checks.progress:ProgressCheck")
+CHECKS.register("server_info", "sglguard.checks.server_info:ServerInfoCheck")
+CHECKS.register("generate", "sglguard.checks.generate:GenerateCheck")
+CHECKS.register("structured_output", "sglguard.checks.structured_output:StructuredOutputCheck")
+CHECKS.register("gpu", "sglguard.checks.gpu:GpuCheck")
+CHECKS.register("host", "sglguard.checks.host:HostCheck")
+CHECKS.register("process", "sglguard.checks.process:ProcessCheck")
+CHECKS.register("log", "sglguard.checks.log:LogCheck")
 
 CheckConfig.kinds = CHECKS.config_models()

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 @config_option
 @click.argument("target")
 def undrain(config_path: str | None, target: str) -> None:
-    """Re-add the target's workers that a drain took out of their gateway, as registered."""
+    """Re-add the target's workers that a drain took out of their gateway, as registered.
+    Refused (exit 1) while a remediation of the target holds its lease."""
     from sglguard.remediations.drained import out, return_workers
 
     _, catalog = load(config_path)
@@ -32,7 +33,15 @@ def undrain(config_path: str | None, target: str) -> None:
     if not rows:
         click.echo(f"{target}: no worker of it is out of a gateway")
         return
-    said = return_workers(store, catalog, target, by="by hand: sglguard undrain")
+    from sglguard.agents import Agents
+
+    agents = Agents(store, role="cli")  # a lease left by a dead process is taken over
+    agents.register([target])
+    try:
+        said = return_workers(store, catalog, target, by="by hand: sglguard undrain",
+                              agents=agents)
+    finally:
+        agents.leave()
     for line in said:
         click.echo(line)
     with store.session() as session:
@@ -57,8 +66,11 @@ def drained_of(session: Session, target: str, incident_id: int) -> list[dict[str
 
 
 def _item(row: DrainedWorkerRow) -> dict[str, Any]:
+    from sglguard.remediations.gateway import registration
+
     return {"worker": row.worker_url, "gateway": row.gateway, "state": row.state,
-            "registration": json.loads(row.registration), "in_flight": row.in_flight,
+            "registration": registration(json.loads(row.registration)),
+            "in_flight": row.in_flight,
             "drained_at": row.drained_at.isoformat(),
             "returned_at": row.returned_at.isoformat() if row.returned_at else None,
             "returned_by": row.returned_by, "last_error": row.last_error}

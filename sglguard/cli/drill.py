@@ -57,13 +57,22 @@ def open_drill_store(url: str) -> Store:
               help="sigstop: the longest the server stays stopped")
 @click.option("--burst", type=click.IntRange(1, 1000), default=64, show_default=True,
               help="burst: how many concurrent requests")
+@click.option("--time-scale", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              show_default=True,
+              help="multiply the catalog's schedule (check intervals, timeouts, windows, for:, "
+                   "remediation backoff and budgets, group_wait) by this factor, e.g. 0.05 to "
+                   "rehearse a catalog in minutes; thresholds and the server's own timings stay; "
+                   "the report states it")
+@click.option("--request-dumps", is_flag=True,
+              help="a real server: let the catalog's diagnostics.request_dumps switch its "
+                   "request dumps on during drill incidents (left alone otherwise)")
 @click.option("--list-faults", is_flag=True, help="list the faults and exit")
 @click.option("--show", "show_id", type=int, default=None, help="print a stored report")
 @click.option("--reports", "list_reports", is_flag=True, help="list stored reports")
 def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, ...], yes: bool,
           dry_run: bool, as_json: bool, store_url: str | None, wait: str | None,
-          stop_for: str, burst: int, list_faults: bool, show_id: int | None,
-          list_reports: bool) -> None:
+          stop_for: str, burst: int, time_scale: float, request_dumps: bool, list_faults: bool,
+          show_id: int | None, list_reports: bool) -> None:
     """Inject faults into a target and report, per fault, whether the catalog caught it within
     its bound, what repaired it, how long until healthy, and who was told.
 
@@ -71,10 +80,12 @@ def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, .
     drill incidents of their own (stop or silence `sglguard run` for the target meanwhile, so
     that it does not act on the same faults). Against the emulator every emulator fault can be
     injected; against a real server only sigkill, sigstop, burst and regex, and only with
-    --yes. Messages are marked [DRILL]. Exit status 0 when every drill passed, 1 otherwise."""
+    --yes. Messages are marked [DRILL]. Exit status 0 when every drill passed, 1 otherwise.
+    --time-scale runs the catalog's schedule faster (bounds computed on the scaled catalog)."""
     from sglguard.config.types import parse_duration
     from sglguard.drill.faults import FAULTS, Scene, Settings, is_emulator
     from sglguard.drill.run import drill_catalog
+    from sglguard.drill.scale import scale_catalog
     from sglguard.service import build_clients
 
     if list_faults:
@@ -87,13 +98,15 @@ def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, .
         return
     target = _target(catalog, target_name)
     try:
-        settings = Settings(stop_for=parse_duration(stop_for).total_seconds(), burst=burst)
+        settings = Settings(stop_for=parse_duration(stop_for).total_seconds(), burst=burst,
+                            time_scale=time_scale)
         waiting = parse_duration(wait).total_seconds() if wait else None
     except ValueError as exc:
         fail(f"--stop-for/--wait: {exc}")
     emulator = is_emulator(target)
     names = _fault_names(chosen, emulator, target)
-    drilled = drill_catalog(catalog, url)
+    drilled = drill_catalog(scale_catalog(catalog, time_scale), url,
+                            request_dumps=emulator or request_dumps)
     scene = Scene(target, build_clients(drilled)[target.name], _pid_reader(target), settings)
     faults = [FAULTS[name](scene) for name in names]
     if dry_run or (not emulator and not yes):
@@ -102,7 +115,7 @@ def drill(config_path: str | None, target_name: str | None, chosen: tuple[str, .
             fail(f"{target.name} is a real server: nothing done; add --yes to run these drills "
                  "(or --dry-run to only list them)")
         return
-    _run(drilled, target.name, faults, emulator, waiting, as_json)
+    _run(drilled, target.name, faults, emulator, waiting, as_json, time_scale)
 
 
 def _list_faults() -> None:
@@ -110,7 +123,7 @@ def _list_faults() -> None:
 
     for cls in (*EMULATOR_FAULTS, *REAL_FAULTS):
         where = "emulator" if cls.emulator else "emulator or server"
-        click.echo(f"{cls.name:14} {where}: {(cls.__doc__ or '').strip()}")
+        click.echo(f"{cls.name:14} {where}: {' '.join((cls.__doc__ or '').split())}")
 
 
 def _fault_names(chosen: tuple[str, ...], emulator: bool, target: TargetConfig) -> list[str]:
@@ -164,7 +177,7 @@ def _pid_reader(target: TargetConfig) -> Callable[[], int | None]:
 
 
 def _run(catalog: Catalog, target: str, faults: list[Fault], emulator: bool,
-         wait: float | None, as_json: bool) -> None:
+         wait: float | None, as_json: bool, time_scale: float) -> None:
     import sys
 
     from sglguard import output
@@ -173,7 +186,7 @@ def _run(catalog: Catalog, target: str, faults: list[Fault], emulator: bool,
 
     store = open_drill_store(catalog.store.url)
     try:
-        drill = Drill(catalog, store, target, wait=wait,
+        drill = Drill(catalog, store, target, wait=wait, time_scale=time_scale,
                       say=lambda text: click.echo(text, err=True))
         report = drill.run(faults, emulator)
     finally:

@@ -50,7 +50,7 @@ def run(config_path: str | None, dry_run: bool) -> None:
         few_malloc_arenas()
     service = Service(catalog, open_store(catalog, migrate_apart=True, service=path),
                       dry_run=dry_run)
-    web = start_web(catalog, service.store)  # the catalog's `http:` listener, if any
+    web = start_web(catalog, service.store, runtime=service)  # the catalog's `http:`, if any
     asked: set[str] = set()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
@@ -75,7 +75,7 @@ def run(config_path: str | None, dry_run: bool) -> None:
             asked.discard("reload")
             previous, service = service, reloaded(path, service)
             if service is not previous:
-                web = restart_web(web, service.catalog, service.store)
+                web = restart_web(web, service.catalog, service.store, runtime=service)
     service.stop()
     if web is not None:
         web.stop()
@@ -96,7 +96,8 @@ def reloaded(path: Path, service: Any) -> Any:
         return service
     service.stop(handing_over=True)
     fresh = Service(catalog, store, dry_run=service.dry_run,
-                    agents=service.agents if store is service.store else None)
+                    agents=service.agents if store is service.store else None,
+                    telemetry=service.telemetry)
     fresh.take_over(service)
     fresh.start(reloaded=True)
     logger.info("reloaded %s", path)
@@ -160,8 +161,9 @@ def remediate(config_path: str | None, name: str, target_name: str | None, dry_r
         console.print(f"dry run recorded as run #{run_id}; nothing was changed",
                       highlight=False)
         return
-    style = output.STYLES.get(said, "")
-    console.print(f"[{style}]{said}[/]: {for_terminal(error or detail)}"
+    style = output.STYLES.get(said)  # an outcome without a style (refused) is printed plain
+    shown = f"[{style}]{for_terminal(said)}[/]" if style else for_terminal(said)
+    console.print(f"{shown}: {for_terminal(error or detail)}"
                   + (f" (run #{run_id})" if run_id is not None else ""), highlight=False)
     sys.exit(0 if said == "succeeded" else 1)
 
@@ -239,7 +241,8 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
             for state in queries.target_states(session, target):
                 state.grace_until = utcnow() + control.startup_timeout
     try:
-        outcome = runner.run(name, target, trigger="manual")
+        with agents.beating(), leases.kept(target, timedelta(minutes=30), utcnow):
+            outcome = runner.run(name, target, trigger="manual")
     finally:
         leases.release(target)
         agents.leave()
@@ -274,6 +277,9 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
               help="data-parallel ranks: one series per rank on scheduler families")
 @click.option("--enable-priority-scheduling", is_flag=True,
               help="queue/running gauges also per priority, totals under priority=\"\"")
+@click.option("--default-priority-value", type=int, default=None,
+              help="priority of requests sent without one (else the scheduler gives them the "
+                   "lowest, -2**63)")
 @click.option("--disaggregation-mode", type=click.Choice(["null", "prefill", "decode"]),
               default="null", show_default=True,
               help="a PD role; a prefill worker observes no TTFT/ITL/TPOT")
@@ -284,8 +290,9 @@ def run_by_hand(runner: Any, store: Any, name: str, target: str) -> Any:
 def emulator(port: int, host: str, model_path: str | None, max_running_requests: int | None,
              api_key: str | None, startup_delay: float, health_latency: float | None,
              fault: str | None, load: float, metrics_version: str, dp_size: int,
-             enable_priority_scheduling: bool, disaggregation_mode: str,
-             skip_server_warmup: bool, decode_speed: float) -> None:
+             enable_priority_scheduling: bool, default_priority_value: int | None,
+             disaggregation_mode: str, skip_server_warmup: bool,
+             decode_speed: float) -> None:
     """A stand-in SGLang server for demos and tests."""
     from sglguard.emulator import EmulatorOptions, parse_fault, run_emulator
 
@@ -298,6 +305,7 @@ def emulator(port: int, host: str, model_path: str | None, max_running_requests:
                                "fault": fault, "api_key": api_key, "load": load,
                                "metrics_version": metrics_version, "dp_size": dp_size,
                                "enable_priority_scheduling": enable_priority_scheduling,
+                               "default_priority_value": default_priority_value,
                                "disaggregation_mode": disaggregation_mode,
                                "skip_server_warmup": skip_server_warmup,
                                "decode_speed": decode_speed}

@@ -16,22 +16,23 @@ from sglguard.cli.app import config_option, fail, load, main, open_store
 if TYPE_CHECKING:
     from sglguard.config.models import Catalog
     from sglguard.store import Store
+    from sglguard.telemetry import Runtime
     from sglguard.web.server import WebServer
 
 logger = logging.getLogger(__name__)
 
 
 def start_web(catalog: Catalog, store: Store, *, listen: str | None = None,
-              strict: bool = True) -> WebServer | None:
+              strict: bool = True, runtime: Runtime | None = None) -> WebServer | None:
     """The listener the catalog asks for (`http:`), started; None when it asks for none.
     `strict`: a listener that cannot start ends the command (exit status 2), else it is logged
-    and the service goes on without it (a reload)."""
+    and the service goes on without it (a reload). `runtime`: the service it runs beside."""
     if catalog.http is None and listen is None:
         return None
     from sglguard.web.server import serve
 
     try:
-        return serve(catalog, store, listen=listen)
+        return serve(catalog, store, listen=listen, runtime=runtime)
     except (OSError, ValueError) as exc:
         address = listen or (catalog.http.listen if catalog.http else "")
         why = f"cannot listen on {address}: {getattr(exc, 'strerror', None) or exc}"
@@ -41,11 +42,12 @@ def start_web(catalog: Catalog, store: Store, *, listen: str | None = None,
         return None
 
 
-def restart_web(web: WebServer | None, catalog: Catalog, store: Store) -> WebServer | None:
+def restart_web(web: WebServer | None, catalog: Catalog, store: Store, *,
+                runtime: Runtime | None = None) -> WebServer | None:
     """After a reload: the listener of the new catalog (stopped if it has none)."""
     if web is not None:
         web.stop()
-    return start_web(catalog, store, strict=False)
+    return start_web(catalog, store, strict=False, runtime=runtime)
 
 
 @main.command()
@@ -80,20 +82,28 @@ def serve(config_path: str | None, listen: str | None) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="print the API's JSON (/api/v1/checks)")
 def status(config_path: str | None, as_json: bool) -> None:
-    """One line per check, worst first; the exit status is the worst status, as `check`."""
+    """One line per check, worst first, then every worker out of its gateway; the exit status
+    is the worst status, as `check`."""
     from rich.console import Console
 
     from sglguard import output
+    from sglguard.cli.drained import drained_lines, drained_now
     from sglguard.web.view import View
 
     _, catalog = load(config_path)
-    checks = View(catalog, open_store(catalog)).checks(runs=1)
+    store = open_store(catalog)
+    checks = View(catalog, store).checks(runs=1)
     for item in checks:
         item.pop("runs", None)
+    with store.session() as session:
+        out_now = drained_now(session)
     if as_json:
-        click.echo(output.json_text({"checks": checks}))
+        click.echo(output.json_text({"checks": checks, "drained": [
+            {"target": target, **item} for target, item in out_now]}))
     else:
         output.status_table(Console(), checks)
+        for target, item in out_now:
+            click.echo(drained_lines(target, [item])[0])
     sys.exit(output.worst_label(item["status"] for item in checks))
 
 

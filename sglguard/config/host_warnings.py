@@ -1,30 +1,33 @@
 """What a valid catalog still cannot do on this host: checks that will only report UNKNOWN, a
-control that cannot write its pidfile. Said as warnings by `validate`; none stops the service
-(the host may change: a driver installed, the server started for the first time)."""
+control that cannot write its pidfile, a gateway probed where it always looks well. Said as
+warnings by `validate`; none stops the service (the host may change: a driver installed, the
+server started for the first time)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sglguard.checks.gpu import GpuCheckConfig, nvml_unavailable
-from sglguard.checks.log import LogCheckConfig
 from sglguard.config.models import Catalog, TargetConfig
 from sglguard.config.notifier_urls import disabled_here
 from sglguard.deploy import STATE_DIR
+
+if TYPE_CHECKING:
+    from sglguard.checks.log import LogCheckConfig
 
 
 def host_warnings(catalog: Catalog) -> list[str]:
     targets = {target.name: target for target in catalog.targets}
     warnings = [warning for target in catalog.targets for warning in _control(target)]
-    gpu_checks = [check for check in catalog.checks if isinstance(check, GpuCheckConfig)]
-    nvml = nvml_unavailable() if gpu_checks else None
-    if nvml is not None:
-        warnings += [f"check {check.name} (gpu): NVML is not available on this host ({nvml}); "
-                     f"it will report {check.on_unavailable.upper()}" for check in gpu_checks]
-    for check in catalog.checks:
-        if isinstance(check, LogCheckConfig):
-            warnings += _log(check, targets.get(check.target))
+    warnings += _gpu(catalog)
+    if any(check.kind == "log" for check in catalog.checks):  # only then is its module loaded
+        from sglguard.checks.log import LogCheckConfig
+
+        for check in catalog.checks:
+            if isinstance(check, LogCheckConfig):
+                warnings += _log(check, targets.get(check.target))
+    warnings += _gateway_health(catalog)
     for notifier in catalog.notifiers:
         for url in notifier.urls:
             scheme = url.get_secret_value().partition("://")[0]
@@ -32,6 +35,32 @@ def host_warnings(catalog: Catalog) -> list[str]:
                 warnings.append(f"notifier {notifier.name}: Apprise cannot send {scheme}:// "
                                 "from this host (a library it needs is not installed)")
     return warnings
+
+
+def _gateway_health(catalog: Catalog) -> list[str]:
+    if not any(check.kind == "http" for check in catalog.checks):
+        return []
+    from sglguard.checks.http import GATEWAY_PATH, HttpCheckConfig
+
+    targets = {target.name: target for target in catalog.targets}
+    return [f"check {check.name} (http): GET {check.path} of gateway {check.target} answers "
+            f"200 even with no worker left; {GATEWAY_PATH} answers 503 when no worker is "
+            "healthy" for check in catalog.checks
+            if isinstance(check, HttpCheckConfig) and targets[check.target].role == "gateway"
+            and "path" in check.model_fields_set and check.path in ("/health", "/liveness")]
+
+
+def _gpu(catalog: Catalog) -> list[str]:
+    if not any(check.kind == "gpu" for check in catalog.checks):
+        return []  # NVML's module is not even loaded
+    from sglguard.checks.gpu import GpuCheckConfig, nvml_unavailable
+
+    gpu_checks = [check for check in catalog.checks if isinstance(check, GpuCheckConfig)]
+    nvml = nvml_unavailable()
+    if nvml is None:
+        return []
+    return [f"check {check.name} (gpu): NVML is not available on this host ({nvml}); "
+            f"it will report {check.on_unavailable.upper()}" for check in gpu_checks]
 
 
 def _control(target: TargetConfig) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -61,12 +62,17 @@ class TargetConfig(ConfigModel):
 
     name: Name
     url: HttpUrl
+    role: Literal["server", "gateway"] = Field(
+        default="server",
+        description="gateway: an SGLang model gateway (smg / sglang-router) in front of "
+                    "servers, not a server: its http checks ask /readiness by default, its "
+                    "metrics are read from metrics_url, and its messages speak of a gateway")
     api_key: SecretStr | None = None
     admin_api_key: SecretStr | None = None
     timeout: Duration = timedelta(seconds=10)
     control: ControlConfig | None = None
-    metrics_url: str | None = Field(
-        default=None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+    metrics_url: HttpUrl | None = Field(
+        default=None,
         description="where metric and progress checks read the Prometheus page (a proxy, a "
                     "gateway's metrics port); no API key is sent there. Default: url/metrics")
     metrics_max_age: DurationOrZero = Field(
@@ -142,6 +148,17 @@ class Retention(ConfigModel):
     incidents: Duration = timedelta(days=180)
 
 
+class BacklogConfig(ConfigModel):
+    """Where results wait while the store cannot be reached."""
+
+    memory: int = Field(default=10_000, ge=1, description="results held in memory; past "
+                        "this, everything held goes to the spill file")
+    spill: RelativePath = Field(default=Path("sglguard-backlog.jsonl"), validate_default=True,
+                                description="the spill file (relative: beside the catalog)")
+    spill_max_mb: int = Field(default=64, ge=1, le=4096,
+                              description="the spill file's bound, in MiB")
+
+
 class StoreConfig(ConfigModel):
     """Where results, incidents and audit records are kept (an SQLAlchemy URL)."""
 
@@ -152,6 +169,7 @@ class StoreConfig(ConfigModel):
         description="results that change nothing (OK after OK) are written together this often; "
                     "anything that changes a check's state is written at once; 0s: every "
                     "result at once")
+    backlog: BacklogConfig = Field(default_factory=dict, validate_default=True)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -202,6 +220,25 @@ class HttpConfig(ConfigModel):
         return self
 
 
+class RequestDumpsConfig(ConfigModel):
+    """While an incident of a target is open, SGLang keeps the requests it answers: request
+    dumps are switched on through `/configure_logging` when the incident opens and back when
+    the last open incident of the target resolves."""
+
+    folder: str = Field(min_length=1, description="where the server writes the dumps (a path on "
+                                                  "the server's host: dump_requests_folder)")
+    threshold: int = Field(default=100, ge=1, le=100_000,
+                           description="requests per dump file (dump_requests_threshold): the "
+                                       "server writes a file each time it holds this many")
+    log_requests: bool = Field(default=False,
+                               description="also log each request in the server's log")
+    targets: tuple[Name, ...] = Field(
+        default=(), description="only these targets (default: every target)")
+
+    def covers(self, target: str) -> bool:
+        return not self.targets or target in self.targets
+
+
 class DiagnosticsConfig(ConfigModel):
     """The evidence captured when an incident opens and before a destructive remediation."""
 
@@ -216,6 +253,9 @@ class DiagnosticsConfig(ConfigModel):
                                        description="a crash dump this small is copied whole")
     stacks: Literal["hang", "always", "never"] = Field(
         default="hang", description="Python stacks of the server's processes (py-spy)")
+    request_dumps: RequestDumpsConfig | None = Field(
+        default=None, description="switch the server's request dumps on while an incident is "
+                                  "open (SGLang's /configure_logging); off unless given")
 
 
 class Catalog(ConfigModel):

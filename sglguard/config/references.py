@@ -64,6 +64,8 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
         item.get("name"): item.get("kind") for _, item in _items(data, "remediations")
     }
     checks = _names(data, "checks")
+    problems += _gateway_problems(data)
+    problems += _dump_target_problems(data, targets)
     problems += _dependency_problems(data, checks)
     problems += _window_problems(data, targets, checks)
     for index, check in _items(data, "checks"):
@@ -93,6 +95,17 @@ def reference_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _dump_target_problems(data: dict[str, Any],
+                          targets: dict[str, int]) -> list[tuple[Loc, str]]:
+    diagnostics = data.get("diagnostics")
+    dumps = diagnostics.get("request_dumps") if isinstance(diagnostics, dict) else None
+    named = dumps.get("targets") if isinstance(dumps, dict) else None
+    return [(("diagnostics", "request_dumps", "targets", index),
+             f"unknown target '{name}' (known: {_known('targets', targets)})")
+            for index, name in enumerate(named if isinstance(named, list) else [])
+            if isinstance(name, str) and name not in targets]
+
+
 def _flag_problems(loc: Loc, name: str, kind: str, control: Any,
                    target: str) -> list[tuple[Loc, str]]:
     """A remediation that restarts with changed launch flags needs a control that can."""
@@ -105,6 +118,35 @@ def _flag_problems(loc: Loc, name: str, kind: str, control: Any,
     able = ", ".join(sorted(k for k in CONTROLS if CONTROLS[k].supports_overrides))
     return [(loc, f"remediation '{name}' ({kind}) cannot change launch flags through the "
                   f"{control} control of target '{target}' (controls that can: {able})")]
+
+
+# Check kinds that read what only an SGLang server has, never a gateway in front of servers.
+_SERVER_ONLY = {
+    "server_info": "a gateway has no server info of its own (its /server_info would be one "
+                   "worker's): aim this check at a worker's target",
+    "progress": "a gateway runs no decode steps of its own: aim this check at a worker's target",
+}
+
+
+def _gateway_problems(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Checks aimed at a `role: gateway` target that could only report a worker's figures or
+    fail for a reason that has nothing to do with the gateway."""
+    gateways = {item.get("name"): item for _, item in _items(data, "targets")
+                if item.get("role") == "gateway"}
+    problems: list[tuple[Loc, str]] = []
+    for index, check in _items(data, "checks"):
+        target, kind = gateways.get(check.get("target")), check.get("kind")
+        if target is None:
+            continue
+        name = check.get("target")
+        if isinstance(kind, str) and kind in _SERVER_ONLY:
+            problems.append((("checks", index, "kind"),
+                             f"target '{name}' is a gateway: {_SERVER_ONLY[kind]}"))
+        elif kind == "metric" and target.get("metrics_url") is None:
+            problems.append((("checks", index, "target"), (
+                f"target '{name}' is a gateway, whose metrics are on its own port "
+                "(--prometheus-port, default 29000): give the target a metrics_url")))
+    return problems
 
 
 def _dependency_problems(data: dict[str, Any], checks: dict[str, int]) -> list[tuple[Loc, str]]:
@@ -154,6 +196,8 @@ def _window_problems(data: dict[str, Any], targets: dict[str, int],
 
 def log_problems(catalog: Catalog) -> list[tuple[Loc, str]]:
     """A `log` check without `path` reads its target control's log: the control must keep one."""
+    if not any(check.kind == "log" for check in catalog.checks):
+        return []  # the log kind's module is not loaded for nothing
     from sglguard.checks.log import LogCheckConfig
 
     targets = {target.name: target for target in catalog.targets}

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -32,30 +30,11 @@ STARTED_BEFORE_WRITTEN = 30.0
 
 
 def safe_folder(path: Path, what: str) -> None:
-    """Refuse a file whose folder others can write: they could swap the file for a link to a
-    file of root's, or name another process in it (as systemd refuses unsafe PID files)."""
-    folder = path.parent
+    """Refuse a file whose folder others can write (see pidfiles.check_folder)."""
     try:
-        info = os.stat(folder)
-    except FileNotFoundError:
-        return  # created by sglguard, with its own modes
-    except OSError as exc:
-        raise ControlError(f"cannot use the folder of the {what} {path}: "
-                           f"{exc.strerror or exc}", permanent=True) from None
-    if info.st_uid not in (0, os.geteuid()):
-        raise ControlError(f"the folder {folder} of the {what} belongs to uid {info.st_uid}: "
-                           "refused (it must belong to sglguard's user or root)", permanent=True)
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ControlError(f"the folder {folder} of the {what} is writable by others than its "
-                           f"owner (mode {stat.S_IMODE(info.st_mode):o}): refused",
-                           permanent=True)
-
-
-def _no_link(path: Path, what: str, exc: OSError) -> ControlError:
-    if exc.errno == errno.ELOOP:
-        return ControlError(f"the {what} {path} is a symbolic link: refused", permanent=True)
-    return ControlError(f"cannot open the {what} {path}: {exc.strerror or exc}",
-                        permanent=True)
+        pidfiles.check_folder(path, what)
+    except pidfiles.UnsafeFile as exc:
+        raise ControlError(str(exc), permanent=True) from None
 
 
 def read_pidfile(path: Path) -> int | None:
@@ -86,7 +65,7 @@ def open_log(path: Path) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, LOG_MODE)
     except OSError as exc:
-        raise _no_link(path, "log", exc) from None
+        raise ControlError(str(pidfiles.refusal(path, "log", exc)), permanent=True) from None
 
 
 def server_process(pidfile: Path, start: Sequence[str]) -> tuple[psutil.Process | None, str]:

@@ -16,12 +16,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sglguard.backlog import failed
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog
 from sglguard.controls.base import Control
 from sglguard.diag.bundle import build
 from sglguard.diag.collect import Job, metric_families, read_all
+from sglguard.diag.dumps import RequestDumps
 from sglguard.store import Store
 from sglguard.store.evidence import DiagnosticRow, bundles_of
 from sglguard.store.models import IncidentRow
@@ -65,13 +67,19 @@ class Diagnostics:
         self.catalog, self.store, self.clients = catalog, store, clients
         self.controls, self.clock = controls, clock
         self.settings = catalog.diagnostics
+        self.dumps = RequestDumps(catalog, store, clients, clock=clock)
 
     @property
     def bound(self) -> float:
         return self.settings.timeout.total_seconds()
 
     def opened(self, incident_id: int, check: str) -> None:
-        """Capture in a background thread; a notification of the incident waits for it."""
+        """Capture in a background thread; a notification of the incident waits for it. Request
+        dumps, when the catalog asks for them, are switched on in another."""
+        target = self.catalog.check(check).target
+        if self.settings.enabled and self.dumps.covers(target):
+            threading.Thread(target=self.dumps.opened, args=(incident_id, target),
+                             name=f"dumps-{incident_id}", daemon=True).start()
         if not self.settings.enabled:
             return
         event = _begin(incident_id)
@@ -83,6 +91,17 @@ class Diagnostics:
                 _end(incident_id, event)
 
         threading.Thread(target=work, name=f"diag-{incident_id}", daemon=True).start()
+
+    def resolved(self, incident_id: int) -> None:
+        """An incident resolved: request dumps switched on for it go back (in the background)."""
+        if self.dumps.config is None:
+            return
+        threading.Thread(target=self.dumps.resolved, args=(incident_id,),
+                         name=f"dumps-{incident_id}", daemon=True).start()
+
+    def release(self) -> None:
+        """sglguard stops: request dumps it switched on go back (each bounded)."""
+        self.dumps.release()
 
     def before(self, incident_id: int, check: str, remediation: str) -> None:
         """Capture before `remediation` destroys the evidence; returns within the bound."""
@@ -107,8 +126,8 @@ class Diagnostics:
         """Read, bound, compress and store one bundle; its row id, or None when it failed."""
         try:
             return self._capture(incident_id, check, stage)
-        except Exception:
-            logger.exception("incident #%s: diagnostics (%s) failed", incident_id, stage)
+        except Exception as exc:  # a store outage: said once, no traceback
+            failed(logger, f"incident #{incident_id}: diagnostics ({stage}) failed", exc)
             return None
 
     def _capture(self, incident_id: int | None, check: str, stage: str) -> int:

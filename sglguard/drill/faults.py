@@ -35,6 +35,7 @@ class Settings:
     stop_for: float = 30.0  # SIGSTOP held at most this long
     burst: int = 64  # requests in a burst
     burst_tokens: int = 64  # max_new_tokens of each
+    time_scale: float = 1.0  # the catalog's durations were multiplied by this (--time-scale)
 
 
 @dataclass
@@ -76,12 +77,16 @@ class EmulatorFault(Fault):
     emulator = True
     mode: ClassVar[str]
 
+    def fault_mode(self) -> str:
+        """The emulator's fault text, as this drill sets it."""
+        return self.mode
+
     def plan(self) -> str:
         url = str(self.scene.target.url).rstrip("/")
-        return f"POST {url}/_emulator/fault {{\"mode\": \"{self.mode}\"}}"
+        return f"POST {url}/_emulator/fault {{\"mode\": \"{self.fault_mode()}\"}}"
 
     def inject(self) -> None:
-        self._set(self.mode)
+        self._set(self.fault_mode())
 
     def clear(self) -> None:
         # a crashed or restarting emulator has no fault to clear
@@ -105,16 +110,28 @@ def emulator_fault(name: str, mode: str, doc: str) -> type[EmulatorFault]:
                 {"name": name, "mode": mode, "__doc__": f"{doc} (emulator fault {mode})"})
 
 
+class MemoryGrowth(EmulatorFault):
+    """KV cache memory leaks, filling the 54 GB cache in 2 s (emulator fault memory_growth)"""
+
+    name = "memory_growth"
+    mode = "memory_growth"
+    FILL_SECONDS = 2.0  # so fast that the time measured is the check's, not the leak's
+    CACHE_MIB = 54.4 * 1024  # the emulator's KV cache
+
+    def fault_mode(self) -> str:
+        seconds = self.FILL_SECONDS * self.scene.settings.time_scale
+        return f"memory_growth:{round(self.CACHE_MIB * 60 / seconds)}"
+
+
 EMULATOR_FAULTS: tuple[type[Fault], ...] = (
     emulator_fault("crash", "crash:0.2", "the server exits"),
     emulator_fault("hang", "hang", "every request hangs, /health included"),
     emulator_fault("stall", "stall", "requests run but no token is generated"),
-    emulator_fault("slow_ttft", "slow_ttft:5", "5 s to the first token"),
+    emulator_fault("slow_ttft", "slow_ttft:8", "8 s more to the first token"),
     emulator_fault("5xx", "error:503", "inference requests answer 503"),
     emulator_fault("bad_output", "bad_output", "structured output breaks its schema"),
     emulator_fault("queue", "queue:1000", "1000 requests waiting"),
-    emulator_fault("memory_growth", "memory_growth:60000", "KV cache memory grows 60 GB a "
-                                                           "minute"),
+    MemoryGrowth,
 )
 
 

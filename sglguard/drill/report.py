@@ -17,8 +17,10 @@ def _seconds(value: float | None) -> str:
 
 def print_report(console: Console, report: Report) -> None:
     kind = "emulator" if report.emulator else "server"
-    title = (f"drill #{report.id} of {report.target} ({kind}), {report.started_at[:19]} UTC: "
-             f"{'PASSED' if report.passed else 'FAILED'}")
+    scale = "" if report.time_scale == 1 else \
+        f", the catalog's schedule x {report.time_scale:g} (--time-scale)"
+    title = (f"drill #{report.id} of {report.target} ({kind}{scale}), "
+             f"{report.started_at[:19]} UTC: {'PASSED' if report.passed else 'FAILED'}")
     table = Table(title=title, title_justify="left")
     for column in ("fault", "detected by", "detection", "bound", "remediation",
                    "healthy after", "notifications", "verdict"):

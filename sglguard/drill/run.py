@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import requests
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from sglguard.checks.base import CheckConfig
 from sglguard.clock import utcnow
@@ -29,18 +31,20 @@ from sglguard.store.models import IncidentRow, NotificationAttemptRow, Remediati
 logger = logging.getLogger(__name__)
 DRILL_MARK = "[DRILL]"
 SOON = 5.0  # seconds: a check run less often is run by the drill before each fault
-RECORDING = timedelta(seconds=0.5)  # from a run's end to its incident being in the store
+RECORDING = timedelta(seconds=1)  # from a run's end to its incident in the store, on a busy host
 
 
 def detection_bound(check: CheckConfig) -> timedelta:
     """How long after a fault the catalog promises an incident: the first run after the fault
     (an interval, with its jitter, at most), then the runs it takes to judge (failure_threshold,
-    X of Y, or `for:`), each an interval apart or a timeout when a run takes that long (runs of a
-    check never overlap), the last one running out its timeout; plus the check's `window`, and a
-    moment to record the incident."""
+    X of Y, or `for:`), the last one running out its timeout; plus the check's `window`, and a
+    moment to record the incident. Runs of a check never overlap: a run still going when the
+    next one falls due makes that one missed, so after a run that takes its whole timeout the
+    next starts at the first due time of the interval's grid after it ends."""
     jitter = timedelta(seconds=check.jitter_seconds)
     first = check.interval + jitter
-    step = max(check.interval, check.timeout) + jitter
+    periods = max(1, math.ceil((check.timeout + jitter) / check.interval - 1e-9))
+    step = check.interval * periods + jitter
     if check.hold is not None:
         rest = check.hold + step
     elif check.failures is not None:
@@ -52,15 +56,20 @@ def detection_bound(check: CheckConfig) -> timedelta:
         window if isinstance(window, timedelta) else timedelta())
 
 
-def drill_catalog(catalog: Catalog, store_url: str) -> Catalog:
-    """The catalog as the drill runs it: its own database, every message marked as a drill."""
+def drill_catalog(catalog: Catalog, store_url: str, *, request_dumps: bool = True) -> Catalog:
+    """The catalog as the drill runs it: its own database, every message marked as a drill;
+    without `request_dumps` (a real server whose operator did not consent) the server's logging
+    is left alone."""
     settings = catalog.notifications
     title = f"{DRILL_MARK} {settings.title or '$title'}"
     body = f"{settings.body or '$body'}\n\n(sglguard drill: a fault injected on purpose)"
     notifiers = tuple(
         notifier.model_copy(update={"title": f"{DRILL_MARK} {notifier.title}"})
         if notifier.title else notifier for notifier in catalog.notifiers)
+    diagnostics = catalog.diagnostics if request_dumps else \
+        catalog.diagnostics.model_copy(update={"request_dumps": None})
     return catalog.model_copy(update={
+        "diagnostics": diagnostics,
         "store": catalog.store.model_copy(update={"url": store_url}),
         "notifications": settings.model_copy(update={"title": title, "body": body}),
         "notifiers": notifiers,
@@ -97,6 +106,7 @@ class Report:
     ignored: list[int] = field(default_factory=list)  # incidents already open at the start
     not_ok: list[str] = field(default_factory=list)  # checks not OK before the drills
     id: int | None = None
+    time_scale: float = 1.0  # the catalog's schedule was multiplied by this (--time-scale)
 
     @property
     def passed(self) -> bool:
@@ -110,7 +120,7 @@ class Report:
         outcomes = [Outcome(**item) for item in data.get("outcomes", [])]
         fields = {key: value for key, value in data.items()
                   if key in ("target", "emulator", "started_at", "finished_at", "ignored", "not_ok",
-                              "id")}
+                              "id", "time_scale")}
         return cls(**fields, outcomes=outcomes)
 
 
@@ -118,15 +128,19 @@ class Drill:
     """Runs faults one after the other against one target of a catalog."""
 
     def __init__(self, catalog: Catalog, store: Store, target: str, *, wait: float | None = None,
-                 settle: float = 60.0, clock: Callable[[], datetime] = utcnow,
-                 say: Callable[[str], None] = lambda text: None) -> None:
+                 settle: float | None = None, clock: Callable[[], datetime] = utcnow,
+                 say: Callable[[str], None] = lambda text: None, time_scale: float = 1.0) -> None:
         self.catalog, self.store, self.clock, self.say = catalog, store, clock, say
+        self.time_scale = time_scale  # already applied to the catalog; the report states it
         self.target = catalog.target(target)
         self.checks = [check for check in catalog.checks if check.target == target]
         self.bounds = {check.name: detection_bound(check).total_seconds()
                        for check in self.checks}
         self.wait = wait if wait is not None else 2 * max(self.bounds.values(), default=30.0)
-        self.settle = settle
+        # How long to wait for a healthy target before a fault: an incident of a windowed
+        # check resolves only once its window has forgotten the previous fault.
+        self.settle = settle if settle is not None else max(
+            60.0, max(self.bounds.values(), default=0.0))
         self.service = Service(catalog, store, clock=clock)
         self.baseline: list[str] = []  # checks OK before the drills: OK again before each
 
@@ -135,7 +149,8 @@ class Drill:
         return control.server_pid() if control is not None else None
 
     def run(self, faults: Sequence[Fault], emulator: bool) -> Report:
-        report = Report(self.target.name, emulator, self.clock().isoformat())
+        report = Report(self.target.name, emulator, self.clock().isoformat(),
+                        time_scale=self.time_scale)
         self.service.start()
         try:
             self._warm_up()
@@ -239,14 +254,28 @@ class Drill:
                 runs = session.scalars(select(RemediationRunRow).where(
                     RemediationRunRow.incident_id == incident_id)).all()
                 outcome.remediation = ", ".join(
-                    f"{run.remediation} {run.outcome}" for run in runs) or "none (the drill " \
-                    "undid the fault)"
+                    f"{run.remediation} {run.outcome}" for run in runs) \
+                    or self._other_repairs(session, incident_id, since) \
+                    or "none (the drill undid the fault)"
                 if incident is not None and incident.status != "open":
                     end = incident.resolved_at or self.clock()
                     outcome.healthy_s = round((end - since).total_seconds(), 2)
                     if all(run.outcome != "running" for run in runs):
                         return  # resolved, and its remediation has recorded how it went
             time.sleep(0.1)
+
+    def _other_repairs(self, session: Session, incident_id: int, since: datetime) -> str:
+        """Remediations of the target's other incidents opened since the fault: the one that
+        repaired it when its own check's had no run (a restart withheld on an UNKNOWN result,
+        then made for another check's incident)."""
+        rows = session.execute(
+            select(RemediationRunRow, IncidentRow.check_name)
+            .join(IncidentRow, IncidentRow.id == RemediationRunRow.incident_id)
+            .where(IncidentRow.target == self.target.name, IncidentRow.opened_at >= since,
+                   IncidentRow.id != incident_id)
+            .order_by(RemediationRunRow.id)).all()
+        return ", ".join(f"{run.remediation} {run.outcome} (for #{run.incident_id} {check})"
+                         for run, check in rows)
 
     def _check_of(self, incident_id: int) -> str:
         with self.store.session() as session:

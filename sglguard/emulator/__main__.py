@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data-parallel ranks (one scheduler, one series per family, each)")
     parser.add_argument("--enable-priority-scheduling", action="store_true",
                         help="queue/running gauges also per priority; totals under priority=\"\"")
+    parser.add_argument("--default-priority-value", type=int, default=None,
+                        help="priority of requests sent without one (with priority scheduling; "
+                             "else the scheduler gives them the lowest, -2**63)")
     parser.add_argument("--disaggregation-mode", choices=DISAGGREGATION_MODES,
                         default=defaults.disaggregation_mode,
                         help="a PD role: a prefill worker observes no TTFT/ITL/TPOT")
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_version=args.metrics_version,
             dp_size=args.dp_size,
             enable_priority_scheduling=args.enable_priority_scheduling,
+            default_priority_value=args.default_priority_value,
             disaggregation_mode=args.disaggregation_mode,
             skip_server_warmup=args.skip_server_warmup,
             decode_speed=args.decode_speed,

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from .controller import FaultController
+from .dumps import RequestLog
 from .faults import Fault
 from .options import EmulatorOptions
 from .profiles import PROFILES, MetricsProfile
@@ -26,6 +27,10 @@ class EmulatorContext:
     port: int = 0
     health_check_timeout: float = HEALTH_CHECK_TIMEOUT_S
     launched_at: float = field(default_factory=time.time)
+    request_log: RequestLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_log = RequestLog({"model_path": self.options.model_path})
 
     @property
     def model_name(self) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .context import EmulatorContext
@@ -24,6 +24,10 @@ PREFILL_PER_TOKEN_S = 0.00009
 DECODE_ITL_S = 0.011
 QUEUE_BASE_S = 0.0004
 QUEUE_PER_WAITING_S = 0.02  # what a backlog (the `queue` fault) costs each new request
+# A stream decoding in real time sends an event this often at least, and at most
+# MAX_PROGRESS_EVENTS of them (cumulative text resent per event must stay small).
+PROGRESS_EVERY_S = 0.5
+MAX_PROGRESS_EVENTS = 32
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class Job:
     # Synthetic load (--load): held running for its modelled duration; fault delays modelled.
     synthetic: bool = False
     priority: int | None = None  # with --enable-priority-scheduling
+    client_gone: Callable[[], bool] | None = None  # the HTTP client hung up: abort
+    # Called with the output so far while the request decodes in real time (a live stream).
+    on_progress: Callable[[Outcome], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Outcome:
     finish_reason: dict[str, Any]
     e2e_latency: float
     first_token_delay: float = 0.0  # a stream waits this long before its first event
+    disconnected: bool = False  # aborted because the client hung up
 
     @property
     def text(self) -> str:
@@ -79,20 +87,25 @@ def run_job(ctx: EmulatorContext, job: Job) -> Outcome:
     """Queue, 'generate' and record one request; faults hold it while it runs."""
     state = ctx.state
     prompt = prompt_tokens(job.prompt)
-    cached = state.admit(job.rid, prompt, job.priority)
-    if job.constraint is not None:
-        state.count_structured_request()
+    cached = state.admit(job.rid, prompt, job.priority, client_gone=job.client_gone,
+                         streaming=job.streaming)
     try:
         backlog = state.queued_by_fault
         if not state.wait_to_run(job.rid):
-            return _aborted(job, len(prompt), cached)
+            return _aborted(ctx, job, len(prompt), cached)
         running_since = time.monotonic()
         queue_time = running_since - job.started + QUEUE_BASE_S + QUEUE_PER_WAITING_S * backlog
+        admitted = _Admitted(len(prompt), cached, queue_time, running_since)
         ctx.faults.delay_if_slow()
-        if state.was_aborted(job.rid):
-            return _aborted(job, len(prompt), cached)
-        outcome = _generate(ctx, job, _Admitted(len(prompt), cached, queue_time, running_since))
-        return outcome or _aborted(job, len(prompt), cached)
+        outcome = None if state.was_aborted(job.rid) else _generate(ctx, job, admitted)
+        if outcome is None:  # aborted while running: SGLang counts it as finished
+            state.record_aborted(job.rid, GenerationRecord(
+                prompt_tokens=len(prompt), completion_tokens=0, cached_tokens=cached,
+                queue_time=queue_time, ttft=0.0, itl=0.0,
+                e2e=time.monotonic() - job.started, streaming=job.streaming,
+                structured=job.constraint is not None))
+            return _aborted(ctx, job, len(prompt), cached)
+        return outcome
     finally:
         state.release(job.rid)
 
@@ -117,7 +130,8 @@ def _generate(ctx: EmulatorContext, job: Job, adm: _Admitted) -> Outcome | None:
     if speed > 0 and not job.synthetic:  # a real-time decode: the request runs that long
         decode = len(pieces) / speed
         ctx.state.begin_decode(job.rid, len(pieces))
-        if not ctx.state.hold(job.rid, decode):
+        if not _decode(ctx, job, Outcome(job.rid, pieces, adm.prompt_tokens, adm.cached_tokens,
+                                         {}, 0.0), speed):
             return None
     extra = _first_token_delay(ctx, job)
     rec = GenerationRecord(
@@ -129,6 +143,7 @@ def _generate(ctx: EmulatorContext, job: Job, adm: _Admitted) -> Outcome | None:
         itl=DECODE_ITL_S,
         e2e=ttft + extra + decode,
         streaming=job.streaming,
+        structured=job.constraint is not None,
     )
     waited = ctx.state.record(job.rid, rec)  # blocks while the `stall` fault lasts
     if waited is None:
@@ -138,6 +153,24 @@ def _generate(ctx: EmulatorContext, job: Job, adm: _Admitted) -> Outcome | None:
     return Outcome(
         job.rid, pieces, adm.prompt_tokens, adm.cached_tokens, finish, e2e_latency, delay
     )
+
+
+def _decode(ctx: EmulatorContext, job: Job, whole: Outcome, speed: float) -> bool:
+    """Hold the request while it decodes `whole` at `speed`, telling `job.on_progress` the
+    output so far now and then; False if it got aborted meanwhile."""
+    decode = whole.completion_tokens / speed
+    if job.on_progress is None:
+        return ctx.state.hold(job.rid, decode)
+    every = max(PROGRESS_EVERY_S, decode / MAX_PROGRESS_EVENTS)
+    began = time.monotonic()
+    while (left := decode - (time.monotonic() - began)) > 0:
+        if not ctx.state.hold(job.rid, min(every, left)):
+            return False
+        done = min(whole.completion_tokens, int((time.monotonic() - began) * speed))
+        if done < whole.completion_tokens:
+            job.on_progress(replace(whole, pieces=whole.pieces[:done],
+                                    e2e_latency=round(time.monotonic() - job.started, 6)))
+    return True
 
 
 def _first_token_delay(ctx: EmulatorContext, job: Job) -> float:
@@ -163,6 +196,7 @@ def _output(job: Job, bad: bool) -> tuple[tuple[str, ...], dict[str, Any]]:
     return tuple(pieces), {"type": "stop", "matched": LLAMA_EOS_TOKEN}
 
 
-def _aborted(job: Job, prompt: int, cached: int) -> Outcome:
+def _aborted(ctx: EmulatorContext, job: Job, prompt: int, cached: int) -> Outcome:
     finish = {"type": "abort", "message": "Abort before prefill"}
-    return Outcome(job.rid, (), prompt, cached, finish, round(time.monotonic() - job.started, 6))
+    return Outcome(job.rid, (), prompt, cached, finish, round(time.monotonic() - job.started, 6),
+                   disconnected=ctx.state.client_disconnected(job.rid))

@@ -27,6 +27,7 @@ class EmulatorOptions:
     metrics_version: str = DEFAULT_METRICS_VERSION  # "0.5.23" or "legacy" (the docs' sample)
     dp_size: int = 1  # data-parallel ranks: one scheduler (and one series per family) each
     enable_priority_scheduling: bool = False
+    default_priority_value: int | None = None  # given to requests sent without a priority
     disaggregation_mode: str = "null"  # "prefill" or "decode": one role of a PD pair
     skip_server_warmup: bool = False  # else one /generate warms the server up as it starts
     decode_speed: float = 0.0  # tokens/s of one request held running; 0: answered at once

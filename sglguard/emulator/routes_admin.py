@@ -62,11 +62,22 @@ def pause_generation(ctx: EmulatorContext, req: Request) -> Reply:
         message = "Input should be 'abort', 'retract' or 'in_place'"
         raise _validation_error(["body", "mode"], message)
     if mode == "abort":
-        ctx.abort(None)
+        _abort_until_idle(ctx)
     ctx.state.set_flag("paused", True)
     if mode == "retract":
         ctx.state.retract_running()
     return json_reply(200, {"message": "Generation paused successfully.", "status": "ok"})
+
+
+def _abort_until_idle(ctx: EmulatorContext) -> None:
+    """As SGLang's pause in "abort" mode: abort everything, and while requests were still in
+    flight at that moment, wait a second and abort everything again (each call counted in
+    num_aborted_requests_total)."""
+    busy = ctx.state.in_flight() > 0
+    ctx.abort(None)
+    while busy and ctx.state.pause_for(1.0):
+        ctx.abort(None)
+        busy = ctx.state.in_flight() > 0
 
 
 def continue_generation(ctx: EmulatorContext, req: Request) -> Reply:
@@ -87,5 +98,6 @@ def set_internal_state(ctx: EmulatorContext, req: Request) -> Reply:
 
 
 def configure_logging(ctx: EmulatorContext, req: Request) -> Reply:
-    req.json()
+    """SGLang's ConfigureLoggingReq: every field optional; an empty 200 either way."""
+    ctx.request_log.configure(req.json_object())
     return empty_reply(200)

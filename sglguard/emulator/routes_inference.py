@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .context import EmulatorContext
 from .engine import Job, Outcome, new_rid, read_max_new_tokens, run_job
+from .live import live_stream
 from .structured import GrammarError, read_constraint
 from .wire import BadRequest, Reply, Request, StreamReply, json_reply, sse_event, status_phrase
 
@@ -18,7 +19,7 @@ MAX_STREAM_EVENTS = 32
 
 
 def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
-    started = time.monotonic()
+    started, created = time.monotonic(), time.time()
     body = req.json_object()
     params = body.get("sampling_params") or {}
     if not isinstance(params, dict):
@@ -37,12 +38,40 @@ def generate(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
         return _grammar_failure(rid, str(exc), stream, started)
     if isinstance(prompts, list):
         jobs = [Job(new_rid(), p, max_new_tokens, constraint, False, started) for p in prompts]
-        return json_reply(200, [_answer(run_job(ctx, job)) for job in jobs])
-    outcome = run_job(ctx, Job(rid, prompts, max_new_tokens, constraint, stream, started,
-                                priority=_priority(body)))
+        answers = [_answer(run_job(ctx, job)) for job in jobs]
+        for answer in answers:
+            ctx.request_log.finished(body, answer, created)
+        return json_reply(200, answers)
+    job = Job(rid, prompts, max_new_tokens, constraint, stream, started,
+              priority=_priority(body), client_gone=req.disconnected)
+    if stream and ctx.options.decode_speed > 0:
+        return StreamReply(200, live_stream(ctx, job, _generate_events))
+    outcome = run_job(ctx, job)
+    ctx.request_log.finished(body, _answer(outcome), created)
     if stream:
         return StreamReply(200, _stream_events(ctx, outcome))
+    if outcome.disconnected:
+        return _disconnected(outcome)
     return json_reply(200, _answer(outcome))
+
+
+def _disconnected(out: Outcome) -> Reply:
+    """What SGLang answers (to nobody) a request whose client hung up: its ValueError as 400,
+    which http_responses_total counts."""
+    message = (f"Request is disconnected from the client side (type 1). "
+               f"Abort request obj.rid={out.rid!r}")
+    return json_reply(400, {"error": {"message": message}})
+
+
+def _generate_events(out: Outcome, final: bool) -> Iterator[bytes]:
+    """A live /generate stream: the text so far in each event, then the finished one."""
+    if not final:
+        yield sse_event({"text": out.text,
+                         "meta_info": _meta(out, out.completion_tokens, None, out.e2e_latency)})
+        return
+    yield sse_event({"text": out.text, "meta_info": _meta(
+        out, out.completion_tokens, out.finish_reason, out.e2e_latency)})
+    yield sse_event("[DONE]")
 
 
 def _priority(body: Mapping[str, Any]) -> int | None:
@@ -121,9 +150,14 @@ def chat_completions(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
         if isinstance(m, dict)
     )
     stream = body.get("stream") is True
-    out = _run_openai(ctx, body, prompt, stream)
+    if stream and ctx.options.decode_speed > 0:
+        job = _openai_job(body, prompt, stream, req)
+        return StreamReply(200, live_stream(ctx, job, _live_chat_chunks(ctx, body, job.rid)))
+    out = _run_openai(ctx, body, prompt, stream, req)
     if stream:
         return StreamReply(200, _chat_chunks(ctx, body, out))
+    if out.disconnected:
+        return _disconnected(out)
     message = {
         "role": "assistant",
         "content": out.text,
@@ -140,20 +174,46 @@ def chat_completions(ctx: EmulatorContext, req: Request) -> Reply | StreamReply:
     return json_reply(200, _openai_envelope(ctx, body, out, "chat.completion", choice))
 
 
-def _chat_chunks(ctx: EmulatorContext, body: Mapping[str, Any], out: Outcome) -> Iterator[bytes]:
-    """Server-sent `chat.completion.chunk` events: the role, the text in pieces, the finish
-    reason, then `data: [DONE]`, as SGLang streams a chat completion."""
-    if out.first_token_delay and not ctx.faults.sleep(out.first_token_delay):
-        return
+def _chunker(ctx: EmulatorContext, body: Mapping[str, Any],
+             rid: str) -> Callable[[dict[str, Any], str | None], bytes]:
     model = body.get("model") if isinstance(body.get("model"), str) else ctx.model_name
     created = int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish,
                   "matched_stop": None}
-        return sse_event({"id": out.rid, "object": "chat.completion.chunk", "created": created,
+        return sse_event({"id": rid, "object": "chat.completion.chunk", "created": created,
                           "model": model, "choices": [choice]})
 
+    return chunk
+
+
+def _live_chat_chunks(ctx: EmulatorContext, body: Mapping[str, Any],
+                      rid: str) -> Callable[[Outcome, bool], Iterator[bytes]]:
+    """A live chat stream: the role first, then each new piece of text as it decodes."""
+    chunk = _chunker(ctx, body, rid)
+    sent: list[int] = []  # pieces sent so far, once the role went out
+
+    def render(out: Outcome, final: bool) -> Iterator[bytes]:
+        if not sent:
+            sent.append(0)
+            yield chunk({"role": "assistant", "content": ""}, None)
+        if out.completion_tokens > sent[0]:
+            yield chunk({"content": "".join(out.pieces[sent[0]:])}, None)
+            sent[0] = out.completion_tokens
+        if final:
+            yield chunk({}, _openai_finish(out))
+            yield sse_event("[DONE]")
+
+    return render
+
+
+def _chat_chunks(ctx: EmulatorContext, body: Mapping[str, Any], out: Outcome) -> Iterator[bytes]:
+    """Server-sent `chat.completion.chunk` events: the role, the text in pieces, the finish
+    reason, then `data: [DONE]`, as SGLang streams a chat completion."""
+    if out.first_token_delay and not ctx.faults.sleep(out.first_token_delay):
+        return
+    chunk = _chunker(ctx, body, out.rid)
     yield chunk({"role": "assistant", "content": ""}, None)
     total = out.completion_tokens
     step = max(1, math.ceil(total / MAX_STREAM_EVENTS))
@@ -170,7 +230,9 @@ def completions(ctx: EmulatorContext, req: Request) -> Reply:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise _openai_error(400, "prompt must be a string")
-    out = _run_openai(ctx, body, prompt)
+    out = _run_openai(ctx, body, prompt, req=req)
+    if out.disconnected:
+        return _disconnected(out)
     choice = {
         "index": 0,
         "text": out.text,
@@ -201,15 +263,22 @@ def _openai_body(req: Request) -> dict[str, Any]:
 
 
 def _run_openai(ctx: EmulatorContext, body: Mapping[str, Any], prompt: str,
-                stream: bool = False) -> Outcome:
+                stream: bool = False, req: Request | None = None) -> Outcome:
+    created = time.time()
+    outcome = run_job(ctx, _openai_job(body, prompt, stream, req))
+    ctx.request_log.finished(dict(body), _answer(outcome), created)
+    return outcome
+
+
+def _openai_job(body: Mapping[str, Any], prompt: str, stream: bool,
+                req: Request | None) -> Job:
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     try:
         max_tokens = read_max_new_tokens(body, key)
     except BadRequest:
         raise _openai_error(400, f"{key} must be a non-negative integer") from None
-    job = Job(new_rid(), prompt, max_tokens, None, stream, time.monotonic(),
-              priority=_priority(body))
-    return run_job(ctx, job)
+    return Job(new_rid(), prompt, max_tokens, None, stream, time.monotonic(),
+               priority=_priority(body), client_gone=req.disconnected if req else None)
 
 
 def _content(message: Mapping[str, Any]) -> str:

@@ -50,6 +50,7 @@ class Emulator:
                 PROFILES[options.metrics_version].histograms,
                 dp_size=options.dp_size,
                 priority_scheduling=options.enable_priority_scheduling,
+                default_priority_value=options.default_priority_value,
                 prefill_only=options.disaggregation_mode == "prefill",
                 decode_only=options.disaggregation_mode == "decode",
                 decode_speed=options.decode_speed,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import socketserver
 import threading
@@ -130,7 +131,20 @@ class _Handler(BaseHTTPRequestHandler):
             query=dict(parse_qsl(parts.query)),
             headers={key.lower(): value for key, value in self.headers.items()},
             body=body,
+            disconnected=self._client_gone,
         )
+
+    def _client_gone(self) -> bool:
+        """The client closed its side: the socket reads end-of-file (a pipelined next request
+        is data, not a hang-up). uvicorn reports the same as `http.disconnect`."""
+        conn = self.connection
+        try:
+            readable, _, _ = select.select([conn], [], [], 0)
+            return bool(readable) and conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):  # reset, or closed here already
+            return True
 
     def _read_chunked(self) -> bytes | None:
         """The body of a chunked request; None when malformed or past MAX_BODY_BYTES."""
@@ -179,8 +193,13 @@ class _Handler(BaseHTTPRequestHandler):
             ("transfer-encoding", "chunked"),
             ("cache-control", "no-cache"),
         ]
-        self.wfile.write(self._head(reply.status, headers))
-        for chunk in reply.chunks:
-            if chunk:
-                self.wfile.write(b"%X\r\n%s\r\n" % (len(chunk), chunk))
-        self.wfile.write(b"0\r\n\r\n")
+        try:
+            self.wfile.write(self._head(reply.status, headers))
+            for chunk in reply.chunks:
+                if chunk:
+                    self.wfile.write(b"%X\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        finally:  # a write failed (the client hung up): the stream's request is aborted now
+            close = getattr(reply.chunks, "close", None)
+            if close is not None:
+                close()

@@ -23,6 +23,7 @@ class GenerationRecord:
     itl: float
     e2e: float
     streaming: bool
+    structured: bool = False  # a grammar-constrained request: counted in num_so_requests_total
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from .histograms import Histogram
@@ -28,18 +28,36 @@ PREFIX_CACHE_PROMPTS = 32
 # SGLang's gen_throughput describes recent decoding; after this long idle it reads 0.
 THROUGHPUT_WINDOW_S = 10.0
 
+# With priority scheduling and no --default-priority-value, SGLang 0.5.23's scheduler gives a
+# request sent without a priority the lowest one (-sys.maxsize - 1, higher values first): its
+# queue/running gauges are labelled with that number, while the tokenizer's request counters
+# keep the empty priority label.
+LOWEST_PRIORITY = -(2**63)
+
+# SGLang notices that the client of a non-streamed request hung up when its wait for output
+# times out (SGLANG_REQUEST_STATE_WAIT_TIMEOUT, 4 s); a stream's, as soon as the HTTP server
+# does (at once, or at its next write). Either way the request is aborted and counted once.
+NON_STREAM_DISCONNECT_CHECK_S = 4.0
+STREAM_DISCONNECT_CHECK_S = 0.2
+
 
 @dataclass
 class _Flight:
     tokens: int
     rank: int = 0
-    priority: int | None = None
+    priority: int | None = None  # as the tokenizer labels it (None: priority="")
+    queue_priority: int | None = None  # as the scheduler's gauges label it
     running: bool = False
     aborted: bool = False
     decode_target: int = 0  # tokens to decode in real time (--decode-speed), 0: none
     decoded: float = 0.0  # of those, counted in realtime_tokens_total so far
     last_step: float = 0.0
     retracted: bool = False  # sent back to the queue (pause mode "retract") until resumed
+    # Whether the HTTP client hung up (None: no client, e.g. synthetic load) and when to ask.
+    client_gone: Callable[[], bool] | None = None
+    streaming: bool = False
+    next_check: float = 0.0
+    disconnected: bool = False
 
 
 @dataclass
@@ -72,12 +90,14 @@ class EmulatorState:
         decode_only: bool = False,
         decode_speed: float = 0.0,
         streaming_counters: bool = True,
+        default_priority_value: int | None = None,
     ) -> None:
         self.cond = threading.Condition()
         self._families = histograms
         self.max_running_requests = max_running_requests  # per DP rank, as SGLang's
         self.dp_size = dp_size
         self.priority_scheduling = priority_scheduling
+        self.default_priority_value = default_priority_value
         self.prefill_only = prefill_only  # a PD prefill worker: no decode, no TTFT/ITL/TPOT
         self.decode_only = decode_only  # a PD decode worker: its KV arrives, no prefill step
         self.decode_speed = decode_speed
@@ -97,6 +117,7 @@ class EmulatorState:
         self._last_throughput = 0.0
         self._last_finished = -math.inf
         self._startup: dict[str, float] = {}
+        self._watcher: threading.Thread | None = None
 
     # -- lifecycle flags -------------------------------------------------------------------
 
@@ -133,6 +154,11 @@ class EmulatorState:
         with self.cond:
             return self.cond.wait_for(self._idle, timeout=timeout)
 
+    def in_flight(self) -> int:
+        """Requests admitted and not yet released (waiting or running)."""
+        with self.cond:
+            return len(self._flights)
+
     def is_idle(self) -> bool:
         with self.cond:
             return self._idle()
@@ -151,9 +177,11 @@ class EmulatorState:
 
     # -- requests in flight ----------------------------------------------------------------
 
-    def admit(self, rid: str, prompt: Sequence[str], priority: int | None = None) -> int:
+    def admit(self, rid: str, prompt: Sequence[str], priority: int | None = None, *,
+              client_gone: Callable[[], bool] | None = None, streaming: bool = False) -> int:
         """Register a request as waiting (on the next DP rank, round robin); return how many
-        prompt tokens the prefix cache holds."""
+        prompt tokens the prefix cache holds. `client_gone` tells whether its HTTP client hung
+        up: if it does while the request is in flight, the request is aborted."""
         # Comparing the head of each prompt is enough to emulate hits and keeps admission cheap.
         key = tuple(prompt[:PREFIX_CACHE_TOKENS])
         tokens = len(prompt)
@@ -162,12 +190,50 @@ class EmulatorState:
             # As in SGLang, at least one prompt token is always computed, never all from cache.
             cached = max(0, min(cached, tokens - 1))
             self._prefixes.append(key)
+            queue_priority = None
             if self.priority_scheduling:
-                priority = 0 if priority is None else priority
-                self._priorities.add(priority)
+                # The tokenizer fills in --default-priority-value; the scheduler gives what is
+                # still missing the lowest priority.
+                if priority is None:
+                    priority = self.default_priority_value
+                queue_priority = LOWEST_PRIORITY if priority is None else priority
+                self._priorities.add(queue_priority)
             rank, self._next_rank = self._next_rank, (self._next_rank + 1) % self.dp_size
-            self._flights[rid] = _Flight(tokens=tokens, rank=rank, priority=priority)
+            self._flights[rid] = _Flight(
+                tokens=tokens, rank=rank, priority=priority, queue_priority=queue_priority,
+                client_gone=client_gone, streaming=streaming,
+                next_check=time.monotonic() + _disconnect_check_s(streaming))
+            if client_gone is not None and self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch_clients, daemon=True,
+                                                 name="emulator-disconnects")
+                self._watcher.start()
             return cached
+
+    def _watch_clients(self) -> None:
+        """Abort the requests whose client hung up, as SGLang's tokenizer manager does."""
+        while True:
+            with self.cond:
+                if self.flags.stopping:
+                    return
+                now = time.monotonic()
+                due: list[tuple[str, _Flight, Callable[[], bool]]] = []
+                for rid, flight in self._flights.items():
+                    if (flight.client_gone is not None and not flight.aborted
+                            and flight.next_check <= now):
+                        flight.next_check = now + _disconnect_check_s(flight.streaming)
+                        due.append((rid, flight, flight.client_gone))
+            gone = [(rid, flight) for rid, flight, client_gone in due if client_gone()]
+            with self.cond:
+                for rid, flight in gone:
+                    flight.disconnected = True
+                    self._abort(rid)
+                self.cond.wait(STREAM_DISCONNECT_CHECK_S)
+
+    def client_disconnected(self, rid: str) -> bool:
+        """Whether the request was aborted because its client hung up."""
+        with self.cond:
+            flight = self._flights.get(rid)
+            return flight is not None and flight.disconnected
 
     def wait_to_run(self, rid: str) -> bool:
         """Wait while paused or at max_running_requests; False if aborted or stopping."""
@@ -214,18 +280,21 @@ class EmulatorState:
         many. As SGLang, num_aborted_requests_total counts the abort call once (abort_all
         included), and nothing for a rid it does not know."""
         with self.cond:
-            hits = [f for r, f in self._flights.items() if (rid is None or r == rid)]
-            hits = [f for f in hits if not f.aborted]
-            for flight in hits:
-                flight.aborted = True
-            aborted = len(hits)
-            if rid is None:
-                aborted += self.queued_by_fault
-                self.queued_by_fault = 0
-            if rid is None or hits:
-                self._count("num_aborted_requests_total", 1)
-            self.cond.notify_all()
-            return aborted
+            return self._abort(rid)
+
+    def _abort(self, rid: str | None) -> int:
+        hits = [f for r, f in self._flights.items() if (rid is None or r == rid)]
+        hits = [f for f in hits if not f.aborted]
+        for flight in hits:
+            flight.aborted = True
+        aborted = len(hits)
+        if rid is None:
+            aborted += self.queued_by_fault
+            self.queued_by_fault = 0
+        if rid is None or hits:
+            self._count("num_aborted_requests_total", 1)
+        self.cond.notify_all()
+        return aborted
 
     # -- metrics ---------------------------------------------------------------------------
 
@@ -251,6 +320,29 @@ class EmulatorState:
             self._add(replace(rec, ttft=rec.ttft + waited, e2e=rec.e2e + waited), flight)
             return waited
 
+    def record_aborted(self, rid: str, rec: GenerationRecord) -> None:
+        """Count a request aborted while running as SGLang's tokenizer does when the abort
+        comes back as its finish: a finished request (its prompt, the tokens decoded so far,
+        its e2e latency), without TTFT or TPOT. One aborted while waiting is not counted."""
+        with self.cond:
+            flight = self._flights.get(rid)
+            if flight is None:
+                return
+            self._step(time.monotonic())
+            decoded = int(flight.decoded)
+            labels = self._tokenizer_labels(flight, rec.streaming if self.streaming_counters
+                                            else None)
+            self._count("prompt_tokens_total", rec.prompt_tokens, None, labels)
+            self._count("generation_tokens_total", decoded, None, labels)
+            self._count("num_requests_total", 1, None, labels)
+            if rec.structured:
+                self._count("num_so_requests_total", 1)
+            if not self.decode_only:
+                computed = rec.prompt_tokens - rec.cached_tokens
+                self._realtime(flight.rank, "prefill_compute", computed)
+                self._realtime(flight.rank, "prefill_cache", rec.cached_tokens)
+            self._observe(replace(rec, completion_tokens=decoded), flight, sources=("e2e",))
+
     def _count(self, name: str, amount: float, rank: int | None = None,
                labels: dict[str, str] | None = None) -> None:
         key = (name, rank, tuple(sorted((labels or {}).items())))
@@ -258,8 +350,8 @@ class EmulatorState:
 
     def _tokenizer_labels(self, flight: _Flight, streaming: bool | None) -> dict[str, str]:
         labels = {} if streaming is None else {"is_streaming": "true" if streaming else "false"}
-        if self.priority_scheduling:
-            labels["priority"] = str(flight.priority)
+        if self.priority_scheduling and flight.priority is not None:
+            labels["priority"] = str(flight.priority)  # else the collector's own priority=""
         return labels
 
     def _add(self, rec: GenerationRecord, flight: _Flight) -> None:
@@ -269,6 +361,8 @@ class EmulatorState:
         self._count("prompt_tokens_total", rec.prompt_tokens, None, per_request)
         self._count("generation_tokens_total", rec.completion_tokens, None, per_request)
         self._count("num_requests_total", 1, None, per_request)
+        if rec.structured:  # as SGLang, when the request finishes
+            self._count("num_so_requests_total", 1)
         if rec.cached_tokens:
             self._count("cached_tokens_total", rec.cached_tokens, None, {"cache_source": "device"})
         self._prompt_tokens += rec.prompt_tokens
@@ -284,9 +378,10 @@ class EmulatorState:
             self._last_throughput = tokens / (rec.e2e - rec.ttft)
         self._last_finished = time.monotonic()
 
-    def _observe(self, rec: GenerationRecord, flight: _Flight) -> None:
+    def _observe(self, rec: GenerationRecord, flight: _Flight,
+                 sources: tuple[Source, ...] | None = None) -> None:
         """The latency histograms one finished request adds to (none of TTFT, ITL and TPOT on
-        a PD prefill worker)."""
+        a PD prefill worker; only `sources` when given)."""
         tokens = rec.completion_tokens
         values: dict[Source, tuple[float, int]] = {
             "ttft": (rec.ttft, 1),
@@ -298,6 +393,8 @@ class EmulatorState:
             values["tpot"] = ((rec.e2e - rec.ttft) / (tokens - 1), 1)
         for family in self._families:
             if family.source not in values or (family.latency and self.prefill_only):
+                continue
+            if sources is not None and family.source not in sources:
                 continue
             value, times = values[family.source]
             if family.collector == "scheduler":
@@ -351,10 +448,6 @@ class EmulatorState:
     def count_grammar_abort(self) -> None:
         with self.cond:
             self._count("num_grammar_aborted_total", 1, 0)
-
-    def count_structured_request(self) -> None:
-        with self.cond:
-            self._count("num_so_requests_total", 1)
 
     def set_startup(self, phases: dict[str, float]) -> None:
         with self.cond:
@@ -441,11 +534,15 @@ class EmulatorState:
         self.set_flag("stopping", True)
 
 
+def _disconnect_check_s(streaming: bool) -> float:
+    return STREAM_DISCONNECT_CHECK_S if streaming else NON_STREAM_DISCONNECT_CHECK_S
+
+
 def _by_priority(flights: Sequence[_Flight], known: set[int]) -> dict[int, int]:
     counts = dict.fromkeys(known, 0)
     for flight in flights:
-        if flight.priority is not None:
-            counts[flight.priority] = counts.get(flight.priority, 0) + 1
+        if flight.queue_priority is not None:
+            counts[flight.queue_priority] = counts.get(flight.queue_priority, 0) + 1
     return counts
 
 

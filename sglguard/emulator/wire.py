@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -22,15 +22,21 @@ class BadRequest(Exception):
         self.status = status
 
 
+def _connected() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Request:
-    """One HTTP request: method, path without query, query, lower-cased headers and body."""
+    """One HTTP request: method, path without query, query, lower-cased headers and body, and
+    whether its client has hung up since (asked of the socket each time)."""
 
     method: str
     path: str
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    disconnected: Callable[[], bool] = field(default=_connected, compare=False, repr=False)
 
     def json(self) -> Any:
         """The body parsed as JSON; an empty body reads as {}."""

@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sglguard.agents import Agents, may_take
+from sglguard.backlog import failed
 from sglguard.clock import utcnow
 from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
 from sglguard.diag.capture import Attachment, attachment
@@ -105,7 +106,9 @@ class _Sender:
     def __init__(self, owner: Notifications, notifier: NotifierConfig) -> None:
         self.owner = owner
         self.notifier = notifier
-        self.queue: queue.Queue[list[Batch] | None] = queue.Queue()
+        # Bounded: `busy` lets the dispatcher hand over one plan at a time (the rest stays
+        # owed in the store), and stopping adds one None.
+        self.queue: queue.Queue[list[Batch] | None] = queue.Queue(maxsize=2)
         self.busy = threading.Event()
         self.thread = threading.Thread(target=self._work, name=f"notify-{notifier.name}",
                                        daemon=True)
@@ -153,7 +156,10 @@ class Notifications:
         self._wake = threading.Event()
         self._release_all = threading.Event()
         self._stopping = threading.Event()
-        self._idle = threading.Event()
+        # Plans are numbered: flush counts only one begun after it was called (an earlier one
+        # may have read the outbox before the rows the caller just staged).
+        self._plans = threading.Condition()
+        self._plans_begun = self._plans_done = 0
         self._thread: threading.Thread | None = None
         self._planned = -1  # batches handed out by the newest plan
         self.successor: Notifications | None = None  # after a reload, the one to wake
@@ -250,20 +256,27 @@ class Notifications:
         if not started:
             self.start()
         self._release_all.set()
+        with self._plans:  # the first plan that can see what the caller staged, released
+            wanted = self._plans_begun + 1
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                self._idle.clear()
                 self.poke()
-                self._idle.wait(min(0.2, max(0.01, deadline - time.monotonic())))
-                if self._settled():
+                with self._plans:
+                    done = self._plans.wait_for(lambda: self._plans_done >= wanted,
+                                                min(0.2, max(0.01, deadline - time.monotonic())))
+                if done and self._settled():
                     return True
+                if done and self._planned < 0:
+                    return False  # the plan could not read the outbox (the store is down):
+                    # what is owed stays owed, for the next start or the store's return
             return False
         finally:
             self._release_all.clear()
 
     def _settled(self) -> bool:
-        """Nothing in flight, and the newest plan (made after it) found nothing due."""
+        """Nothing in flight, and the newest plan (begun after the caller's rows were
+        written) found nothing due."""
         return self._planned == 0 and not any(
             sender.busy.is_set() for sender in self._senders.values())
 
@@ -290,12 +303,18 @@ class Notifications:
             self._wake.clear()
             if self._stopping.is_set():
                 return
+            with self._plans:
+                self._plans_begun += 1
+                number = self._plans_begun
             try:
                 sleep = self.dispatch()
-            except Exception:
-                logger.exception("notification dispatcher error")
+            except Exception as exc:
+                failed(logger, "notification dispatcher error", exc)
                 sleep = 5.0
-            self._idle.set()
+                self._planned = -1  # this plan did not look: nothing is known to be settled
+            with self._plans:
+                self._plans_done = number
+                self._plans.notify_all()
 
     def dispatch(self) -> float:
         """Plan and hand out what is due, per notifier; seconds until something falls due."""

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from sglguard.checks.base import CheckConfig
 from sglguard.config.models import TargetConfig
+from sglguard.flapping import HARD_DOWN_KINDS
 from sglguard.notify.notice import Message, host_name
 from sglguard.notify.templates import MISSING
 from sglguard.store.models import IncidentRow
@@ -226,8 +227,13 @@ def flapping(check: CheckConfig, target: TargetConfig, started: bool, percent: f
              incident_id: int | None = None) -> Message:
     """Said once when a check starts flapping (no remediation meanwhile) and once when it stops."""
     what = "flapping" if started else "no longer flapping"
-    done = ("remediation paused while it flaps; notifications of its incidents held"
-            if started else "normal handling resumes")
+    if not started:
+        done = "normal handling resumes"
+    elif check.kind in HARD_DOWN_KINDS:  # flapping never hides a dead server
+        done = ("notifications of its state changes held; a failed probe still pages and "
+                "is repaired")
+    else:
+        done = "remediation paused while it flaps; notifications of its incidents held"
     fields = {
         "event": f"flapping_{'started' if started else 'stopped'}", "what": what,
         "status": "FLAPPING" if started else "STABLE", "severity": "warning",

@@ -10,7 +10,9 @@ from sglguard.config.models import Catalog, NotificationsConfig, NotifierConfig
 from sglguard.notify import messages
 from sglguard.notify.notice import Message
 from sglguard.store import Store, queries
+from sglguard.store import outbox as owed
 from sglguard.store.models import IncidentRow
+from sglguard.store.queries import REMINDER_EVENTS
 
 logger = logging.getLogger(__name__)
 Skip = Callable[[IncidentRow], bool]
@@ -46,12 +48,23 @@ def acknowledge(store: Store, incident_id: int, by: str, comment: str,
 def due(store: Store, notifiers: Iterable[NotifierConfig], settings: NotificationsConfig,
         now: datetime) -> dict[int, tuple[IncidentRow, list[NotifierConfig]]]:
     """Per incident, the notifiers whose `repeat_interval` has passed since they were last
-    told about it (or since it opened, if they never were)."""
+    told about it (or since it opened, if they never were); none while its opening, or a
+    reminder to that notifier, is still on its way."""
     plan: dict[int, tuple[IncidentRow, list[NotifierConfig]]] = {}
     with store.session() as session:
+        # What is on its way is read before what was tried. A delivery records its attempt
+        # before its outbox row is done, so a message that finishes between the two reads is
+        # seen by one of them (each read sees the newest commit, on SQLite as on PostgreSQL);
+        # read the other way round, it would be in neither and be sent again.
+        waiting = owed.on_the_way(session, REMINDER_EVENTS)
+        opening = {incident for incident, _, event in waiting if event == "incident_opened"}
         for notifier in notifiers:
             interval = notifier.repeat_interval or settings.repeat_interval
             for incident in queries.due_repeats(session, notifier.name, now - interval):
+                if incident.id in opening or any(
+                        (incident.id, notifier.name, event) in waiting
+                        for event in REMINDER_EVENTS):
+                    continue
                 plan.setdefault(incident.id, (incident, []))[1].append(notifier)
     return plan
 

@@ -8,7 +8,12 @@ it was, only when it is well again:
   which also finds workers left out by an sglguard that was killed mid-drain);
 - by hand: `sglguard undrain TARGET`.
 
-Only workers this store records are re-added: a worker someone else removed stays out."""
+Only workers this store records are re-added: a worker someone else removed stays out.
+
+A re-add holds the target's remediation lease (sglguard.rails), under a holder name of its own,
+so it never runs beside a drain or restart of the same target, whether in this process or in
+another one using the store: while one holds the lease, the re-add is refused (the workers stay
+recorded, and the next attempt takes them), and a remediation asking meanwhile is deferred."""
 
 from __future__ import annotations
 
@@ -16,14 +21,12 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from sglguard.client import SGLangClient
 from sglguard.clock import utcnow
@@ -34,16 +37,23 @@ from sglguard.remediations.gateway import (
     describe,
     find,
     permanent,
+    registration,
     same_worker,
 )
-from sglguard.store import Store, queries
-from sglguard.store.models import DrainedWorkerRow
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from sglguard.agents import Agents
     from sglguard.config.models import Catalog
+    from sglguard.store import Store
+    from sglguard.store.models import DrainedWorkerRow
 
 logger = logging.getLogger(__name__)
 DEFAULT_WAIT = timedelta(seconds=30)
+# How long a re-add holds the lease, on top of each worker's own wait: a process that dies
+# holding it on another host blocks the target's remediations no longer than this.
+LEASE_MARGIN = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,10 @@ class GatewayAccess:
 
 def out(session: Session, target: str | None = None) -> Sequence[DrainedWorkerRow]:
     """Workers not yet back in their gateway (of one target, or all), oldest first."""
+    from sqlalchemy import select
+
+    from sglguard.store.models import DrainedWorkerRow
+
     query = select(DrainedWorkerRow).where(DrainedWorkerRow.returned_at.is_(None))
     if target is not None:
         query = query.where(DrainedWorkerRow.target == target)
@@ -82,6 +96,8 @@ def owed(store: Store, target: str, gateway: str, worker_url: str) -> DrainedWor
 def record(store: Store, *, target: str, remediation: str, gateway: str,
            body: dict[str, Any], incident_id: int | None, at: datetime) -> int:
     """Save the registration before the DELETE goes out."""
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = DrainedWorkerRow(target=target, remediation=remediation, gateway=gateway,
                                worker_url=str(body["url"]), registration=json.dumps(body),
@@ -92,6 +108,8 @@ def record(store: Store, *, target: str, remediation: str, gateway: str,
 
 
 def update(store: Store, row_id: int, **values: Any) -> None:
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = session.get(DrainedWorkerRow, row_id)
         if row is not None:
@@ -101,6 +119,8 @@ def update(store: Store, row_id: int, **values: Any) -> None:
 
 def forget(store: Store, row_id: int) -> None:
     """The DELETE did not happen: nothing is owed."""
+    from sglguard.store.models import DrainedWorkerRow
+
     with store.session() as session:
         row = session.get(DrainedWorkerRow, row_id)
         if row is not None:
@@ -121,45 +141,77 @@ def access_for(catalog: Catalog | None, row: DrainedWorkerRow) -> GatewayAccess:
 
 
 def return_workers(store: Store, catalog: Catalog | None, target: str, *, by: str,
-                   clock: Callable[[], datetime] = utcnow,
+                   agents: Agents | None = None, clock: Callable[[], datetime] = utcnow,
                    stop: threading.Event | None = None) -> list[str]:
-    """Re-add every worker of the target that sglguard took out, each as it was registered;
-    one line per worker saying what became of it. Never raises for a gateway's errors: a
-    worker that could not go back stays recorded (with the error) for the next attempt."""
+    """Re-add every worker of the target that sglguard took out, each as it was registered,
+    under the target's lease; one line per worker saying what became of it. Never raises for
+    a gateway's errors: a worker that could not go back (or whose target is leased by a
+    remediation now) stays recorded, with the reason, for the next attempt. `agents` (this
+    process's) lets a lease left by a dead process be taken over."""
     with store.session() as session:
         rows = list(out(session, target))
         session.expunge_all()
+    if not rows:
+        return []
+    from sglguard.agents import holder_name
+    from sglguard.rails import Leases
+
+    accesses = [access_for(catalog, row) for row in rows]
+    base = agents.name if agents is not None else holder_name()
+    leases = Leases(store, f"{base}:undrain:{uuid.uuid4().hex[:6]}", agents=agents)
+    ttl = LEASE_MARGIN + sum((access.timeout for access in accesses), timedelta())
+    if not leases.claim(target, clock(), ttl):
+        why = f"{target} is being remediated by {leases.holder_of(target)}"
+        for row in rows:
+            update(store, row.id, last_error=f"not re-added: {why}")
+        logger.info("re-adding the workers of %s waits: %s", target, why)
+        return [f"{row.worker_url} stays out of {row.gateway} for now: {why} (it is re-added "
+                "once that is done)" for row in rows]
     said: list[str] = []
-    for row in rows:
-        try:
-            said.append(_return_one(store, access_for(catalog, row), row, by, clock,
-                                    stop or threading.Event()))
-        except (RemediationError, GatewayDown) as exc:
-            update(store, row.id, last_error=str(exc))
-            said.append(f"could not re-add {row.worker_url} to {row.gateway}: {exc}")
-            logger.warning("re-adding %s to %s failed: %s", row.worker_url, row.gateway, exc)
+    try:
+        for row, access in zip(rows, accesses, strict=True):
+            try:
+                said.append(_return_one(store, access, row, by, clock,
+                                        stop or threading.Event()))
+            except (RemediationError, GatewayDown) as exc:
+                update(store, row.id, last_error=str(exc))
+                said.append(f"could not re-add {row.worker_url} to {row.gateway}: {exc}")
+                logger.warning("re-adding %s to %s failed: %s", row.worker_url, row.gateway,
+                               exc)
+    finally:
+        leases.release(target)
     return said
 
 
-def return_when_well(store: Store, catalog: Catalog, *, busy: Callable[[str], bool],
-                     clock: Callable[[], datetime] = utcnow,
+def return_when_well(store: Store, catalog: Catalog, *,
+                     hold: Callable[[str], bool] = lambda _target: True,
+                     let_go: Callable[[str], None] = lambda _target: None,
+                     agents: Agents | None = None, clock: Callable[[], datetime] = utcnow,
                      stop: threading.Event | None = None) -> list[str]:
-    """Re-add the workers of targets that have no open incident (and are not being
-    remediated now)."""
+    """Re-add the workers of targets that have no open incident. `hold` marks a target busy
+    in this process (False: it is being remediated here now, so it waits), `let_go` frees it;
+    the target's lease keeps other processes out."""
+    from sglguard.store import queries
+
     with store.session() as session:
         targets = sorted({row.target for row in out(session)})
-        well = [target for target in targets
-                if not queries.target_trouble(session, target)[0] and not busy(target)]
+        well = [target for target in targets if not queries.target_trouble(session, target)[0]]
     said: list[str] = []
     for target in well:
-        said += return_workers(store, catalog, target, by="the target is well: no open incident",
-                               clock=clock, stop=stop)
+        if not hold(target):
+            continue
+        try:
+            said += return_workers(store, catalog, target,
+                                   by="the target is well: no open incident", agents=agents,
+                                   clock=clock, stop=stop)
+        finally:
+            let_go(target)
     return said
 
 
 def _return_one(store: Store, access: GatewayAccess, row: DrainedWorkerRow, by: str,
                 clock: Callable[[], datetime], stop: threading.Event) -> str:
-    body: dict[str, Any] = json.loads(row.registration)
+    body = registration(json.loads(row.registration))  # older rows kept discovered labels
     with closing(access.client()) as client:
         if access.legacy:
             with asking(access.url, "POST /add_worker"):

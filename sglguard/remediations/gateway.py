@@ -5,7 +5,14 @@ gateway's error means for the remediation chain.
 smg 1.13 lists each worker with its `id`, `url`, `worker_type`, `bootstrap_port`, `priority`,
 `cost`, `labels`, `model_id`, `status` (ready/draining) and `load` (requests it has in flight
 there). `POST /workers` with only `url` registers a *regular* worker with default priority and
-cost: the whole registration must go back, or a PD prefill worker returns as a regular one."""
+cost: the whole registration must go back, or a PD prefill worker returns as a regular one.
+
+Not all of it, though: the gateway fills most `labels` itself from the worker's own
+`/server_info` and `/model_info` when it registers it (its version, model path, parallel sizes,
+...), and a label sent in `POST /workers` wins over what it discovers. Sent back as stored, a
+worker restarted into a new release would be listed with its old version for good: only what
+an operator gives (url, type, bootstrap port, priority, cost, model, and the labels the gateway
+does not discover) goes back, and the gateway discovers the rest again."""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from urllib.parse import urlsplit
 
 from sglguard.client import HTTPStatusError, TargetError
 from sglguard.remediations.base import RemediationError
+from sglguard.resolver import RESOLVER, ResolveTimeout
 
 # What a gateway answers when asking again cannot help: no key, wrong key, no such route.
 PERMANENT = {401: "the gateway wants a key (set api_key)",
@@ -27,23 +35,39 @@ PERMANENT = {401: "the gateway wants a key (set api_key)",
              405: "the gateway does not allow this method there"}
 REGISTRATION_FIELDS = ("url", "worker_type", "bootstrap_port", "priority", "cost", "labels",
                        "model_id")
+# The labels smg 1.13 fills itself from a worker's /server_info and /model_info (a worker
+# registered without labels is listed with exactly these).
+DISCOVERED_LABELS = frozenset({
+    "architectures", "dp_size", "has_audio_understanding", "has_image_understanding",
+    "is_generation", "max_model_len", "max_running_requests", "model_path", "model_type",
+    "pp_size", "served_model_name", "tokenizer_path", "tp_size", "version"})
 _LOOPBACK = "127.0.0.1"
+LOOKUP_S = 2.0  # a gateway's worker names: a resolver that does not answer holds no drain
 
 
 class GatewayDown(Exception):
     """The gateway could not be asked (refused, timed out) or answered 5xx."""
 
 
-@lru_cache(maxsize=256)
 def _address(host: str) -> str:
-    """The host as an address: loopback names are one, other names resolve when they can."""
+    """The host as an address: loopback names are one, other names resolve when they can
+    (within LOOKUP_S: a late answer is not cached, the next call asks again)."""
+    try:
+        return _resolved(host)
+    except ResolveTimeout:
+        return host
+
+
+@lru_cache(maxsize=256)
+def _resolved(host: str) -> str:
     if host in ("localhost", "localhost.localdomain", "0.0.0.0", "::", "::1"):
         return _LOOPBACK
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         try:
-            address = ipaddress.ip_address(str(socket.getaddrinfo(host, None)[0][4][0]))
+            found = RESOLVER.lookup(host, None, 0, socket.SOCK_STREAM, LOOKUP_S)
+            address = ipaddress.ip_address(str(found[0][4][0]))
         except (OSError, ValueError, IndexError):
             return host
     return _LOOPBACK if address.is_loopback else str(address)
@@ -77,10 +101,14 @@ def find(entries: Sequence[Mapping[str, Any]], url: str) -> Mapping[str, Any] | 
 
 
 def registration(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The body of POST /workers that registers the worker again exactly as listed."""
+    """The body of POST /workers that registers the worker again as the operator did: the
+    labels the gateway discovers from the worker are left for it to discover again."""
     body = {key: entry[key] for key in REGISTRATION_FIELDS if entry.get(key) is not None}
-    if body.get("labels") == {}:
-        del body["labels"]
+    labels = body.pop("labels", None)
+    if isinstance(labels, Mapping):
+        own = {key: value for key, value in labels.items() if key not in DISCOVERED_LABELS}
+        if own:
+            body["labels"] = own
     return body
 
 
@@ -93,7 +121,8 @@ def describe(body: Mapping[str, Any]) -> str:
         if body.get(key) is not None:
             parts.append(f"{key} {body[key]}")
     if body.get("labels"):
-        parts.append(f"{len(body['labels'])} labels")
+        count = len(body["labels"])
+        parts.append(f"{count} label{'' if count == 1 else 's'}")
     return ", ".join(parts)
 
 

@@ -11,8 +11,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-from sglguard.store import Store, queries
+if TYPE_CHECKING:
+    from sglguard.store import Store
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,8 @@ class TargetLevels:
         self.clock = clock
 
     def all(self) -> list[Level]:
+        from sglguard.store import queries
+
         with self.store.session() as session:
             return [Level(row.setting, row.original, row.current, row.steps, row.changed_at)
                     for row in queries.target_levels(session, self.target)]
@@ -104,6 +108,8 @@ class TargetLevels:
 
     def save(self, levels: Sequence[Level], removed: Sequence[str] = ()) -> None:
         """Write `levels` and delete the settings named in `removed`, in one transaction."""
+        from sglguard.store import queries
+
         for retry in self.store.retrying():
             with retry, self.store.session() as session:
                 for level in levels:
@@ -114,6 +120,8 @@ class TargetLevels:
                     queries.delete_level(session, self.target, setting)
 
     def trouble(self) -> tuple[bool, datetime | None]:
+        from sglguard.store import queries
+
         with self.store.session() as session:
             return queries.target_trouble(session, self.target)
 

@@ -16,12 +16,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
+
 from sglguard.config.models import Catalog
 from sglguard.remediations.base import RemediationError
 from sglguard.remediations.levels import Level, restore_is_due
 from sglguard.remediations.reduce_concurrency import ReduceConcurrency, ReduceConcurrencyConfig
 from sglguard.remediations.runner import RemediationRunner, RunOutcome
 from sglguard.store import Store, queries
+from sglguard.store.models import RemediationRunRow
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +89,14 @@ def restore_level(runner: RemediationRunner, due: RestoreDue, *,
     if dry_run:
         return _record(runner, config, due.target, plan, "planned", "", None, False)
     run_id = _record(runner, config, due.target, plan, "running", "", None, False).run_id
-    return runner.perform(remediation.restore, run_id, config.name, due.target, plan)
+    outcome = runner.perform(remediation.restore, run_id, config.name, due.target, plan)
+    with runner.store.session() as session:
+        incident_id = session.get_one(RemediationRunRow, run_id).incident_id
+        if incident_id is not None:  # the step's incident tells its restore too
+            queries.add_event(session, incident_id, runner.clock(),
+                              f"restore_{outcome.outcome}",
+                              f"{config.name}: {outcome.error or outcome.detail}")
+    return outcome
 
 
 def _record(runner: RemediationRunner, config: ReduceConcurrencyConfig, target: str,
@@ -94,9 +104,19 @@ def _record(runner: RemediationRunner, config: ReduceConcurrencyConfig, target: 
             permanent: bool) -> RunOutcome:
     now = runner.clock()
     with runner.store.session() as session:
+        stepped = session.scalar(  # the incident of the last step down, if any
+            select(RemediationRunRow.incident_id).where(
+                RemediationRunRow.target == target, RemediationRunRow.kind == config.kind,
+                RemediationRunRow.trigger != "restore", RemediationRunRow.outcome == "succeeded",
+                RemediationRunRow.incident_id.is_not(None))
+            .order_by(RemediationRunRow.started_at.desc()).limit(1))
         run = queries.start_run(
-            session, incident_id=None, remediation=config.name, kind=config.kind, target=target,
-            trigger="restore", dry_run=outcome == "planned", plan=plan, outcome=outcome, at=now)
+            session, incident_id=stepped, remediation=config.name, kind=config.kind,
+            target=target, trigger="restore", dry_run=outcome == "planned", plan=plan,
+            outcome=outcome, at=now)
+        if stepped is not None:
+            queries.add_event(session, stepped, now, "restore_started",
+                              f"{config.name}: {'; '.join(plan)}")
         if outcome != "running":
             run.error, run.finished_at = error, now
         run_id = run.id

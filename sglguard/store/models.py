@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,13 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def local_agent() -> str:
+    """The agent a row names when its writer names none: `SGLGUARD_AGENT` when set (two
+    agents on one host, or a host name shared by containers), else this host's name."""
+    named = os.environ.get("SGLGUARD_AGENT", "").strip().replace(":", "-")
+    return (named or socket.gethostname())[:128]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -66,6 +75,7 @@ class CheckResultRow(Base):
     duration_ms: Mapped[float] = mapped_column(Float)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     evaluated: Mapped[bool] = mapped_column(Boolean, default=True)
+    agent: Mapped[str | None] = mapped_column(String(128), default=local_agent)  # its writer
 
 
 class CheckStateRow(Base):
@@ -113,6 +123,7 @@ class IncidentRow(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     acknowledged_by: Mapped[str | None] = mapped_column(String(128))
     last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    agent: Mapped[str | None] = mapped_column(String(128), default=local_agent)  # who opened it
 
 
 class IncidentEventRow(Base):
@@ -148,6 +159,7 @@ class RemediationRunRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     verified: Mapped[bool | None] = mapped_column(Boolean)  # None: not verified (yet)
     verification: Mapped[str | None] = mapped_column(Text)
+    agent: Mapped[str | None] = mapped_column(String(128), default=local_agent)  # who ran it
 
 
 class NotificationAttemptRow(Base):

@@ -67,6 +67,14 @@ def has_active_message(session: Session, incident_id: int, notifier: str,
         OutboxRow.status.in_(ACTIVE)).limit(1)) is not None
 
 
+def on_the_way(session: Session, events: Sequence[str]) -> set[tuple[int, str, str]]:
+    """(incident, notifier, event) of each unfinished message of these events."""
+    return {(incident or 0, notifier or "", event) for incident, notifier, event in session.execute(
+        select(OutboxRow.incident_id, OutboxRow.notifier, OutboxRow.event).where(
+            OutboxRow.kind == MESSAGE, OutboxRow.event.in_(events),
+            OutboxRow.status.in_(ACTIVE), OutboxRow.incident_id.is_not(None)))}
+
+
 def has_any_active(session: Session, incident_id: int, events: Sequence[str]) -> bool:
     return session.scalar(select(OutboxRow.id).where(
         OutboxRow.kind == MESSAGE, OutboxRow.incident_id == incident_id,

@@ -20,22 +20,25 @@ from sglguard.store.models import (
     NotificationAttemptRow,
     RemediationRunRow,
     TargetLevelRow,
+    local_agent,
 )
 
 # Results by when they ran: quiet ones are written in batches, after others that ran later.
 NEWEST_FIRST = (CheckResultRow.started_at.desc(), CheckResultRow.id.desc())
 
 
-def result_values(result: CheckResult, *, evaluated: bool = True) -> dict[str, Any]:
-    """The columns of a result's row."""
+def result_values(result: CheckResult, *, evaluated: bool = True,
+                  agent: str | None = None) -> dict[str, Any]:
+    """The columns of a result's row; `agent`: who wrote it (default: this host)."""
     return {"check_name": result.check, "target": result.target, "status": result.shown_status,
             "value": result.value, "unit": result.unit, "message": result.message,
             "duration_ms": result.duration_ms, "started_at": result.started_at,
-            "evaluated": evaluated and not result.skipped}
+            "evaluated": evaluated and not result.skipped, "agent": agent or local_agent()}
 
 
-def add_result(session: Session, result: CheckResult, *, evaluated: bool = True) -> None:
-    session.add(CheckResultRow(**result_values(result, evaluated=evaluated)))
+def add_result(session: Session, result: CheckResult, *, evaluated: bool = True,
+               agent: str | None = None) -> None:
+    session.add(CheckResultRow(**result_values(result, evaluated=evaluated, agent=agent)))
 
 
 def check_state(session: Session, check: str, target: str) -> CheckStateRow:

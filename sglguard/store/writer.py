@@ -57,6 +57,8 @@ class ResultWriter:
         self.monotonic = monotonic
         self._since: float | None = None  # monotonic time of the oldest queued row
         self.on_stale: Callable[[str], None] = lambda _check: None
+        # Told of each batch written or refused: ("batch", seconds, written).
+        self.on_write: Callable[[str, float, bool], None] = lambda _what, _took, _ok: None
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._rows: list[dict[str, Any]] = []
@@ -123,9 +125,11 @@ class ResultWriter:
                 self._claimed = False
             if not rows and not states:
                 return True
+            began = time.perf_counter()
             try:
                 stale = self._write(rows, states, new)
             except Exception as exc:
+                self.on_write("batch", time.perf_counter() - began, False)
                 with self._lock:
                     self._refused = True
                     self._rows[:0] = rows
@@ -138,6 +142,7 @@ class ResultWriter:
                              "%s", len(rows), held, exc)
                 return False
             self._refused = False
+            self.on_write("batch", time.perf_counter() - began, True)
         for check in stale:
             self.on_stale(check)
         return True

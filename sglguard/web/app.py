@@ -24,6 +24,7 @@ from sglguard.web.view import View
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from sglguard.telemetry import Runtime
     from sglguard.web.pages import Pages
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ class WebApp:
     """Routes a request to the page, the API, /metrics or /healthz."""
 
     def __init__(self, view: View, *, token: str | None = None, refresh_s: int = 10,
-                 hosts: Iterable[str] = ()) -> None:
+                 hosts: Iterable[str] = (), runtime: Runtime | None = None) -> None:
         self.view = view
+        self.runtime = runtime  # the service beside it (`sglguard run`); None for `serve`
         self.refresh_s = refresh_s
         self._token = token.encode() if token else None
         # Without a token, only these Host names are answered: a web page elsewhere cannot
@@ -68,7 +70,8 @@ class WebApp:
             (re.compile(r"/checks/([^/]+)"), self._check_page),
             (re.compile(r"/incidents/(\d+)"), self._incident_page),
             (re.compile(API + r"/targets"), lambda q: _json({"targets": view.targets()})),
-            (re.compile(API + r"/agents"), lambda q: _json({"agents": view.agents()})),
+            (re.compile(API + r"/agents"), lambda q: _json({"agents": view.agents(),
+                                                             "results": view.by_agent()})),
             (re.compile(API + r"/checks"), lambda q: _json({"checks": view.checks()})),
             (re.compile(API + r"/checks/([^/]+)"), self._check),
             (re.compile(API + r"/checks/([^/]+)/results"), self._results),
@@ -83,13 +86,13 @@ class WebApp:
     def pages(self) -> Pages:
         from sglguard.web.pages import Pages
 
-        return Pages(self.view, refresh_s=self.refresh_s)
+        return Pages(self.view, refresh_s=self.refresh_s, runtime=self.runtime)
 
     @cached_property
     def registry(self) -> CollectorRegistry:
         from sglguard.web.metrics import metrics_registry
 
-        return metrics_registry(self.view)
+        return metrics_registry(self.view, self.runtime)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -138,11 +141,34 @@ class WebApp:
             except ValueError as exc:
                 return _json({"error": str(exc)}, "400 Bad Request")
             except Exception:
+                outage = self._store_outage(path)
+                if outage is not None:  # said once by the service's log, not per request
+                    return outage
                 logger.exception("web: %s failed", path)
                 return _json({"error": "internal error; see sglguard's log"},
                              "500 Internal Server Error")
             return found if found is not None else _missing("such page")
         return _missing("such page")
+
+    def _store_outage(self, path: str) -> Response | None:
+        """While the service beside this listener cannot reach the store, the page and the
+        API say so (what it holds and that it keeps watching) instead of an error."""
+        if self.runtime is None:
+            return None
+        pulse = self.runtime.pulse(60)
+        if pulse.store_outage_s is None:
+            return None
+        said = (f"The store has been unreachable for {pulse.store_outage_s:.0f} s. sglguard "
+                f"keeps running its checks and repairing a dead server; {pulse.backlog_pending} "
+                "results are held and will be written, in order, when the store answers.")
+        if path.startswith("/api/"):
+            return _json({"error": said, "store_outage_s": round(pulse.store_outage_s)},
+                         "503 Service Unavailable")
+        return "503 Service Unavailable", HTML, (
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>sglguard: store "
+            "unreachable</title><meta http-equiv=\"refresh\" content=\"10\"></head><body>"
+            f"<h1>Store unreachable</h1><p id=\"store-outage\">{said}</p></body></html>"
+        ).encode()
 
     def _index(self, _query: dict[str, str]) -> Response:
         return "200 OK", HTML, self.pages.index().encode()
@@ -180,7 +206,7 @@ class WebApp:
     def _healthz(self, _query: dict[str, str]) -> Response:
         from sglguard.web.metrics import health
 
-        found = health(self.view)
+        found = health(self.view, self.runtime)
         return _json(found.detail, "200 OK" if found.healthy else "503 Service Unavailable")
 
 

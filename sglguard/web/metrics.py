@@ -1,10 +1,15 @@
-"""sglguard's own /metrics and /healthz, computed from the store when scraped.
+"""sglguard's own /metrics and /healthz.
 
-Reading the store (not counters kept in memory) means `sglguard serve` on another machine shows
+What the store holds is read from it when scraped: `sglguard serve` on another machine shows
 the same numbers as the service, and a restart of sglguard does not reset them. Counts cover
 what retention keeps (`store.retention`), so a counter drops when old rows are deleted; Prometheus
 treats that as a counter reset. OK results written in batches appear up to
 `store.flush_interval` late.
+
+Beside the service (`sglguard run`), the listener adds what only that process knows
+(`sglguard.telemetry`): run durations, the schedule's lateness and missed runs, its
+scheduler's last tick, the results waiting to be written, and how store writes go; and
+/healthz is judged by the scheduler's last tick.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,14 +26,25 @@ from sqlalchemy import func, select
 
 from sglguard import __version__
 from sglguard.domain import Status
+from sglguard.housekeeping import HOUSEKEEPING
 from sglguard.store.models import (
     CheckResultRow,
     CheckStateRow,
     IncidentRow,
     NotificationAttemptRow,
+    OutboxRow,
     RemediationRunRow,
 )
 from sglguard.web.view import View
+
+if TYPE_CHECKING:
+    from sglguard.telemetry import Runtime
+
+# /healthz fails when the scheduler's timer (which ticks at least every 5 s) has not ticked
+# for this long.
+TICK_BOUND = timedelta(seconds=30)
+# The span over which the page and /metrics show the schedule's recent lateness.
+LAG_SPAN = timedelta(minutes=5)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +73,7 @@ class StoreCollector:
                                      "scrapes whose store read failed, since start")
         errors.add_metric([], float(self.scrape_errors))
         yield errors
+        yield housekeeping_events()
         yield from families
 
     def _from_store(self) -> Iterator[Metric]:
@@ -103,6 +120,66 @@ class StoreCollector:
                            "notification delivery attempts, by notifier and outcome",
                            NotificationAttemptRow, ["notifier", "outcome"],
                            [NotificationAttemptRow.notifier, NotificationAttemptRow.outcome])
+            outbox = GaugeMetricFamily(
+                "sglguard_outbox_unclaimed", "messages and remediation requests owed and not "
+                "yet taken by a worker, by kind", labels=["kind"])
+            waiting = dict.fromkeys(("message", "remediation"), 0)
+            for kind, count in session.execute(
+                    select(OutboxRow.kind, func.count()).where(OutboxRow.status == "pending")
+                    .group_by(OutboxRow.kind)):
+                waiting[kind] = count
+            for kind, count in sorted(waiting.items()):
+                outbox.add_metric([kind], float(count))
+            yield outbox
+
+
+class RuntimeCollector:
+    """What the service beside the listener knows only in memory, read at each scrape."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.runtime.telemetry.registry.collect()
+        pulse = self.runtime.pulse(LAG_SPAN.total_seconds())
+        missed = CounterMetricFamily("sglguard_schedule_missed_runs",
+                                     "check runs missed (the previous run still in progress, "
+                                     "or a lagging timer), since start")
+        missed.add_metric([], float(pulse.missed_total))
+        yield missed
+        tick = GaugeMetricFamily("sglguard_scheduler_last_tick_age_seconds",
+                                 "seconds since the scheduler's timer last ticked")
+        if pulse.tick_age_s is not None:
+            tick.add_metric([], pulse.tick_age_s)
+        yield tick
+        depth = GaugeMetricFamily("sglguard_queue_depth", "results waiting to be written: "
+                                  "quiet ones queued for the next batch, and those held "
+                                  "while the store is down", labels=["queue"])
+        depth.add_metric(["results_batch"], float(pulse.writer_pending))
+        depth.add_metric(["store_backlog"], float(pulse.backlog_pending))
+        yield depth
+        dropped = CounterMetricFamily("sglguard_results_dropped",
+                                      "results dropped over a queue's bound, since start",
+                                      labels=["queue"])
+        dropped.add_metric(["results_batch"], float(pulse.writer_dropped))
+        dropped.add_metric(["store_backlog"], float(pulse.backlog_dropped))
+        yield dropped
+        outage = GaugeMetricFamily("sglguard_store_outage_seconds",
+                                   "how long the store has been down for this service's "
+                                   "writes (0: it answers)")
+        outage.add_metric([], pulse.store_outage_s or 0.0)
+        yield outage
+
+
+def housekeeping_events() -> Metric:
+    """Counted in memory by the process whose scheduler runs the jobs (`sglguard run`), not
+    stored: another process serving the page shows none."""
+    family = CounterMetricFamily("sglguard_housekeeping_events",
+                                 "housekeeping jobs' missed, failed and skipped runs, since start",
+                                 labels=["job", "event"])
+    for (job, event), count in sorted(HOUSEKEEPING.counts().items()):
+        family.add_metric([job, event], float(count))
+    return family
 
 
 def _counted(session: Any, name: str, documentation: str, table: Any, labels: list[str],
@@ -121,10 +198,12 @@ def _status(label: str) -> int:
         return int(Status.UNKNOWN)
 
 
-def metrics_registry(view: View) -> CollectorRegistry:
+def metrics_registry(view: View, runtime: Runtime | None = None) -> CollectorRegistry:
     """A registry of sglguard's own, apart from the process-wide default one."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(view))
+    if runtime is not None:
+        registry.register(RuntimeCollector(runtime))
     return registry
 
 
@@ -134,13 +213,48 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 @dataclass(frozen=True)
 class Health:
-    """Whether sglguard is alive: a check result was written recently."""
+    """Whether sglguard is alive."""
 
     healthy: bool
     detail: dict[str, Any]
 
 
-def health(view: View) -> Health:
+def health(view: View, runtime: Runtime | None = None) -> Health:
+    """Beside the service: whether its scheduler ticked within TICK_BOUND. Served apart from
+    it (`sglguard serve`), whether the store holds a recent result."""
+    if runtime is not None:
+        return scheduler_health(runtime)
+    return results_health(view)
+
+
+def scheduler_health(runtime: Runtime) -> Health:
+    """Healthy while the scheduler runs and its timer ticked within TICK_BOUND, whatever the
+    checks found (a failing server is not a failing sglguard)."""
+    pulse = runtime.pulse(LAG_SPAN.total_seconds())
+    detail: dict[str, Any] = {
+        "scheduler_tick_age_s": (round(pulse.tick_age_s, 1) if pulse.tick_age_s is not None
+                                 else None),
+        "allowed_tick_age_s": TICK_BOUND.total_seconds(),
+        "missed_runs_recent": pulse.missed, "results_held": pulse.backlog_pending,
+        # sglguard's own trouble, said here, not a failure of it: it keeps watching and
+        # repairing through an outage and writes what it held afterwards (a restart of it
+        # would help nothing)
+        "store": ("ok" if pulse.store_outage_s is None else
+                  f"unreachable for {pulse.store_outage_s:.0f} s; "
+                  f"{pulse.backlog_pending} results held")}
+    if pulse.tick_age_s is None:
+        return Health(False, {"status": "failing", "reason": "the scheduler has not started",
+                              **detail})
+    if not pulse.running:
+        return Health(False, {"status": "failing", "reason": "the scheduler is stopped",
+                              **detail})
+    if pulse.tick_age_s > TICK_BOUND.total_seconds():
+        return Health(False, {"status": "failing", "reason": "the scheduler has not ticked "
+                              f"for {pulse.tick_age_s:.0f} s", **detail})
+    return Health(True, {"status": "ok", **detail})
+
+
+def results_health(view: View) -> Health:
     """Healthy when the newest stored result is younger than the catalog allows: three of the
     longest check interval plus the batching delay, at least a minute."""
     catalog = view.catalog

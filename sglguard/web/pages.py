@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from sglguard.notify.notice import host_name
 from sglguard.web.chart import CHART_HOURS, build_chart
 from sglguard.web.view import View
+
+if TYPE_CHECKING:
+    from sglguard.telemetry import Pulse, Runtime
 
 
 def _clock(iso: str | None) -> str:
@@ -36,8 +39,10 @@ def environment() -> Environment:
 class Pages:
     """Renders the status page, a check's page and an incident's page from a View."""
 
-    def __init__(self, view: View, *, refresh_s: int = 10) -> None:
+    def __init__(self, view: View, *, refresh_s: int = 10,
+                 runtime: Runtime | None = None) -> None:
         self.view = view
+        self.runtime = runtime
         self.refresh_s = refresh_s
         self.env = environment()
         self.host = host_name()
@@ -53,9 +58,17 @@ class Pages:
         incidents = self.view.incidents(limit=20)
         return self._render(
             "index.html", "", targets=self.view.targets(), checks=checks,
-            agents=self.view.agents(),
+            agents=self.view.agents(), by_agent=self.view.by_agent(), schedule=self._pulse(),
             open_incidents=[item for item in incidents if item["status"] == "open"],
             recent_incidents=[item for item in incidents if item["status"] != "open"])
+
+    def _pulse(self) -> Pulse | None:
+        """How the schedule was kept lately, when the service runs beside the page."""
+        if self.runtime is None:
+            return None
+        from sglguard.web.metrics import LAG_SPAN
+
+        return self.runtime.pulse(LAG_SPAN.total_seconds())
 
     def check(self, name: str) -> str | None:
         item = self.view.check(name)

@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -20,6 +20,9 @@ from sglguard.config.models import Catalog, is_loopback, split_listen
 from sglguard.store import Store
 from sglguard.web.app import WebApp
 from sglguard.web.view import View
+
+if TYPE_CHECKING:
+    from sglguard.telemetry import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +80,10 @@ class WebServer:
         self._server.server_close()
 
 
-def serve(catalog: Catalog, store: Store, *, listen: str | None = None) -> WebServer:
-    """Start the listener the catalog's `http` section asks for (or on `listen`)."""
+def serve(catalog: Catalog, store: Store, *, listen: str | None = None,
+          runtime: Runtime | None = None) -> WebServer:
+    """Start the listener the catalog's `http` section asks for (or on `listen`); `runtime`:
+    the service it runs beside, whose scheduler and queues it reports on (none for `serve`)."""
     http = catalog.http
     token = http.token.get_secret_value() if http is not None and http.token else None
     refresh = int(http.refresh.total_seconds()) if http is not None else 10
@@ -89,5 +94,6 @@ def serve(catalog: Catalog, store: Store, *, listen: str | None = None) -> WebSe
     hosts = [split_listen(address)[0]]
     if http is not None and http.external_url is not None:
         hosts.append(urlsplit(http.external_url).hostname or "")
-    app = WebApp(View(catalog, store), token=token, refresh_s=max(1, refresh), hosts=hosts)
+    app = WebApp(View(catalog, store), token=token, refresh_s=max(1, refresh), hosts=hosts,
+                 runtime=runtime)
     return WebServer(app, address).start()

@@ -25,6 +25,7 @@ from sglguard.store import Store
 from sglguard.store.models import (
     CheckResultRow,
     CheckStateRow,
+    DrainedWorkerRow,
     IncidentEventRow,
     IncidentRow,
     NotificationAttemptRow,
@@ -59,7 +60,8 @@ def public_url(url: str) -> str:
 
 def result_item(row: CheckResultRow) -> dict[str, Any]:
     return {"status": row.status, "value": row.value, "unit": row.unit, "message": row.message,
-            "duration_ms": row.duration_ms, "started_at": iso(row.started_at)}
+            "duration_ms": row.duration_ms, "started_at": iso(row.started_at),
+            "agent": row.agent}
 
 
 class View:
@@ -188,6 +190,23 @@ class View:
                 "stopped_at": iso(row.stopped_at)})
         return self.scrub(items)  # type: ignore[no-any-return]
 
+    def by_agent(self) -> list[dict[str, Any]]:
+        """The newest result of every check in the store (this catalog's or not) that ran in
+        the last day, grouped by the agent that wrote it: the fleet as the store knows it."""
+        since = self.clock() - timedelta(days=1)
+        groups: dict[str, list[dict[str, Any]]] = {}
+        with self.store.session() as session:
+            names = session.scalars(select(CheckStateRow.check_name).where(
+                CheckStateRow.last_result_at >= since).order_by(CheckStateRow.check_name)).all()
+            for name in names:
+                row = session.scalars(select(CheckResultRow).where(
+                    CheckResultRow.check_name == name).order_by(*_NEWEST).limit(1)).first()
+                if row is not None:
+                    groups.setdefault(row.agent or "unknown", []).append(
+                        {"check": name, "target": row.target, **result_item(row)})
+        return self.scrub([{"agent": agent, "checks": groups[agent]}  # type: ignore[no-any-return]
+                           for agent in sorted(groups)])
+
     # --- targets ------------------------------------------------------------------------
 
     def targets(self) -> list[dict[str, Any]]:
@@ -216,6 +235,9 @@ class View:
             TargetLevelRow.target == target.name)).all()
         open_ids = session.scalars(select(IncidentRow.id).where(
             IncidentRow.target == target.name, IncidentRow.status == "open")).all()
+        drained = session.scalars(select(DrainedWorkerRow).where(
+            DrainedWorkerRow.target == target.name, DrainedWorkerRow.returned_at.is_(None))
+            .order_by(DrainedWorkerRow.id)).all()
         return {
             "name": target.name, "url": public_url(target.url),
             "control": target.control.kind if target.control is not None else None,
@@ -224,6 +246,11 @@ class View:
                         "original": level.original} for level in levels],
             "budgets": self._budgets(session, target.name, now),
             "open_incidents": list(open_ids),
+            # Workers sglguard took out of a gateway and has not put back yet.
+            "drained": [{"worker": public_url(row.worker_url), "gateway": public_url(row.gateway),
+                         "state": row.state, "remediation": row.remediation,
+                         "incident_id": row.incident_id, "drained_at": iso(row.drained_at),
+                         "last_error": row.last_error} for row in drained],
         }
 
     def _budgets(self, session: Session, target: str, now: datetime) -> list[dict[str, Any]]:
@@ -267,7 +294,7 @@ class View:
             "resolved_at": iso(row.resolved_at), "escalated_at": iso(row.escalated_at),
             "acknowledged_at": iso(row.acknowledged_at), "acknowledged_by": row.acknowledged_by,
             "first_value": row.first_value, "last_value": row.last_value,
-            "message": row.last_message,
+            "message": row.last_message, "agent": row.agent,
         }
 
     def _incident(self, session: Session, row: IncidentRow) -> dict[str, Any]:
@@ -290,7 +317,7 @@ def run_item(run: RemediationRunRow) -> dict[str, Any]:
             "dry_run": run.dry_run, "plan": json.loads(run.plan), "outcome": run.outcome,
             "detail": run.detail, "error": run.error, "started_at": iso(run.started_at),
             "finished_at": iso(run.finished_at), "verified": run.verified,
-            "verification": run.verification}
+            "verification": run.verification, "agent": run.agent}
 
 
 def timeline(events: Sequence[IncidentEventRow], runs: Sequence[RemediationRunRow],
