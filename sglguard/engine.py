@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -58,10 +58,17 @@ class StateView:
     recent: str
     flapping: bool
     incident_id: int | None
+    stored: bool = True  # False: no row yet; the writer creates it with the first result
 
     @classmethod
     def of(cls, row: CheckStateRow) -> StateView:
-        return cls(**{item.name: getattr(row, item.name) for item in fields(cls)})
+        return cls(**{item.name: getattr(row, item.name) for item in fields(cls)
+                      if item.name != "stored"})
+
+    @classmethod
+    def fresh(cls) -> StateView:
+        """The state of a check that has no row yet (as `queries.check_state` makes one)."""
+        return cls("ok", 0, 0, None, None, None, None, "", False, None, stored=False)
 
     @property
     def quiet(self) -> bool:
@@ -121,6 +128,23 @@ class IncidentEngine:
         with self._check_lock(result.check):
             return self._record_one(result, at)
 
+    def prime(self) -> None:
+        """Read every check's stored state in one query, so that the first round's quiet
+        results are batched like any others instead of each taking a transaction of its own.
+        A check with no state yet starts from a fresh one, whose row the writer creates with
+        its first batch (where the store can skip a row another process made meanwhile)."""
+        if self.writer is None:
+            return
+        names = {check.name for check in self.catalog.checks}
+        with self.store.session() as session:
+            rows = session.scalars(select(CheckStateRow)).all()
+            views = {row.check_name: StateView.of(row) for row in rows if row.check_name in names}
+        if self.writer.creates_states:
+            views.update((name, StateView.fresh()) for name in names if name not in views)
+        with self._views_lock:
+            for name, view in views.items():
+                self._views.setdefault(name, view)
+
     def _check_lock(self, check: str) -> threading.Lock:
         with self._views_lock:
             return self._locks.setdefault(check, threading.Lock())
@@ -168,8 +192,8 @@ class IncidentEngine:
         with self._views_lock:
             view = self._views.get(result.check)
         if result.skipped:  # a dependency is down: recorded, never counted
-            if view is None or self._window_open(view):
-                return None  # its window restarts: written now
+            if view is None or not view.stored or self._window_open(view):
+                return None  # its window restarts (or its state is new): written now
             if writer.add(queries.result_values(result, evaluated=False, agent=self.agent)):
                 writer.flush()
             return Decision(evaluated=False)
@@ -181,11 +205,13 @@ class IncidentEngine:
             self._flap(self.catalog.check(result.check), trial, decision)
         if decision.flapping is not None:
             return None
+        create = None if view.stored else self.catalog.check(result.check).target
+        trial.stored = True  # from here on the writer holds its row (or the store has it)
         with self._views_lock:
             self._views[result.check] = trial
         if writer.add(queries.result_values(result, evaluated=decision.evaluated,
                                             agent=self.agent),
-                      (result.check, trial.counters())):
+                      (result.check, trial.counters()), create=create):
             writer.flush()  # here, in the run's thread: no wake-up of its own
         return decision
 

@@ -7,7 +7,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor as Pool
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -135,6 +135,28 @@ def blocking_dependency(config: CheckConfig, latest: Mapping[str, str],
     return None
 
 
+def first_round(checks: Sequence[CheckConfig]) -> list[CheckConfig]:
+    """The checks in catalog order, except that each comes after the checks it depends on."""
+    by_name = {config.name: config for config in checks}
+    ordered: list[CheckConfig] = []
+    seen: set[str] = set()  # placed, or being placed (a cycle is refused at load)
+    for config in checks:
+        if config.name in seen:
+            continue
+        seen.add(config.name)
+        stack = [(config, iter(config.depends_on))]
+        while stack:
+            current, needs = stack[-1]
+            need = next((name for name in needs if name in by_name and name not in seen), None)
+            if need is None:
+                stack.pop()
+                ordered.append(current)
+            else:
+                seen.add(need)
+                stack.append((by_name[need], iter(by_name[need].depends_on)))
+    return ordered
+
+
 def run_once(catalog: Catalog, store: Store, names: list[str],
              clock: Callable[[], datetime] = utcnow) -> list[CheckResult]:
     """Run the named checks once, concurrently, dependencies first (`sglguard check`)."""
@@ -237,14 +259,23 @@ class Service:
         self._do_chores()  # a store that is down now (a reload during an outage) delays them
         self.notifications.start()
         self.requests.start()
+        try:  # the first round's quiet results are then batched, not a transaction each
+            self.engine.prime()
+        except Exception as exc:
+            if not store_down(exc):
+                raise
+            logger.warning("store: could not read the checks' states at start: %s", exc)
         # The first round is spread over a tenth of a second per hundred checks (at most a
-        # second), not fired at once.
-        spread = min(1.0, len(self.catalog.checks) / 1000)
-        for index, config in enumerate(self.catalog.checks):
+        # second, and never beyond a check's interval), not fired at once; checks come after
+        # those they depend on.
+        ordered = first_round(self.catalog.checks)
+        spread = min(1.0, len(ordered) / 1000)
+        for index, config in enumerate(ordered):
+            interval = config.interval.total_seconds()
             self.check_scheduler.add(
-                config.name, self.run_check, interval=config.interval.total_seconds(),
+                config.name, self.run_check, interval=interval,
                 jitter=config.jitter_seconds, group=config.target,
-                first_in=0.1 + spread * index / max(1, len(self.catalog.checks)))
+                first_in=0.1 + min(spread, interval) * index / max(1, len(ordered)))
         # Housekeeping catches up at start (after a restart of sglguard, a reminder or a
         # restore may be overdue), then keeps its pace.
         soon = self.clock() + timedelta(seconds=1)

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from sglguard.config.models import Catalog
 from sglguard.emulator import Emulator
-from sglguard.service import Service
+from sglguard.service import Service, first_round
 from sglguard.store import Store, queries
 from sglguard.store.models import RemediationRunRow
 
@@ -312,3 +312,18 @@ def test_retention_deletes_old_results_in_small_transactions(
     assert results(store, "liveness") == 1
     if backend == "postgresql":
         store.close()
+
+
+def test_the_first_round_starts_each_check_after_the_checks_it_depends_on(
+        make_catalog: Callable[[str], Catalog]) -> None:
+    catalog = make_catalog("""\
+        version: 1
+        targets: [{name: local, url: "http://127.0.0.1:1"}]
+        checks:
+          - {name: generation, kind: http, target: local, depends_on: [queue, liveness]}
+          - {name: queue, kind: http, target: local, depends_on: liveness}
+          - {name: other, kind: http, target: local}
+          - {name: liveness, kind: http, target: local}
+        """)
+    assert [config.name for config in first_round(catalog.checks)] == [
+        "liveness", "queue", "generation", "other"]

@@ -17,7 +17,7 @@ from sglguard.emulator import Emulator
 from sglguard.engine import IncidentEngine
 from sglguard.service import Service
 from sglguard.store import Store, queries
-from sglguard.store.models import CheckResultRow
+from sglguard.store.models import CheckResultRow, CheckStateRow
 from sglguard.store.writer import ResultWriter
 
 from conftest import FakeClock, feed, wait_for
@@ -185,7 +185,7 @@ def test_stopping_the_service_writes_what_is_queued(
     service = liveness_service(make_catalog, store, emulator, "5m")
     assert service.writer is not None
     service.start()
-    wait_for(lambda: service.writer is not None and service.writer.pending >= 3)
+    wait_for(lambda: service.writer is not None and service.writer.pending >= 4)
     service.stop()
     assert service.writer.pending == 0 and len(stored(store)) >= 4
 
@@ -262,3 +262,70 @@ def test_a_drop_says_whether_the_store_refused_or_results_came_too_fast(
         for row in rows(1000):
             writer.add(row)
     assert "the store refused the last write" in caplog.text
+
+
+def stored_state(store: Store, check: str) -> Any:
+    """The check's state row as stored, None when it has none."""
+    with store.session() as session:
+        return session.get(CheckStateRow, check)
+
+
+def test_after_priming_a_new_checks_first_results_are_queued_and_its_state_made_by_the_flush(
+        engine: IncidentEngine, store: Store, clock: FakeClock, writer: ResultWriter) -> None:
+    engine.prime()
+    for _ in range(3):
+        assert feed(engine, clock, Status.OK).evaluated
+    assert writer.pending == 3 and stored(store) == [] and stored_state(store, "liveness") is None
+    assert writer.flush()
+    made = stored_state(store, "liveness")
+    assert stored(store) == ["ok"] * 3
+    assert (made.target, made.status, made.consecutive_successes, made.recent) == (
+        "local", "ok", 3, "ooo")
+
+
+def test_a_state_another_process_made_before_the_flush_is_kept(
+        make_catalog: Callable[[str], Catalog], store: Store, engine: IncidentEngine,
+        clock: FakeClock, writer: ResultWriter) -> None:
+    engine.prime()
+    feed(engine, clock, Status.OK, "sticky")  # queued, with a state to be made by the flush
+    other = IncidentEngine(make_catalog(CATALOG), store, clock)  # a second sglguard
+    opened = feed(other, clock, Status.CRITICAL, "sticky").opened
+    assert opened is not None
+    assert writer.flush()  # the row exists and is not quiet: neither made again nor updated
+    assert stored_state(store, "sticky").incident_id == opened
+    assert stored(store, "sticky") == ["ok", "critical"]
+    assert feed(engine, clock, Status.OK, "sticky").resolved is None  # read from the store
+    assert feed(engine, clock, Status.OK, "sticky").resolved == opened
+
+
+def test_priming_reads_stored_states_so_the_first_result_after_a_restart_is_queued(
+        make_catalog: Callable[[str], Catalog], store: Store, engine: IncidentEngine,
+        clock: FakeClock, writer: ResultWriter) -> None:
+    feed(engine, clock, Status.OK)  # written at once: this engine had no copy of the state
+    assert writer.pending == 0
+    restarted = IncidentEngine(make_catalog(CATALOG), store, clock, writer=writer)
+    restarted.prime()
+    feed(restarted, clock, Status.OK)
+    assert writer.pending == 1 and stored(store) == ["ok"]
+
+
+def test_new_states_made_by_the_flush_on_postgresql(postgres_url: str,
+                                                    make_catalog: Callable[[str], Catalog],
+                                                    clock: FakeClock) -> None:
+    store = Store.open(postgres_url)
+    try:
+        writer = ResultWriter(store, interval=3600.0)
+        engine = IncidentEngine(make_catalog(CATALOG), store, clock, writer=writer)
+        engine.prime()
+        for _ in range(2):
+            feed(engine, clock, Status.OK)
+            feed(engine, clock, Status.OK, "sticky")
+        other = IncidentEngine(make_catalog(CATALOG), store, clock)
+        opened = feed(other, clock, Status.CRITICAL, "sticky").opened  # makes sticky's row
+        assert writer.pending == 4 and stored_state(store, "liveness") is None
+        assert writer.flush()
+        assert stored_state(store, "liveness").consecutive_successes == 2
+        assert stored_state(store, "sticky").incident_id == opened
+        assert stored(store, "sticky") == ["ok", "ok", "critical"]
+    finally:
+        store.close()

@@ -18,6 +18,25 @@ from sglguard.redact import for_terminal
 logger = logging.getLogger(__name__)
 
 
+# From this many checks on, the service's threads share a few malloc arenas (below it, the
+# arenas keep little, and loading ctypes costs about 0.3 MiB).
+MANY_CHECKS = 100
+
+
+def few_malloc_arenas(arenas: int = 2) -> None:
+    """Let the service's threads share a few malloc arenas. glibc gives each thread that
+    allocates an arena of its own (up to eight per core), and memory freed in one stays
+    resident for that thread alone: about 3 MiB at a thousand checks. MALLOC_ARENA_MAX, when
+    set, is left to rule."""
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # a libc without it: no change
+        ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
+
+
 @main.command()
 @config_option
 @click.option("--dry-run", is_flag=True, help="plan remediations, record them, change nothing")
@@ -27,6 +46,8 @@ def run(config_path: str | None, dry_run: bool) -> None:
     from sglguard.service import Service
 
     path, catalog = load(config_path, service=True)
+    if len(catalog.checks) >= MANY_CHECKS:
+        few_malloc_arenas()
     service = Service(catalog, open_store(catalog, migrate_apart=True, service=path),
                       dry_run=dry_run)
     web = start_web(catalog, service.store, runtime=service)  # the catalog's `http:`, if any

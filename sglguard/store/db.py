@@ -64,6 +64,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable but for a power cut
     cursor.execute("PRAGMA foreign_keys=ON")
+    # 1 MiB of page cache per connection, not SQLite's 2 MiB (each of a pool's connections
+    # keeps its own): pages beyond it are read again from the kernel's file cache.
+    cursor.execute("PRAGMA cache_size=-1024")
     cursor.close()
 
 

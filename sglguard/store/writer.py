@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from sqlalchemy import Table, Update, bindparam, insert, update
+from sqlalchemy import Insert, Table, Update, bindparam, insert, update
 
 from sglguard.store.db import Store
 from sglguard.store.models import CheckResultRow, CheckStateRow
@@ -35,6 +35,9 @@ _INSERT = insert(_RESULTS)
 _QUIET = (_STATES.c.check_name == bindparam("_check"), _STATES.c.status == "ok",
           _STATES.c.incident_id.is_(None), _STATES.c.grace_until.is_(None),
           _STATES.c.flapping.is_(False))
+# A new check's state row, as `queries.check_state` makes it; its first counters follow.
+_FRESH = {"status": "ok", "consecutive_failures": 0, "consecutive_successes": 0, "recent": "",
+          "flapping": False}
 
 
 class ResultWriter:
@@ -60,13 +63,23 @@ class ResultWriter:
         self._flushing = threading.Lock()
         self._rows: list[dict[str, Any]] = []
         self._states: dict[str, dict[str, Any]] = {}
+        self._new: dict[str, str] = {}  # checks whose state row is made here: their targets
         self._claimed = False  # a caller was told to flush and has not yet taken the rows
         self._refused = False  # the last write failed
         self.dropped = 0
         self._updates: dict[tuple[str, ...], Update] = {}
+        self._creating: Insert | None = None
 
-    def add(self, row: dict[str, Any], state: tuple[str, dict[str, Any]] | None = None) -> bool:
-        """Queue one result row and, optionally, the new counters of its check's state; True
+    @property
+    def creates_states(self) -> bool:
+        """Whether `add(..., create=target)` is possible: the store's dialect can insert a
+        state row unless another process made it first."""
+        return self.store.engine.dialect.name in ("sqlite", "postgresql")
+
+    def add(self, row: dict[str, Any], state: tuple[str, dict[str, Any]] | None = None, *,
+            create: str | None = None) -> bool:
+        """Queue one result row and, optionally, the new counters of its check's state
+        (`create`: the state has no row yet; make one, of that target, before the update); True
         when the oldest queued row has waited `interval`, or a batch is full: time for the
         caller to flush. One caller is told, not each one until the flush has begun: the
         others go on instead of queueing behind it."""
@@ -75,6 +88,8 @@ class ResultWriter:
             self._rows.append(row)
             if state is not None:
                 self._states[state[0]] = state[1]
+                if create is not None:
+                    self._new[state[0]] = create
             self._trim()
             if self._since is None:
                 self._since = now
@@ -105,20 +120,21 @@ class ResultWriter:
         which case everything stays queued for the next flush."""
         with self._flushing:
             with self._lock:
-                rows, states, since = self._rows, self._states, self._since
-                self._rows, self._states, self._since = [], {}, None
+                rows, states, since, new = self._rows, self._states, self._since, self._new
+                self._rows, self._states, self._since, self._new = [], {}, None, {}
                 self._claimed = False
             if not rows and not states:
                 return True
             began = time.perf_counter()
             try:
-                stale = self._write(rows, states)
+                stale = self._write(rows, states, new)
             except Exception as exc:
                 self.on_write("batch", time.perf_counter() - began, False)
                 with self._lock:
                     self._refused = True
                     self._rows[:0] = rows
                     self._states = {**states, **self._states}
+                    self._new = {**new, **self._new}
                     self._since = since
                     self._trim()
                     held = len(self._rows)
@@ -131,9 +147,14 @@ class ResultWriter:
             self.on_stale(check)
         return True
 
-    def _write(self, rows: list[dict[str, Any]], states: dict[str, dict[str, Any]]) -> list[str]:
+    def _write(self, rows: list[dict[str, Any]], states: dict[str, dict[str, Any]],
+               new: dict[str, str] | None = None) -> list[str]:
         for retry in self.store.retrying():
             with retry, self.store.engine.begin() as connection:  # Core: no ORM session
+                if new:
+                    connection.execute(self._create(), [
+                        {"check_name": check, "target": target, **_FRESH}
+                        for check, target in new.items()])
                 if rows:
                     connection.execute(_INSERT, rows)
                 stale = []
@@ -157,6 +178,22 @@ class ResultWriter:
         for check, values in states.items():
             grouped.setdefault(tuple(values), []).append({"_check": check, **values})
         return grouped
+
+    def _create(self) -> Insert:
+        """A state row for each new check, skipped where one exists (made by another process
+        meanwhile: the update that follows then finds whether it is still quiet)."""
+        if self._creating is None:
+            if self.store.engine.dialect.name == "postgresql":
+                from sqlalchemy.dialects import postgresql
+
+                self._creating = postgresql.insert(_STATES).on_conflict_do_nothing(
+                    index_elements=[_STATES.c.check_name])
+            else:
+                from sqlalchemy.dialects import sqlite
+
+                self._creating = sqlite.insert(_STATES).on_conflict_do_nothing(
+                    index_elements=[_STATES.c.check_name])
+        return self._creating
 
     def _update(self, columns: tuple[str, ...]) -> Update:
         """The state update for these counters, applied only where the state is still quiet."""
