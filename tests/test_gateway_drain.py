@@ -515,6 +515,24 @@ def test_a_gateway_that_wants_a_key_is_a_permanent_error_that_says_why(
     assert keyed.run("drain", "local", trigger="manual").outcome == "succeeded"
 
 
+def test_a_key_without_the_admin_role_is_a_permanent_error_that_says_why(
+        smg: StartGateway, start_emulator: StartEmulator, store: Store,
+        make_runner: Callable[[str], RemediationRunner]) -> None:
+    sick = start_emulator()
+    gateway = smg(workers=[sick.url], ready=False,
+                  extra=["--control-plane-api-keys", "ops:Ops:admin:s3cret-key",
+                         "dash:Dash:user:view-key"])
+    gateway.wait_ready({"Authorization": "Bearer s3cret-key"})
+    runner = make_runner(catalog_text(sick.url, gateway.url, drain="api_key: view-key"))
+
+    outcome = runner.run("drain", "local", trigger="manual")
+
+    assert outcome.outcome == "failed" and outcome.permanent, outcome
+    assert outcome.error is not None
+    assert "answered 403 (the gateway refused the key (it needs an admin key))" \
+        in outcome.error, outcome.error
+
+
 def test_the_legacy_routes_smg_no_longer_has_are_a_permanent_error(
         smg: StartGateway, start_emulator: StartEmulator, store: Store,
         make_runner: Callable[[str], RemediationRunner]) -> None:
