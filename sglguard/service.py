@@ -297,9 +297,10 @@ class Service:
         self.scheduler.add_job(self.return_drained, every(15), next_run_time=soon,
                                id="_undrain", name="re-add drained workers once well")
         if self.writer is not None:
-            # Runs flush when their result finds the queue due; this timer only catches rows
-            # left when no check runs for a while.
-            self.scheduler.add_job(self.writer.flush_if_due, every(max(self.writer.interval, 60.0)),
+            # Runs flush when their result finds the queue due; this timer catches rows left
+            # when no check runs for a while, and a first round's results within a second or
+            # two (their checks may not run again for minutes).
+            self.scheduler.add_job(self.writer.flush_if_due, every(1.0),
                                    id="_flush", name="write queued results")
         self.scheduler.add_job(self.prune, every(3600), next_run_time=soon,
                                id="_prune", name="retention")

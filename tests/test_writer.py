@@ -329,3 +329,22 @@ def test_new_states_made_by_the_flush_on_postgresql(postgres_url: str,
         assert stored(store, "sticky") == ["ok", "ok", "critical"]
     finally:
         store.close()
+
+
+def test_a_first_round_is_one_batch_written_within_a_second_not_an_interval(
+        engine: IncidentEngine, store: Store, clock: FakeClock, writer: ResultWriter,
+        ticks: Ticks) -> None:
+    engine.prime()
+    feed(engine, clock, Status.OK)
+    feed(engine, clock, Status.OK, "sticky")
+    writer.flush_if_due()  # the timer looks at once: not due yet
+    assert writer.pending == 2 and stored(store) == []
+    ticks.now += 1.0  # the timer's next look: new checks' first results go now
+    assert writer.flush_if_due()
+    assert writer.pending == 0 and stored(store) == ["ok"] and stored(store, "sticky") == ["ok"]
+    feed(engine, clock, Status.OK)  # a known state's quiet result waits for the interval
+    ticks.now += 1.0
+    writer.flush_if_due()
+    assert writer.pending == 1
+    ticks.now += 9.0
+    assert writer.flush_if_due() and writer.pending == 0

@@ -27,6 +27,9 @@ DEFAULT_LIMIT = 20_000
 # A batch this large is written without waiting for the interval: at hundreds of results a
 # second, waiting would reach the limit above while the store is perfectly writable.
 DEFAULT_BATCH = 2_000
+# A check's first result (its state row is made by the batch) waits this long at most, not the
+# interval: the first round after start is one transaction, yet shows at once.
+FIRST_RESULTS_WAIT = 1.0
 # Core statements on the tables: the rows need no ORM bookkeeping.
 _RESULTS = cast(Table, CheckResultRow.__table__)
 _STATES = cast(Table, CheckStateRow.__table__)
@@ -112,8 +115,11 @@ class ResultWriter:
     def _due(self, now: float) -> bool:
         """Whether the oldest queued row has waited `interval`, or a batch is full (call
         holding the lock)."""
-        return self._since is not None and (now - self._since >= self.interval
-                                            or len(self._rows) >= self.batch)
+        if self._since is None:
+            return False
+        waited = now - self._since
+        return (waited >= self.interval or len(self._rows) >= self.batch
+                or (bool(self._new) and waited >= FIRST_RESULTS_WAIT))
 
     def flush(self) -> bool:
         """Write what is queued in one transaction (retried); False if the store refused, in
