@@ -102,7 +102,10 @@ class ResultWriter:
             return True
 
     def flush_if_due(self) -> bool:
-        """Flush when the oldest queued row has waited `interval` (a timer's backstop)."""
+        """Flush when the oldest queued row has waited `interval` (a timer's backstop; a
+        flush already in progress is left alone, the next look takes what it leaves)."""
+        if self._flushing.locked():
+            return True
         with self._lock:
             due = self._due(self.monotonic())
         return self.flush() if due else True
