@@ -69,6 +69,9 @@ def scheduler(executor: BaseExecutor) -> BackgroundScheduler:
 SPARE_CONNECTIONS = 2
 # Old results deleted per transaction by the retention.
 PRUNE_BATCH = 2_000
+# Seconds after start when the first round's queued results are looked at (a timer every
+# second would cost a small catalog more than its checks do).
+FIRST_ROUND_LOOKS = (1.5, 6.0)
 # How often the scheduler's lateness and missed runs are logged.
 LAG_REPORT_S = 30.0
 
@@ -297,11 +300,16 @@ class Service:
         self.scheduler.add_job(self.return_drained, every(15), next_run_time=soon,
                                id="_undrain", name="re-add drained workers once well")
         if self.writer is not None:
-            # Runs flush when their result finds the queue due; this timer catches rows left
-            # when no check runs for a while, and a first round's results within a second or
-            # two (their checks may not run again for minutes).
-            self.scheduler.add_job(self.writer.flush_if_due, every(1.0),
+            # Runs flush when their result finds the queue due; this timer only catches rows
+            # left when no check runs for a while. The first round's results (its checks may
+            # not run again for minutes) are looked at twice soon after start.
+            self.scheduler.add_job(self.writer.flush_if_due, every(max(self.writer.interval, 60.0)),
                                    id="_flush", name="write queued results")
+            for look, after in enumerate(FIRST_ROUND_LOOKS):
+                self.scheduler.add_job(self.writer.flush_if_due, "date",
+                                       run_date=utcnow() + timedelta(seconds=after),
+                                       id=f"_first_round_{look}",
+                                       name="write the first round's results")
         self.scheduler.add_job(self.prune, every(3600), next_run_time=soon,
                                id="_prune", name="retention")
         self.scheduler.add_job(self.report_lag, every(LAG_REPORT_S), id="_lag",
