@@ -408,6 +408,13 @@ WITH_CHILD = ("import subprocess, sys, time; "
               "time.sleep(30)")
 
 
+def _shows(pid: int, marker: str) -> bool:
+    try:
+        return marker in psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+
+
 class Children:
     """Real child processes started by a test, each with a unique marker in its command line;
     killed (whole session) at the end."""
@@ -421,6 +428,8 @@ class Children:
         child = subprocess.Popen([PYTHON, "-c", code, *before, marker], start_new_session=True,
                                  stdin=subprocess.DEVNULL)
         self.started.append(child)
+        # Popen returns once exec began; the kernel shows the new command line a moment later
+        wait_for(lambda: _shows(child.pid, marker), 5, 0.01)
         return child, marker
 
     def kill(self, child: subprocess.Popen[bytes]) -> None:
