@@ -18,7 +18,7 @@ from sglguard.engine import IncidentEngine
 from sglguard.notify import Notifications, messages
 from sglguard.rails import Leases, next_run_allowed
 from sglguard.remediations.base import RemediationConfig, RemediationError
-from sglguard.remediations.drained import return_workers
+from sglguard.remediations.drained import UNDRAIN, return_workers
 from sglguard.remediations.runner import RemediationRunner, RunOutcome
 from sglguard.store import Store, queries
 
@@ -55,7 +55,7 @@ class Responder:
         ttl = self._lease_time(config)
         if not self.dry_run and not self.leases.claim(target.name, self.clock(), ttl):
             holder = self.leases.holder_of(target.name) or ""
-            if ":undrain:" in holder:
+            if UNDRAIN in holder:
                 # a worker going back into its gateway holds the lease for a moment only:
                 # this incident's chain runs once it is done
                 self.deferred_until[incident_id] = self.clock() + timedelta(seconds=5)

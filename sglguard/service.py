@@ -500,7 +500,7 @@ class Service:
         """A result held during an outage, written with the time it was measured; one of a
         check since removed from the catalog (a reload during the outage) is kept as history,
         judging nothing."""
-        if result.check in self._first_run:
+        if result.check in self.checks:
             self.engine.record(result, at=result.started_at)
             return
         for retry in self.store.retrying():

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from sglguard.store import Store
     from sglguard.store.models import DrainedWorkerRow
 
+# In the holder name of a lease taken to put a worker back (a moment's work, see responder).
+UNDRAIN = ":undrain:"
 logger = logging.getLogger(__name__)
 DEFAULT_WAIT = timedelta(seconds=30)
 # How long a re-add holds the lease, on top of each worker's own wait: a process that dies
@@ -158,7 +160,7 @@ def return_workers(store: Store, catalog: Catalog | None, target: str, *, by: st
 
     accesses = [access_for(catalog, row) for row in rows]
     base = agents.name if agents is not None else holder_name()
-    leases = Leases(store, f"{base}:undrain:{uuid.uuid4().hex[:6]}", agents=agents)
+    leases = Leases(store, f"{base}{UNDRAIN}{uuid.uuid4().hex[:6]}", agents=agents)
     ttl = LEASE_MARGIN + sum((access.timeout for access in accesses), timedelta())
     if not leases.claim(target, clock(), ttl):
         why = f"{target} is being remediated by {leases.holder_of(target)}"
